@@ -1,0 +1,42 @@
+"""CLI conventions that hold for every command."""
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from expressiongrid.cli import main
+
+
+def _all_commands():
+    runner_ctx = main.make_context("expressiongrid", [], resilient_parsing=True)
+    out = []
+    for name in main.list_commands(runner_ctx):
+        cmd = main.get_command(runner_ctx, name)
+        if cmd is None:
+            continue
+        out.append(((name,), cmd))
+        for sub in getattr(cmd, "commands", {}).values():
+            out.append(((name, sub.name), sub))
+    return out
+
+
+def test_every_command_has_help_with_an_example():
+    runner = CliRunner()
+    for path, cmd in _all_commands():
+        result = runner.invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output)
+        if not hasattr(cmd, "commands"):  # leaf commands show an example
+            assert "Example" in result.output, f"{' '.join(path)} --help has no example"
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from expressiongrid.cli import main\n" \
+           "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n" \
+           "assert 'torch' not in sys.modules, 'torch imported by --help'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_unknown_command_is_usage_error():
+    result = CliRunner().invoke(main, ["no-such-command"])
+    assert result.exit_code == 2
