@@ -1,0 +1,477 @@
+"""The run store: one SQLite database (``run.sqlite``) per output folder, one row per grid cell.
+
+A cell's key is a content hash of everything that determines its pixels (see ``plan.cell_key``), so the
+same study run again finds every cell already done, and a study with one more row or column only adds
+the new cells. A cell counts as done only when its PNG is complete on disk *and* its row says so:
+``reconcile()`` checks both on every start and sends anything doubtful back to "pending".
+
+Schema changes go through numbered migrations, tracked per component in ``schema_versions``; other areas
+(analysis, judging, the queue) add their own tables with ``register_migrations`` at import time.
+The database runs in WAL mode with a busy timeout so several processes (accelerate shards, a judging web
+app) can share one run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expressiongrid.errors import StoreError
+
+DB_NAME = "run.sqlite"
+CELLS_DIR = "cells"
+GRIDS_DIR = "grids"
+CELL_STATUSES = ("pending", "done", "failed")
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Core migrations. Append only: a released migration never changes, a new schema is a new function.
+
+
+def _m001_core(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            status TEXT NOT NULL DEFAULT 'running',   -- running | done | failed | interrupted
+            study_path TEXT,
+            study_json TEXT NOT NULL,                 -- the resolved study (study_info())
+            summary_json TEXT,                        -- RunSummary as JSON once finished
+            argv TEXT
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE cells (
+            key TEXT PRIMARY KEY,
+            run_id INTEGER REFERENCES runs(id),       -- latest run whose plan holds this cell
+            made_in_run INTEGER,                      -- run that produced the file (NULL until done)
+            page INTEGER NOT NULL DEFAULT 0,
+            page_label TEXT NOT NULL DEFAULT '',
+            row_index INTEGER NOT NULL,
+            col_index INTEGER NOT NULL,
+            row_id TEXT NOT NULL,
+            row_label TEXT NOT NULL,
+            col_id TEXT NOT NULL,
+            col_label TEXT NOT NULL,
+            character_id TEXT,
+            prompt TEXT NOT NULL,
+            negative_prompt TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            steps INTEGER NOT NULL,
+            sampler TEXT NOT NULL,
+            cfg_scale REAL NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'failed')),
+            error TEXT,
+            file TEXT,                                -- relative to the run folder
+            parameters TEXT,                          -- A1111 infotext written into the PNG
+            seconds REAL,
+            spec_json TEXT NOT NULL,                  -- everything hashed into the key
+            created_at REAL NOT NULL,
+            finished_at REAL
+        )"""
+    )
+    conn.execute("CREATE INDEX cells_status ON cells(status)")
+    conn.execute("CREATE INDEX cells_run ON cells(run_id)")
+
+
+CORE_MIGRATIONS: list[Migration] = [_m001_core]
+
+_REGISTRY: dict[str, list[Migration]] = {"core": CORE_MIGRATIONS}
+
+
+def register_migrations(component: str, migrations: list[Migration]) -> None:
+    """Register another area's migrations (call at import time of its module).
+
+    ``migrations`` is the component's full ordered list; version N means the first N have run. Each
+    migration gets a connection already inside a transaction: use ``conn.execute`` (not
+    ``executescript``, which would commit half-way). Stores opened afterwards apply them; an open store
+    applies them on ``store.apply_migrations()``.
+    """
+    if not component or (component == "core" and migrations is not CORE_MIGRATIONS):
+        raise StoreError(f"invalid migration component name {component!r}")
+    existing = _REGISTRY.get(component)
+    if existing is not None and existing is not migrations and existing != migrations[: len(existing)]:
+        raise StoreError(f"migrations for {component!r} were registered twice with different lists")
+    _REGISTRY[component] = list(migrations)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CellRecord:
+    """One grid cell as stored. ``file`` is relative to the run folder; ``spec`` holds every hashed input."""
+
+    key: str
+    run_id: int | None
+    page: int
+    row_index: int
+    col_index: int
+    row_id: str
+    row_label: str
+    col_id: str
+    col_label: str
+    character_id: str | None
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    sampler: str
+    cfg_scale: float
+    width: int
+    height: int
+    status: str = "pending"
+    error: str | None = None
+    file: str | None = None
+    parameters: str | None = None
+    seconds: float | None = None
+    page_label: str = ""
+    made_in_run: int | None = None
+    finished_at: float | None = None
+    spec: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_CELL_COLUMNS = [
+    "key", "run_id", "page", "row_index", "col_index", "row_id", "row_label", "col_id", "col_label",
+    "character_id", "prompt", "negative_prompt", "seed", "steps", "sampler", "cfg_scale", "width", "height",
+    "status", "error", "file", "parameters", "seconds", "page_label", "made_in_run", "finished_at", "spec_json",
+]
+
+
+def _record_from_row(row: sqlite3.Row) -> CellRecord:
+    data = {k: row[k] for k in _CELL_COLUMNS if k != "spec_json"}
+    data["spec"] = json.loads(row["spec_json"] or "{}")
+    return CellRecord(**data)
+
+
+@dataclass
+class RunRecord:
+    """One invocation of the runner on this folder."""
+
+    id: int
+    started_at: float
+    finished_at: float | None
+    status: str
+    study_path: str | None
+    summary: dict | None
+
+
+def is_complete_png(path: Path) -> bool:
+    """True if ``path`` is a PNG whose last chunk is IEND, i.e. it was written to the end.
+
+    Cheap enough to run on every cell at start (reads 8 + 12 bytes), and catches truncated files that a
+    crash or a full disk could leave even though writes go through temp file + rename.
+    """
+    try:
+        size = path.stat().st_size
+        if size < 8 + 12:
+            return False
+        with path.open("rb") as fh:
+            if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+                return False
+            fh.seek(size - 12)
+            return fh.read(12) == b"\x00\x00\x00\x00IEND\xaeB`\x82"
+    except OSError:
+        return False
+
+
+class Store:
+    """The SQLite run store of one output folder (``<run_dir>/run.sqlite``)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, create: bool = True):
+        self.run_dir = Path(run_dir)
+        self.db_path = self.run_dir / DB_NAME
+        if not create and not self.db_path.exists():
+            raise StoreError(
+                f"no run in {self.run_dir}: {DB_NAME} not found (run a study with --out {self.run_dir} first)"
+            )
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we open transactions ourselves so each migration and each state
+            # change is exactly one transaction.
+            self.connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None,
+                                              check_same_thread=False)
+            self.connection.row_factory = sqlite3.Row
+            self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA foreign_keys=ON")
+            self.connection.execute("PRAGMA busy_timeout=30000")
+            self.connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open run database {self.db_path}: {exc}") from exc
+        self.apply_migrations()
+
+    @classmethod
+    def open_existing(cls, run_dir: str | os.PathLike) -> Store:
+        """Open the store of an existing run folder; ``StoreError`` if there is none."""
+        return cls(run_dir, create=False)
+
+    # -- context management -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- migrations -----------------------------------------------------------------------------------
+
+    def schema_version(self, component: str = "core") -> int:
+        row = self.connection.execute(
+            "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def apply_migrations(self) -> None:
+        """Run every registered migration not yet applied, core first, each in its own transaction."""
+        components = ["core"] + sorted(c for c in _REGISTRY if c != "core")
+        for component in components:
+            migrations = _REGISTRY[component]
+            while True:
+                conn = self.connection
+                # IMMEDIATE: take the write lock before reading the version, so two processes opening a
+                # new run folder at once cannot both apply the same migration.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    version = self.schema_version(component)
+                    if version >= len(migrations):
+                        conn.execute("COMMIT")
+                        break
+                    migrations[version](conn)
+                    conn.execute(
+                        "INSERT INTO schema_versions(component, version) VALUES (?, ?) "
+                        "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                        (component, version + 1),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException as exc:
+                    conn.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.DatabaseError):
+                        raise StoreError(
+                            f"migration {version + 1} of {component!r} failed on {self.db_path}: {exc}"
+                        ) from exc
+                    raise
+
+    def _tx(self):
+        return _Transaction(self.connection)
+
+    # -- runs -------------------------------------------------------------------------------------------
+
+    def begin_run(self, study_info: dict, cells: Iterable[CellRecord], *, study_path: str | None = None,
+                  argv: list[str] | None = None) -> int:
+        """Record a new run of ``study_info`` and register its plan's cells.
+
+        New cells are inserted as pending; cells already known keep their status and file but take the
+        new plan's position and labels (adding a row can shift existing rows down).
+        """
+        now = time.time()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs(started_at, status, study_path, study_json, argv) VALUES (?, 'running', ?, ?, ?)",
+                (now, study_path, json.dumps(study_info, ensure_ascii=False, default=str),
+                 json.dumps(argv) if argv is not None else None),
+            )
+            run_id = int(cur.lastrowid)
+            for cell in cells:
+                conn.execute(
+                    """INSERT INTO cells(key, run_id, page, page_label, row_index, col_index, row_id, row_label,
+                           col_id, col_label, character_id, prompt, negative_prompt, seed, steps, sampler,
+                           cfg_scale, width, height, status, spec_json, created_at)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)
+                       ON CONFLICT(key) DO UPDATE SET run_id = excluded.run_id, page = excluded.page,
+                           page_label = excluded.page_label, row_index = excluded.row_index,
+                           col_index = excluded.col_index, row_id = excluded.row_id,
+                           row_label = excluded.row_label, col_id = excluded.col_id,
+                           col_label = excluded.col_label""",
+                    (cell.key, run_id, cell.page, cell.page_label, cell.row_index, cell.col_index, cell.row_id,
+                     cell.row_label, cell.col_id, cell.col_label, cell.character_id, cell.prompt,
+                     cell.negative_prompt, cell.seed, cell.steps, cell.sampler, cell.cfg_scale, cell.width,
+                     cell.height, json.dumps(cell.spec, sort_keys=True, ensure_ascii=False, default=str), now),
+                )
+        return run_id
+
+    def finish_run(self, run_id: int, status: str, summary: dict) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE runs SET finished_at = ?, status = ?, summary_json = ? WHERE id = ?",
+                (time.time(), status, json.dumps(summary, default=str), run_id),
+            )
+
+    def runs(self) -> list[RunRecord]:
+        rows = self.connection.execute(
+            "SELECT id, started_at, finished_at, status, study_path, summary_json FROM runs ORDER BY id"
+        ).fetchall()
+        return [RunRecord(r["id"], r["started_at"], r["finished_at"], r["status"], r["study_path"],
+                          json.loads(r["summary_json"]) if r["summary_json"] else None) for r in rows]
+
+    def latest_run_id(self) -> int | None:
+        row = self.connection.execute("SELECT MAX(id) FROM runs").fetchone()
+        return row[0]
+
+    def study_info(self) -> dict:
+        """The resolved study of the latest run (rows, columns, prompt template, page axis, ...)."""
+        row = self.connection.execute("SELECT study_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise StoreError(f"{self.db_path} holds no run yet (run the study first)")
+        return json.loads(row[0])
+
+    # -- cells ------------------------------------------------------------------------------------------
+
+    def cells(self, status: str | None = None, *, all_runs: bool = False) -> list[CellRecord]:
+        """The cells of the latest run's plan (or every cell ever planned here with ``all_runs``).
+
+        Ordered by page, column, row, so a caller walking them sees one character's column at a time.
+        """
+        if status is not None and status not in CELL_STATUSES:
+            raise StoreError(f"unknown cell status {status!r}; expected one of {', '.join(CELL_STATUSES)}")
+        where, args = [], []
+        if not all_runs:
+            latest = self.latest_run_id()
+            if latest is None:
+                return []
+            where.append("run_id = ?")
+            args.append(latest)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM cells"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY page, col_index, row_index, key"
+        return [_record_from_row(r) for r in self.connection.execute(sql, args).fetchall()]
+
+    def cell(self, key: str) -> CellRecord | None:
+        row = self.connection.execute("SELECT * FROM cells WHERE key = ?", (key,)).fetchone()
+        return _record_from_row(row) if row else None
+
+    def mark_done(self, key: str, *, file: str, parameters: str, seconds: float, run_id: int | None) -> None:
+        """Record a finished cell. Call only after its PNG is complete on disk (see ``images.save_png``)."""
+        with self._tx() as conn:
+            conn.execute(
+                """UPDATE cells SET status = 'done', error = NULL, file = ?, parameters = ?, seconds = ?,
+                       made_in_run = ?, finished_at = ? WHERE key = ?""",
+                (file, parameters, seconds, run_id, time.time(), key),
+            )
+
+    def mark_failed(self, key: str, error: str, *, run_id: int | None, seconds: float | None = None) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                """UPDATE cells SET status = 'failed', error = ?, file = NULL, seconds = ?, made_in_run = ?,
+                       finished_at = ? WHERE key = ?""",
+                (error, seconds, run_id, time.time(), key),
+            )
+
+    def mark_pending(self, keys: Iterable[str]) -> None:
+        with self._tx() as conn:
+            conn.executemany(
+                "UPDATE cells SET status = 'pending', error = NULL, file = NULL WHERE key = ?",
+                [(k,) for k in keys],
+            )
+
+    def reconcile(self) -> dict[str, int]:
+        """Make the database and the files agree before a run; return what was fixed.
+
+        - a "done" row whose PNG is missing or truncated goes back to pending (it will be redone);
+        - failed cells go back to pending (a new run retries them);
+        - leftover temp files from an interrupted write are removed; a PNG with no done row is left for
+          the run to overwrite (its path is derived from the key), never trusted.
+        """
+        fixed = {"missing_or_broken_files": 0, "retried_failed": 0, "temp_files_removed": 0}
+        to_redo = []
+        for cell in self.cells("done", all_runs=True):
+            if not cell.file or not is_complete_png(self.run_dir / cell.file):
+                to_redo.append(cell.key)
+        fixed["missing_or_broken_files"] = len(to_redo)
+        failed = [c.key for c in self.cells("failed", all_runs=True)]
+        fixed["retried_failed"] = len(failed)
+        if to_redo or failed:
+            self.mark_pending(to_redo + failed)
+        cells_dir = self.run_dir / CELLS_DIR
+        if cells_dir.is_dir():
+            for tmp in cells_dir.rglob("*.tmp*"):
+                try:
+                    tmp.unlink()
+                    fixed["temp_files_removed"] += 1
+                except OSError:
+                    pass
+        return fixed
+
+    def counts(self, *, all_runs: bool = False) -> dict[str, int]:
+        """Number of cells per status in the latest plan."""
+        out = {s: 0 for s in CELL_STATUSES}
+        for cell in self.cells(all_runs=all_runs):
+            out[cell.status] = out.get(cell.status, 0) + 1
+        return out
+
+
+class _Transaction:
+    """``with store._tx() as conn:`` — BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"run database error: {exc}") from exc
+        return False
+
+
+def find_runs(root: str | os.PathLike, max_depth: int = 3) -> list[Path]:
+    """Run folders (those holding ``run.sqlite``) at or below ``root``, sorted by path."""
+    root = Path(root)
+    found: list[Path] = []
+
+    def walk(path: Path, depth: int) -> None:
+        if (path / DB_NAME).is_file():
+            found.append(path)
+        if depth >= max_depth:
+            return
+        try:
+            children = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return
+        for child in children:
+            if child.name in (CELLS_DIR, GRIDS_DIR):
+                continue
+            walk(child, depth + 1)
+
+    walk(root, 0)
+    return found
+
+
+def cell_file_for(key: str) -> str:
+    """Where a cell's PNG lives, relative to the run folder (derived from the key, so reruns overwrite)."""
+    return f"{CELLS_DIR}/{key[:2]}/{key}.png"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclass-friendly JSON conversion used when storing summaries."""
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value
