@@ -63,3 +63,7 @@ class FetchError(ExpressionGridError):
 
 class AnalysisError(ExpressionGridError):
     """Face or image analysis cannot run (missing optional packages or models)."""
+
+
+class QueueError(ExpressionGridError):
+    """The study queue is unusable right now (another `queue run` holds it, unreadable database, ...)."""
