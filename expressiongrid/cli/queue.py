@@ -1,0 +1,161 @@
+"""`expressiongrid queue`: studies to run overnight, one after another, resumable after a crash or reboot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from expressiongrid.cli._common import echo_json
+
+
+def _fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+def _notify_url(ctx, param, value):
+    if value is None:
+        return None
+    from expressiongrid.notify import check_url
+    from expressiongrid.errors import UsageError
+
+    try:
+        return check_url(value)
+    except UsageError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group()
+def queue() -> None:
+    """A persistent queue of studies for overnight runs.
+
+    The queue lives in the user data folder (set EXPRESSIONGRID_HOME to move it). `queue run` works
+    through it and, after a crash or reboot, resumes the interrupted study first; finished cells are kept.
+    """
+
+
+@queue.command("add")
+@click.argument("studies", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out", type=click.Path(file_okay=False),
+              help="Output folder. With several studies each gets OUT/<study name>.")
+@click.option("--notify", "notify_url", callback=_notify_url, metavar="URL",
+              help="POST a JSON summary to URL when each study ends.")
+def add(studies: tuple[str, ...], out: str | None, notify_url: str | None) -> None:
+    """Add one or more study files to the end of the queue.
+
+    Example:
+
+      expressiongrid queue add studies/night1.toml studies/night2.toml --out runs
+    """
+    from expressiongrid.study.queue import StudyQueue
+
+    q = StudyQueue()
+    extra = ["--notify", notify_url] if notify_url else []
+    for study in studies:
+        out_dir = None
+        if out is not None:
+            out_dir = Path(out) / Path(study).stem if len(studies) > 1 else Path(out)
+        entry = q.add(study, out_dir=out_dir, args=extra)
+        click.echo(f"queued #{entry.id}: {entry.study}" + (f" -> {entry.out_dir}" if entry.out_dir else ""))
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+def list_(as_json: bool) -> None:
+    """Show every queued, running and finished study with its state and outcome.
+
+    Example:
+
+      expressiongrid queue list
+    """
+    from expressiongrid.study.queue import StudyQueue
+
+    q = StudyQueue()
+    entries = q.entries()
+    runner_active = q.runner_active() if any(e.state == "running" for e in entries) else False
+    if as_json:
+        echo_json([e.__dict__ | {"interrupted": e.state == "running" and not runner_active} for e in entries])
+        return
+    if not entries:
+        click.echo(f"the queue is empty ({q.path})")
+        return
+    for e in entries:
+        state = e.state
+        if state == "running" and not runner_active:
+            state = "running (interrupted; `queue run` resumes it)"
+        click.echo(f"#{e.id:<4} {state:<10} added {_fmt_time(e.added_at)}  {e.study}")
+        if e.out_dir:
+            click.echo(f"      out: {e.out_dir}")
+        if e.started_at:
+            click.echo(f"      started {_fmt_time(e.started_at)}, finished {_fmt_time(e.finished_at)}, "
+                       f"attempts {e.attempts}")
+        if e.outcome:
+            click.echo(f"      outcome: {e.outcome}")
+
+
+@queue.command("run")
+@click.option("--max", "max_entries", type=click.IntRange(min=1), default=None,
+              help="Stop after this many studies (default: until the queue is empty).")
+def run(max_entries: int | None) -> None:
+    """Work through the queue, resuming the first unfinished study.
+
+    Exit code 0 if every study finished completely, 1 if any was incomplete or failed.
+
+    Example:
+
+      nohup expressiongrid queue run > queue.out 2>&1 &
+    """
+    from expressiongrid.study.queue import StudyQueue, run_queue
+
+    q = StudyQueue()
+
+    def on_start(entry):
+        again = " (resuming)" if entry.attempts > 1 else ""
+        click.echo(f"== #{entry.id} {entry.study}{again}", err=True)
+
+    def on_finish(result):
+        click.echo(f"== #{result.entry.id} {result.state}: {result.outcome}", err=True)
+
+    results = run_queue(q, on_start=on_start, on_finish=on_finish, max_entries=max_entries)
+    if not results:
+        click.echo("nothing to run: every study in the queue is finished", err=True)
+        return
+    bad = [r for r in results if r.state != "done"]
+    click.echo(f"queue: {len(results) - len(bad)} done, {len(bad)} incomplete or failed", err=True)
+    if bad:
+        click.get_current_context().exit(1)
+
+
+@queue.command("remove")
+@click.argument("ids", nargs=-1, required=True, type=int)
+def remove(ids: tuple[int, ...]) -> None:
+    """Remove entries by id (their output folders are kept).
+
+    Example:
+
+      expressiongrid queue remove 3
+    """
+    from expressiongrid.study.queue import StudyQueue
+
+    q = StudyQueue()
+    for entry_id in ids:
+        entry = q.remove(entry_id)
+        click.echo(f"removed #{entry.id}: {entry.study}")
+
+
+@queue.command("retry")
+@click.argument("ids", nargs=-1, required=True, type=int)
+def retry(ids: tuple[int, ...]) -> None:
+    """Put finished entries back in the queue (after fixing a broken file); done cells are not redone.
+
+    Example:
+
+      expressiongrid queue retry 2
+    """
+    from expressiongrid.study.queue import StudyQueue
+
+    q = StudyQueue()
+    for entry_id in ids:
+        entry = q.requeue(entry_id)
+        click.echo(f"queued again #{entry.id}: {entry.study}")

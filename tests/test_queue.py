@@ -1,0 +1,216 @@
+"""The persistent queue: add/list/remove/run through the CLI, restart safety, one runner at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from expressiongrid.cli import main
+from expressiongrid.errors import QueueError, UsageError
+from expressiongrid.study.queue import StudyQueue, classify, run_command, run_queue
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    monkeypatch.setenv("EXPRESSIONGRID_HOME", str(h))
+    return h
+
+
+def _study(tmp_path: Path, name: str) -> Path:
+    p = tmp_path / f"{name}.toml"
+    p.write_text("# placeholder study file for queue bookkeeping tests\n")
+    return p
+
+
+def test_add_list_remove_through_cli_and_persisted_on_disk(tmp_path, home):
+    a, b = _study(tmp_path, "night1"), _study(tmp_path, "night2")
+    runner = CliRunner()
+    result = runner.invoke(main, ["queue", "add", str(a), str(b), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "queued #1" in result.output and "queued #2" in result.output
+
+    # A new StudyQueue object (as after a reboot) reads the same entries from the database in EXPRESSIONGRID_HOME.
+    entries = StudyQueue().entries()
+    assert [Path(e.study).name for e in entries] == ["night1.toml", "night2.toml"]
+    assert [e.state for e in entries] == ["queued", "queued"]
+    assert entries[0].out_dir == str((tmp_path / "runs" / "night1").resolve())
+    assert (home / "queue.sqlite").is_file()
+
+    listed = runner.invoke(main, ["queue", "list"])
+    assert listed.exit_code == 0
+    assert "night1.toml" in listed.output and "queued" in listed.output
+
+    as_json = json.loads(runner.invoke(main, ["queue", "list", "--json"]).output)
+    assert [e["id"] for e in as_json] == [1, 2]
+
+    removed = runner.invoke(main, ["queue", "remove", "1"])
+    assert removed.exit_code == 0 and "removed #1" in removed.output
+    assert [e.id for e in StudyQueue().entries()] == [2]
+
+    missing = runner.invoke(main, ["queue", "remove", "99"])
+    assert missing.exit_code == 2
+    assert "no queue entry 99" in missing.output
+
+
+def test_add_rejects_missing_file_and_bad_notify_url(tmp_path, home):
+    runner = CliRunner()
+    result = runner.invoke(main, ["queue", "add", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+    study = _study(tmp_path, "s")
+    result = runner.invoke(main, ["queue", "add", str(study), "--notify", "file:///etc/passwd"])
+    assert result.exit_code == 2
+    assert "http" in result.output
+    with pytest.raises(UsageError):
+        StudyQueue().add(tmp_path / "missing.toml")
+
+
+def test_run_records_state_and_outcome_and_continues_after_a_failure(tmp_path, home):
+    q = StudyQueue()
+    ids = [q.add(_study(tmp_path, n)).id for n in ("ok", "broken", "partial")]
+    answers = {
+        "ok.toml": (0, ["finished: 12/12 cells done"]),
+        "broken.toml": (1, ["error: study file is invalid"]),
+        "partial.toml": (1, ["run incomplete: 10 done, 2 failed (column lora_b: corrupt file)"]),
+    }
+    seen = []
+
+    def execute(entry):
+        seen.append((Path(entry.study).name, q.get(entry.id).state))
+        return answers[Path(entry.study).name]
+
+    results = run_queue(q, execute=execute)
+    assert [r.state for r in results] == ["done", "failed", "incomplete"]
+    # Each entry was marked running before its study started.
+    assert seen == [("ok.toml", "running"), ("broken.toml", "running"), ("partial.toml", "running")]
+    states = {e.id: e for e in q.entries()}
+    assert states[ids[0]].state == "done" and states[ids[0]].exit_code == 0
+    assert states[ids[1]].state == "failed" and "study file is invalid" in states[ids[1]].outcome
+    assert states[ids[2]].state == "incomplete" and "lora_b" in states[ids[2]].outcome
+    assert all(e.started_at and e.finished_at and e.finished_at >= e.started_at for e in states.values())
+    # Nothing left: a second run does nothing.
+    assert run_queue(q, execute=execute) == []
+
+
+def test_interrupted_entry_is_resumed_first(tmp_path, home):
+    q = StudyQueue()
+    first, second = q.add(_study(tmp_path, "a")), q.add(_study(tmp_path, "b"))
+    # A runner started `b`... no: it started `a`, then the machine rebooted mid-study.
+    q.mark_running(first.id, pid=999999)
+    third = q.add(_study(tmp_path, "c"))
+    order = []
+    run_queue(StudyQueue(), execute=lambda e: (order.append(e.id), (0, ["ok"]))[1])
+    assert order == [first.id, second.id, third.id]
+    assert q.get(first.id).attempts == 2  # the interrupted attempt and the resumed one
+
+
+def test_classify_exit_codes():
+    assert classify(0, ["done"])[0] == "done"
+    assert classify(1, ["run incomplete: 1 failed"])[0] == "incomplete"
+    assert classify(1, ["error: no such model"]) == ("failed", "error: no such model")
+    state, outcome = classify(-9, [])
+    assert state == "failed" and "signal 9" in outcome
+
+
+def test_run_command_is_the_plain_run_command(tmp_path, home):
+    q = StudyQueue()
+    e = q.add(_study(tmp_path, "s"), out_dir=tmp_path / "o", args=["--notify", "http://127.0.0.1:1/x"])
+    cmd = run_command(e)
+    assert cmd[1:4] == ["-m", "expressiongrid", "run"]
+    assert cmd[4] == e.study and cmd[5:7] == ["--out", str((tmp_path / "o").resolve())]
+    assert cmd[-2:] == ["--notify", "http://127.0.0.1:1/x"]
+
+
+_HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from expressiongrid.study.queue import StudyQueue
+    with StudyQueue().runner_lock():
+        print("locked", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def test_second_queue_run_refuses_while_one_is_running_and_lock_dies_with_its_process(tmp_path, home):
+    q = StudyQueue()
+    entry = q.add(_study(tmp_path, "s"))
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "EXPRESSIONGRID_HOME": str(home)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(QueueError, match="already working"):
+            run_queue(q, execute=lambda e: (0, ["ok"]))
+        result = CliRunner().invoke(main, ["queue", "run"])
+        assert result.exit_code == 1 and "already working" in result.output
+        q.mark_running(entry.id)
+        # The live runner owns its entry: removing it now would pull the study from under it.
+        with pytest.raises(QueueError, match="being run right now"):
+            q.remove(entry.id)
+        listed = CliRunner().invoke(main, ["queue", "list"])
+        assert "interrupted" not in listed.output
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # SIGKILL released the OS lock: the interrupted entry is now shown as such and can be resumed.
+    assert "interrupted" in CliRunner().invoke(main, ["queue", "list"]).output
+    assert [r.state for r in run_queue(q, execute=lambda e: (0, ["ok"]))] == ["done"]
+
+
+def test_two_queue_runs_started_at_once_run_each_study_once(tmp_path, home):
+    q = StudyQueue()
+    for n in ("a", "b"):
+        q.add(_study(tmp_path, n))
+    log = tmp_path / "ran.txt"
+    # A fake "run" that is slow enough for the two runners to overlap; it appends the study it ran.
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from expressiongrid.errors import QueueError
+        from expressiongrid.study.queue import StudyQueue, run_queue
+        def execute(entry):
+            with open({str(log)!r}, "a") as fh:
+                fh.write(entry.study + "\\n")
+            time.sleep(0.5)
+            return 0, ["ok"]
+        print("ready", flush=True)
+        while not os.path.exists({str(tmp_path / "go")!r}):
+            time.sleep(0.01)
+        try:
+            run_queue(StudyQueue(), execute=execute)
+            print("ran")
+        except QueueError:
+            print("refused")
+        """
+    )
+    env = {**os.environ, "EXPRESSIONGRID_HOME": str(home)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    # Both are imported and waiting before either may start: they really do start at the same moment.
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
+    (tmp_path / "go").touch()
+    outputs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outputs == ["ran", "refused"]
+    ran = log.read_text().splitlines()
+    assert sorted(Path(s).name for s in ran) == ["a.toml", "b.toml"]
+    assert [e.state for e in q.entries()] == ["done", "done"]
+
+
+def test_retry_puts_a_finished_entry_back(tmp_path, home):
+    q = StudyQueue()
+    e = q.add(_study(tmp_path, "s"))
+    q.mark_running(e.id)
+    q.mark_finished(e.id, "incomplete", "1 failed", 1)
+    result = CliRunner().invoke(main, ["queue", "retry", str(e.id)])
+    assert result.exit_code == 0
+    assert q.get(e.id).state == "queued"
+    assert q.next_unfinished().id == e.id
