@@ -1,0 +1,124 @@
+"""--notify: a JSON summary posted to a real local HTTP server; failures are logged, never raised."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from expressiongrid.errors import UsageError
+from expressiongrid.notify import check_url, notify, safe_url
+from expressiongrid.runlog import open_run_log
+
+
+class _Server:
+    """A local http.server that records each POST and answers with `status` after `delay` seconds."""
+
+    def __init__(self, status=200, delay=0.0):
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                time.sleep(delay)
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+SUMMARY = {
+    "event": "run_finished", "study": "night1", "status": "incomplete", "exit_code": 1,
+    "cells_total": 12, "cells_done": 10, "cells_failed": 2,
+    "failures": [{"column": "broken_lora", "error": "corrupt safetensors file"}],
+    "out_dir": "/runs/night1", "grids": ["grids/grid.png"], "seconds": 42.5,
+}
+
+
+def test_posts_the_summary_as_json(tmp_path):
+    with _Server() as server:
+        with open_run_log(tmp_path):
+            assert notify(server.url + "/hook", SUMMARY, timeout=5) is True
+    (request,) = server.requests
+    assert request["path"] == "/hook"
+    assert request["headers"]["Content-Type"].startswith("application/json")
+    assert json.loads(request["body"]) == SUMMARY
+    assert "notification sent" in (tmp_path / "run.log").read_text()
+
+
+def test_never_sends_api_keys_nor_unknown_fields(monkeypatch):
+    secret = "civitai_0123456789abcdef"
+    monkeypatch.setenv("CIVITAI_API_KEY", secret)
+    monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
+    summary = dict(SUMMARY)
+    summary["failures"] = [{"column": "x", "error": f"download failed: https://civitai.com/api?token={secret}"}]
+    summary["api_key"] = secret  # not an allowed field: must not travel
+    summary["env"] = {"HF_TOKEN": "hf_abcdefghijklmnop"}
+    with _Server() as server:
+        assert notify(server.url, summary, timeout=5)
+    body = server.requests[0]["body"].decode()
+    assert secret not in body and "hf_abcdefghijklmnop" not in body
+    payload = json.loads(body)
+    assert "api_key" not in payload and "env" not in payload
+    assert "[redacted]" in payload["failures"][0]["error"]
+
+
+@pytest.mark.parametrize("status", [404, 500])
+def test_http_error_is_logged_and_returns_false(tmp_path, status):
+    with _Server(status=status) as server:
+        with open_run_log(tmp_path) as log:
+            assert notify(server.url + "/hook?token=s3cr3t-webhook", SUMMARY, timeout=5) is False
+    text = (tmp_path / "run.log").read_text()
+    assert f"HTTP {status}" in text and "ERROR" in text
+    assert "s3cr3t-webhook" not in text  # webhook tokens in the query string stay out of the log
+    assert log.failures_seen == 1
+
+
+def test_unreachable_server_is_logged_not_raised(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open_run_log(tmp_path):
+        assert notify(f"http://127.0.0.1:{port}/x", SUMMARY, timeout=2) is False
+    assert "notification to http://127.0.0.1" in (tmp_path / "run.log").read_text()
+
+
+def test_slow_server_times_out(tmp_path):
+    with _Server(delay=3) as server:
+        start = time.monotonic()
+        with open_run_log(tmp_path):
+            assert notify(server.url, SUMMARY, timeout=0.5) is False
+        assert time.monotonic() - start < 2.5
+    assert "timed out" in (tmp_path / "run.log").read_text()
+
+
+def test_only_http_urls_are_accepted(caplog):
+    for bad in ("file:///etc/passwd", "ftp://example.com/x", "example.com/hook", "http://"):
+        with pytest.raises(UsageError):
+            check_url(bad)
+    with caplog.at_level(logging.ERROR, logger="expressiongrid"):
+        assert notify("file:///etc/passwd", SUMMARY) is False
+    assert check_url("https://ntfy.sh/topic") == "https://ntfy.sh/topic"
+    assert safe_url("https://user:pw@hooks.example.com:8443/a/b?token=x") == "https://hooks.example.com:8443/a/b"
