@@ -1,0 +1,158 @@
+"""The batched denoising loop and the VAE decode with per-image NaN/inf checks.
+
+One UNet call per model evaluation for the whole batch: rows may have different prompt schedules,
+negative prompts, seeds and CFG scales. Conditioning comes as two tables (cond, uncond) of every distinct
+schedule text plus an index matrix ``[rows, num_calls]`` (see ``prompts.conditioning``); model call ``i``
+gathers ``table[index[:, i]]``, so each row switches its prompt exactly at the call the prompt-language
+rule gives it, with no per-row Python in the loop.
+
+Cond and uncond of different token lengths (a 154-token prompt with a 77-token negative prompt) cannot be
+stacked into one UNet batch. Like A1111's default (``pad_cond_uncond`` off) they are then run as two UNet
+calls instead of padding: padding changes the cross-attention and with it the pixels, and an image must
+look the same whether it was made alone or in a batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+
+@dataclass
+class DecodedBatch:
+    """Decoded images (``[B, 3, H, W]`` float in [0, 1] on the CPU) and per-image numeric health."""
+
+    pixels: object  # torch.Tensor
+    errors: list[str | None]  # None when the image is fine
+    nan_retried: list[bool]  # True when the fp32 decode retry was used for that image
+
+
+def _predict_noise(unet, x, t, uncond_ctx, cond_ctx):
+    """UNet noise predictions for uncond and cond; one call when the contexts can be stacked."""
+    import torch
+
+    if uncond_ctx.shape[1] == cond_ctx.shape[1]:
+        out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond_ctx, cond_ctx]), return_dict=False)[0]
+        return out.chunk(2)
+    eps_u = unet(x, t, encoder_hidden_states=uncond_ctx, return_dict=False)[0]
+    eps_c = unet(x, t, encoder_hidden_states=cond_ctx, return_dict=False)[0]
+    return eps_u, eps_c
+
+
+def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, generators=None, seeds=None):
+    """Run the sampler over a batch and return the final latents.
+
+    - `scheduler`: a fresh diffusers scheduler with ``set_timesteps`` already called.
+    - `latents`: unit-variance initial noise ``[B, 4, h, w]`` (scaled here by ``init_noise_sigma``).
+    - `cond`, `uncond`: objects with ``.table [n_texts, L, C]`` and ``.index [B, num_calls]`` (the
+      ``ScheduledConditioning`` of ``prompts.conditioning``); ``num_calls`` must cover every model call
+      (``total_model_calls(steps, sampler)``).
+    - `guidance_scale`: one CFG scale per row.
+    - `generators`: one ``torch.Generator`` per row, passed to ``scheduler.step`` so ancestral/SDE noise
+      of each image comes from its own stream; `seeds` seed the Brownian trees of DPM++ SDE per image.
+
+    Each iteration over ``scheduler.timesteps`` is exactly one model evaluation (second-order schedulers
+    in diffusers interleave their two evaluations as separate timesteps), so the loop index is A1111's
+    denoiser call counter.
+    """
+    import torch
+
+    from expressiongrid.errors import GenerationError
+
+    batch = latents.shape[0]
+    device, dtype = latents.device, latents.dtype
+    if cond.index.shape[0] != batch or uncond.index.shape[0] != batch:
+        raise GenerationError(
+            f"conditioning has {cond.index.shape[0]} cond / {uncond.index.shape[0]} uncond rows for {batch} latents"
+        )
+    num_calls = min(cond.index.shape[1], uncond.index.shape[1])
+    timesteps = scheduler.timesteps
+    if len(timesteps) > num_calls:
+        raise GenerationError(
+            f"the prompt schedule covers {num_calls} model calls but the sampler makes {len(timesteps)}; "
+            "build it with total_model_calls(steps, sampler)"
+        )
+    scales = torch.as_tensor(list(guidance_scale), dtype=dtype, device=device).view(batch, 1, 1, 1)
+    cond_table = cond.table.to(device=device, dtype=dtype)
+    uncond_table = uncond.table.to(device=device, dtype=dtype)
+    cond_index = cond.index.to(device)
+    uncond_index = uncond.index.to(device)
+
+    step_kwargs = {}
+    if generators is not None and "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = list(generators)
+    if seeds is not None and hasattr(scheduler, "noise_sampler_seed"):
+        # DPM++ SDE draws from Brownian trees; one tree per image seeded with its seed (as A1111 does).
+        scheduler.noise_sampler_seed = [int(s) for s in seeds] if batch > 1 else int(seeds[0])
+
+    latents = latents * scheduler.init_noise_sigma
+    for call, t in enumerate(timesteps):
+        # 1. conditioning of this model call, per row
+        cond_ctx = cond_table[cond_index[:, call]]
+        uncond_ctx = uncond_table[uncond_index[:, call]]
+        # 2. one UNet evaluation for the whole batch (cond and uncond together when shapes allow)
+        x = scheduler.scale_model_input(latents, t)
+        eps_uncond, eps_cond = _predict_noise(unet, x, t, uncond_ctx, cond_ctx)
+        # 3. classifier-free guidance with each row's own scale
+        noise_pred = eps_uncond + scales * (eps_cond - eps_uncond)
+        # 4. sampler step; stochastic samplers draw from each row's generator
+        latents = scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
+    return latents
+
+
+def _nonfinite_rows(tensor) -> list[bool]:
+    import torch
+
+    flat = tensor.reshape(tensor.shape[0], -1)
+    return (~torch.isfinite(flat).all(dim=1)).tolist()
+
+
+def _decode(vae, latents):
+    return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+
+
+def decode_latents(vae, latents) -> DecodedBatch:
+    """One VAE decode for the batch; images with NaN/inf are found per image.
+
+    NaN/inf in the latents means the UNet diverged: the image is reported failed. NaN/inf only after the
+    decode is the classic fp16 VAE overflow (A1111's black images): those images are decoded again with
+    the VAE upcast to fp32, and reported failed only if that also fails.
+    """
+    import torch
+
+    bad_latents = _nonfinite_rows(latents)
+    decoded = _decode(vae, latents).float()
+    bad_pixels = _nonfinite_rows(decoded)
+    errors: list[str | None] = [None] * latents.shape[0]
+    retried = [False] * latents.shape[0]
+    for i, bad in enumerate(bad_latents):
+        if bad:
+            errors[i] = ("NaN/inf in the latents after denoising (the UNet diverged); "
+                         "try fp32 or bf16, or another sampler or CFG scale")
+    redo = [i for i, bad in enumerate(bad_pixels) if bad and not bad_latents[i]]
+    if redo:
+        vae_dtype = next(vae.parameters()).dtype
+        try:
+            if vae_dtype != torch.float32:
+                vae.to(torch.float32)
+            again = _decode(vae, latents[redo].float()).float()
+        finally:
+            if vae_dtype != torch.float32:
+                vae.to(vae_dtype)
+        still_bad = _nonfinite_rows(again)
+        for j, i in enumerate(redo):
+            retried[i] = True
+            if still_bad[j]:
+                errors[i] = "NaN/inf in the decoded image, also when decoded again with the VAE in fp32"
+            else:
+                decoded[i] = again[j]
+    pixels = (decoded / 2 + 0.5).clamp(0, 1).cpu()
+    return DecodedBatch(pixels=pixels, errors=errors, nan_retried=retried)
+
+
+def to_pil(pixels) -> list:
+    """``[B, 3, H, W]`` floats in [0, 1] to PIL RGB images (rounded like diffusers' ``numpy_to_pil``)."""
+    from PIL import Image
+
+    arrays = (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    return [Image.fromarray(a) for a in arrays]

@@ -1,0 +1,215 @@
+"""Loading SD1.5 models: the built-in tiny model, hub repo ids, diffusers folders, single-file checkpoints.
+
+Single-file checkpoints (``.safetensors`` / ``.ckpt`` as civitai distributes them) are converted by
+diffusers' ``from_single_file`` with ``config=`` pointing at the SD1.5 configs and tokenizer shipped inside
+this package (``engine/configs/sd15``), so nothing is fetched from the network. ``.ckpt`` files are
+unpickled with ``weights_only=True`` only: a file that needs arbitrary code to load is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expressiongrid.errors import ModelError, UsageError
+
+SD15_CONFIG_DIR = Path(__file__).parent / "configs" / "sd15"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+DTYPES = ("fp32", "fp16", "bf16")
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load. `source`: ``tiny``, a hub repo id, a diffusers folder, or a checkpoint file.
+
+    `vae`: optional separate VAE (a single file or a diffusers VAE folder). `config`: the diffusers
+    config folder used to convert single-file checkpoints (default: the shipped SD1.5 configs).
+    `cache_dir`: the Hugging Face cache to use for repo ids (default: huggingface_hub's).
+    """
+
+    source: str = "tiny"
+    vae: str | None = None
+    clip_skip: int = 1
+    dtype: str = "fp32"
+    device: str | None = None
+    config: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline plus what the infotext needs to name it (A1111 "Model", "Model hash", "VAE")."""
+
+    pipe: object  # diffusers.StableDiffusionPipeline
+    name: str
+    hash: str | None
+    vae_name: str | None
+    vae_hash: str | None
+    family: str
+    device: object  # torch.device
+    dtype: object  # torch.dtype
+    clip_skip: int = 1
+    spec: ModelSpec = field(default_factory=ModelSpec)
+
+
+def pick_device(requested: str | None = None):
+    """The device to run on: `requested` if given, else cuda, then mps, then cpu."""
+    import torch
+
+    if requested:
+        try:
+            device = torch.device(requested)
+        except RuntimeError as exc:
+            raise UsageError(f"unknown device {requested!r}: use cpu, cuda, cuda:N or mps") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"device {requested!r} asked for but CUDA is not available here; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UsageError(f"device {requested!r} asked for but MPS is not available here; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def torch_dtype(name: str):
+    """``fp32``/``fp16``/``bf16`` to the torch dtype; a `UsageError` names the valid ones otherwise."""
+    import torch
+
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise UsageError(f"unknown dtype {name!r}; use one of: {', '.join(DTYPES)}")
+    return table[name]
+
+
+def autov2(path: str | os.PathLike) -> str:
+    """A1111's "Model hash" (AutoV2): the first 10 hex digits of the file's sha256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:10]
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load the model `spec` describes, move it to its device and dtype, and name it for the infotext.
+
+    Raises `ModelError` when the source cannot be found or loaded, `UsageError` for bad settings.
+    """
+    if spec.clip_skip < 1:
+        raise UsageError(f"clip skip must be 1 or more (got {spec.clip_skip}); 1 means the last layer")
+    dtype = torch_dtype(spec.dtype)
+    device = pick_device(spec.device)
+
+    source = spec.source
+    path = Path(source).expanduser()
+    if source == "tiny":
+        from expressiongrid.engine.tiny import build_tiny_pipeline
+
+        pipe, name, model_hash = build_tiny_pipeline(), "tiny", None
+    elif path.is_file():
+        pipe = _load_single_file(path, spec, dtype)
+        name, model_hash = path.stem, autov2(path)
+    elif path.is_dir():
+        pipe = _load_folder(str(path), dtype)
+        name, model_hash = path.name, None
+    elif _REPO_ID.match(source) and not source.startswith((".", "/")):
+        pipe = _load_repo(source, spec, dtype)
+        name, model_hash = source, None
+    else:
+        raise ModelError(
+            f"model {source!r} not found: give 'tiny', a .safetensors/.ckpt file, a diffusers folder, "
+            "or a Hugging Face repo id like 'owner/name'"
+        )
+
+    vae_name = vae_hash = None
+    if spec.vae:
+        pipe.vae, vae_name, vae_hash = _load_vae(spec.vae, spec, dtype)
+
+    pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe=pipe, name=name, hash=model_hash, vae_name=vae_name, vae_hash=vae_hash,
+                       family="sd15", device=device, dtype=dtype, clip_skip=spec.clip_skip, spec=spec)
+
+
+def _pipeline_class():
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline
+
+
+def _config_dir(spec: ModelSpec) -> str:
+    folder = Path(spec.config) if spec.config else SD15_CONFIG_DIR
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"config folder {folder} has no model_index.json; point --config at a diffusers config folder")
+    return str(folder)
+
+
+def _load_single_file(path: Path, spec: ModelSpec, dtype):
+    import pickle
+
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ModelError(f"{path}: unsupported checkpoint type {path.suffix!r}; use .safetensors or .ckpt")
+    try:
+        # diffusers reads .ckpt with torch.load(weights_only=True): pickles that run code are refused.
+        return _pipeline_class().from_single_file(
+            str(path), config=_config_dir(spec), local_files_only=True, torch_dtype=dtype,
+            safety_checker=None, requires_safety_checker=False,
+        )
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"{path}: refused to load: the .ckpt needs code execution to unpickle ({str(exc).splitlines()[0]}); "
+            "get the .safetensors version of this model"
+        ) from exc
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"{path}: not a loadable SD1.5 checkpoint: {exc}") from exc
+
+
+def _load_folder(folder: str, dtype):
+    if not (Path(folder) / "model_index.json").is_file():
+        raise ModelError(f"{folder}: a diffusers model folder needs model_index.json")
+    try:
+        return _pipeline_class().from_pretrained(folder, torch_dtype=dtype, safety_checker=None,
+                                                 requires_safety_checker=False, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}: could not load the diffusers folder: {exc}") from exc
+
+
+def _load_repo(repo_id: str, spec: ModelSpec, dtype):
+    """A hub repo through huggingface_hub's cache: the cache first (no network), then a download."""
+    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, cache_dir=spec.cache_dir)
+    try:
+        return _pipeline_class().from_pretrained(repo_id, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as cached_exc:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise ModelError(
+                f"model {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                "download it once with network access (or unset HF_HUB_OFFLINE)"
+            ) from cached_exc
+    try:
+        return _pipeline_class().from_pretrained(repo_id, **kwargs)
+    except Exception as exc:  # network and hub errors come in many types
+        raise ModelError(f"could not download {repo_id!r} from the Hugging Face hub: {exc}") from exc
+
+
+def _load_vae(source: str, spec: ModelSpec, dtype):
+    from diffusers import AutoencoderKL
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            vae = AutoencoderKL.from_single_file(str(path), config=_config_dir(spec), subfolder="vae",
+                                                 local_files_only=True, torch_dtype=dtype)
+            return vae, path.name, autov2(path)
+        if path.is_dir():
+            return AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True), path.name, None
+    except Exception as exc:
+        raise ModelError(f"VAE {source}: could not load it: {exc}") from exc
+    raise ModelError(f"VAE {source!r} not found: give a .safetensors/.ckpt file or a diffusers VAE folder")

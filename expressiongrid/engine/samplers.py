@@ -1,0 +1,114 @@
+"""A1111 sampler names mapped to diffusers schedulers.
+
+A1111 (v1.10) names a sampler ("DPM++ 2M") and, separately, a schedule type ("Karras"); the older combined
+names ("DPM++ 2M Karras") are what most users type and what XYZ plots and infotexts of older images carry.
+Both spellings are accepted here; `SamplerInfo.sampler` and `.schedule_type` are what goes into the infotext.
+
+Timestep spacing: A1111 runs these samplers through k-diffusion, whose "Automatic" schedule spaces the
+model's timesteps evenly from 999 to 0 (diffusers' ``timestep_spacing="linspace"``), and starts from
+``noise * sigmas[0]``, which is what diffusers' Euler-family ``init_noise_sigma`` is with linspace spacing.
+DDIM in A1111 uses the CompVis "uniform" discretisation (``leading`` with ``steps_offset=1``, the SD1.5
+config default), so DDIM keeps the base config's spacing.
+
+This module imports no torch or diffusers at import time: the table is plain data so `--help` and study
+validation can list sampler names instantly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from expressiongrid.errors import SamplerError
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """How one A1111 sampler name is realised with diffusers."""
+
+    name: str  # the name as the user wrote it / A1111 lists it
+    sampler: str  # A1111's sampler name without schedule type (infotext "Sampler")
+    schedule_type: str  # infotext "Schedule type" ("Automatic", "Karras")
+    scheduler_class: str  # diffusers class name
+    options: dict[str, Any] = field(default_factory=dict)
+    # Second-order samplers evaluate the model twice per step; A1111 builds the prompt schedule on 2 x steps.
+    second_order: bool = False
+    # Ancestral/SDE samplers draw fresh noise every step, from each image's own generator.
+    stochastic: bool = False
+
+
+_LINSPACE = {"timestep_spacing": "linspace"}
+_KARRAS = {**_LINSPACE, "use_karras_sigmas": True}
+
+
+def _table() -> dict[str, SamplerInfo]:
+    rows = [
+        # name, sampler, schedule, class, options, second_order, stochastic
+        ("Euler a", "Euler a", "Automatic", "EulerAncestralDiscreteScheduler", _LINSPACE, False, True),
+        ("Euler", "Euler", "Automatic", "EulerDiscreteScheduler", _LINSPACE, False, False),
+        ("Euler Karras", "Euler", "Karras", "EulerDiscreteScheduler", _KARRAS, False, False),
+        ("LMS", "LMS", "Automatic", "LMSDiscreteScheduler", _LINSPACE, False, False),
+        ("LMS Karras", "LMS", "Karras", "LMSDiscreteScheduler", _KARRAS, False, False),
+        ("Heun", "Heun", "Automatic", "HeunDiscreteScheduler", _LINSPACE, True, False),
+        ("DPM2", "DPM2", "Automatic", "KDPM2DiscreteScheduler", _LINSPACE, True, False),
+        ("DPM2 Karras", "DPM2", "Karras", "KDPM2DiscreteScheduler", _KARRAS, True, False),
+        ("DPM2 a", "DPM2 a", "Automatic", "KDPM2AncestralDiscreteScheduler", _LINSPACE, True, True),
+        ("DPM2 a Karras", "DPM2 a", "Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, True, True),
+        ("DPM++ 2M", "DPM++ 2M", "Automatic", "DPMSolverMultistepScheduler",
+         {**_LINSPACE, "algorithm_type": "dpmsolver++", "solver_order": 2}, False, False),
+        ("DPM++ 2M Karras", "DPM++ 2M", "Karras", "DPMSolverMultistepScheduler",
+         {**_KARRAS, "algorithm_type": "dpmsolver++", "solver_order": 2}, False, False),
+        ("DPM++ 2M SDE", "DPM++ 2M SDE", "Automatic", "DPMSolverMultistepScheduler",
+         {**_LINSPACE, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}, False, True),
+        ("DPM++ 2M SDE Karras", "DPM++ 2M SDE", "Karras", "DPMSolverMultistepScheduler",
+         {**_KARRAS, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}, False, True),
+        ("DPM++ SDE", "DPM++ SDE", "Automatic", "DPMSolverSDEScheduler", _LINSPACE, True, True),
+        ("DPM++ SDE Karras", "DPM++ SDE", "Karras", "DPMSolverSDEScheduler", _KARRAS, True, True),
+        ("DDIM", "DDIM", "Automatic", "DDIMScheduler", {}, False, False),
+        ("UniPC", "UniPC", "Automatic", "UniPCMultistepScheduler", _LINSPACE, False, False),
+    ]
+    return {r[0]: SamplerInfo(*r[:4], options=dict(r[4]), second_order=r[5], stochastic=r[6]) for r in rows}
+
+
+SAMPLERS: dict[str, SamplerInfo] = _table()
+
+# A1111 1.10 also accepts the sampler and schedule type as separate settings; map the pair back.
+_BY_PAIR = {(info.sampler.lower(), info.schedule_type.lower()): info for info in SAMPLERS.values()}
+
+
+def get_sampler(name: str, schedule_type: str | None = None) -> SamplerInfo:
+    """Look up a sampler by A1111 name (case-insensitive), optionally with a separate schedule type.
+
+    Raises `SamplerError` listing the valid names when the name is unknown.
+    """
+    key = " ".join(str(name).split()).lower()
+    if schedule_type and schedule_type.lower() not in ("automatic", ""):
+        info = _BY_PAIR.get((key, schedule_type.lower()))
+    else:
+        info = next((i for n, i in SAMPLERS.items() if n.lower() == key), None)
+    if info is None:
+        wanted = f"{name!r}" + (f" with schedule type {schedule_type!r}" if schedule_type else "")
+        raise SamplerError(f"unknown sampler {wanted}; valid samplers: {', '.join(SAMPLERS)}")
+    return info
+
+
+def is_second_order(name: str) -> bool:
+    """True for samplers that call the model twice per step (A1111 doubles the prompt schedule for them)."""
+    return get_sampler(name).second_order
+
+
+def make_scheduler(name: str, base_config: dict | Any):
+    """A fresh diffusers scheduler for A1111 sampler `name`, built on the model's scheduler config.
+
+    `base_config` is the model's scheduler config (``pipe.scheduler.config`` or a plain dict). A new
+    instance is returned every call: multistep schedulers keep per-run state and must not be shared.
+    """
+    import diffusers
+
+    info = get_sampler(name)
+    config = dict(base_config)
+    for private in [k for k in config if k.startswith("_")]:
+        config.pop(private)
+    config.update(info.options)
+    cls = getattr(diffusers, info.scheduler_class)
+    return cls.from_config(config)
