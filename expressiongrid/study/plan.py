@@ -1,0 +1,358 @@
+"""The plan: every cell of a study, fully resolved (prompt texts, seed, sampler, steps, CFG, size, character).
+
+Axis semantics follow A1111's X/Y/Z plot with columns = X, rows = Y and pages = Z:
+
+* placeholders ``{expression}`` and ``{character}`` are filled first (the reference column's character
+  text is ``prompt.reference``), then the A1111 axes are applied in X, Y, Z order on a copy of the base
+  settings, so a Prompt S/R on Y searches the prompt that X already changed;
+* Prompt S/R: the axis' first value is the search text, replaced (all occurrences, case-sensitive) in the
+  prompt *and* the negative prompt; a search text found in neither is an error before anything runs;
+* cells are listed in A1111's loop order: the axis with the strictly highest cost outermost (checkpoints,
+  then characters), so the runner activates each character once per column.
+
+Each cell's key is a content hash of everything that determines its pixels (``cell_key``), so a rerun
+finds finished cells and an extended study only adds new ones. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expressiongrid.errors import StudyError
+from expressiongrid.study.seeds import resolve_base_seed, sample_seeds, vary_offset
+from expressiongrid.study.study import PLACEHOLDERS, Axis, AxisValue, ModelConfig, Study
+
+KEY_VERSION = 1  # bump when the meaning of a key's inputs changes, so old cells are not reused wrongly
+TINY_IDENTITY = "tiny-sd15:v1"
+
+
+@dataclass
+class CellSpec:
+    """Everything needed to make one image, in A1111's terms."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    cfg_scale: float
+    sampler: str
+    width: int
+    height: int
+    model: ModelConfig
+    character: Any = None  # characters.Character, or None for the reference column / no character axis
+    lora_weight: float = 1.0
+    schedule_type: str | None = None
+    noise_source: str = "cpu"
+
+
+@dataclass
+class PlannedCell:
+    """One image of the plan and its place in the grid (``sample`` > 0 only with several seeds per cell)."""
+
+    key: str
+    page: int
+    row_index: int
+    col_index: int
+    sample: int
+    row: AxisValue
+    col: AxisValue
+    page_value: AxisValue | None
+    spec: CellSpec
+    key_inputs: dict = field(default_factory=dict)
+
+    @property
+    def character_id(self) -> str | None:
+        ch = self.spec.character
+        return getattr(ch, "id", None) if ch is not None else ("reference" if self.col.info.get("reference") else None)
+
+    def activation_group(self) -> tuple:
+        """Cells with equal groups share one model load and one character activation."""
+        return (_model_identity_key(self.spec.model), self.character_id, self.spec.lora_weight)
+
+
+@dataclass
+class Plan:
+    """The cells of a study in generation order, plus what the grid will look like."""
+
+    study: Study
+    cells: list[PlannedCell]
+    base_seed: int
+    loop_order: tuple[str, str, str]  # e.g. ("x", "y", "z") = columns outermost, pages innermost
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.study.rows)
+
+    @property
+    def n_cols(self) -> int:
+        return len(self.study.columns)
+
+    @property
+    def n_pages(self) -> int:
+        return len(self.study.pages) if self.study.pages is not None else 1
+
+    def unique_keys(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for cell in self.cells:
+            seen.setdefault(cell.key, None)
+        return list(seen)
+
+    def total_steps(self) -> int:
+        return sum(c.spec.steps for c in self.cells)
+
+    def describe(self) -> dict:
+        """What will be made: counts, pages and the estimated pixel size of each page's grid."""
+        s = self.study.sampling
+        w, h = estimate_grid_size(self.n_rows, self.n_cols, s.width * s.seeds_per_cell, s.height,
+                                  margin=self.study.output.margin)
+        return {
+            "cells": self.n_rows * self.n_cols * self.n_pages,
+            "images": len(self.cells),
+            "unique_images": len(self.unique_keys()),
+            "rows": self.n_rows,
+            "columns": self.n_cols,
+            "pages": self.n_pages,
+            "seeds_per_cell": s.seeds_per_cell,
+            "cell_size": [s.width, s.height],
+            "grid_size": [w, h],
+            "grid_megapixels": round(w * h / 1e6, 2),
+            "total_steps": self.total_steps(),
+        }
+
+
+def estimate_grid_size(n_rows: int, n_cols: int, cell_w: int, cell_h: int, margin: int = 0) -> tuple[int, int]:
+    """A1111's grid geometry without drawing: a row-label column 3/4 of a cell wide, two label lines on top."""
+    font = (cell_w + cell_h) // 25
+    pad_left = cell_w * 3 // 4
+    pad_top = 2 * (font + font // 2) + 2 * (font // 2)
+    return (pad_left + n_cols * cell_w + margin * (n_cols - 1),
+            pad_top + n_rows * cell_h + margin * (n_rows - 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loop order (A1111 xyz_grid: strictly most expensive axis outermost)
+
+
+def loop_order(cost_x: float, cost_y: float, cost_z: float) -> tuple[str, str, str]:
+    """A1111's loop nesting, outermost first, from the three axes' costs (ties keep z → y → x)."""
+    if cost_x > cost_y and cost_x > cost_z:
+        first, second = "x", ("y" if cost_y > cost_z else "z")
+    elif cost_y > cost_x and cost_y > cost_z:
+        first, second = "y", ("x" if cost_x > cost_z else "z")
+    elif cost_z > cost_x and cost_z > cost_y:
+        first, second = "z", ("x" if cost_x > cost_y else "y")
+    else:
+        first, second = "z", "y"
+    third = ({"x", "y", "z"} - {first, second}).pop()
+    return first, second, third
+
+
+def cell_order(nx: int, ny: int, nz: int, order: tuple[str, str, str]) -> list[tuple[int, int, int]]:
+    """All (ix, iy, iz) in the order A1111 processes them for a given loop nesting."""
+    dims = {"x": nx, "y": ny, "z": nz}
+    out = []
+    for a in range(dims[order[0]]):
+        for b in range(dims[order[1]]):
+            for c in range(dims[order[2]]):
+                idx = {order[0]: a, order[1]: b, order[2]: c}
+                out.append((idx["x"], idx["y"], idx["z"]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def plan(study: Study, *, rng: random.Random | None = None) -> Plan:
+    """Resolve every cell of ``study``; ``StudyError`` lists every cell that cannot be made."""
+    s = study.sampling
+    base_seed = resolve_base_seed(s.seed, rng)
+    x, y = study.columns, study.rows
+    z = study.pages or Axis("Nothing", [AxisValue("0", "", None)])
+    order = loop_order(x.cost, y.cost, z.cost)
+    dims = (len(x), len(y), len(z))
+    vary = ("columns" in s.vary, "rows" in s.vary, "pages" in s.vary)
+
+    cells: list[PlannedCell] = []
+    problems: list[str] = []
+    identities: dict = {}
+    for ix, iy, iz in cell_order(*dims, order):
+        col, row, page = x.values[ix], y.values[iy], z.values[iz]
+        try:
+            spec = _resolve_cell(study, base_seed, (x, col), (y, row), (z, page))
+        except StudyError as exc:
+            message = str(exc)
+            if message not in problems:
+                problems.append(message)
+            continue
+        cell_seed = spec.seed + vary_offset(ix, iy, iz, dims, vary)
+        for sample, seed in enumerate(sample_seeds(cell_seed, s.seeds_per_cell, dims, vary)):
+            sample_spec = dataclasses.replace(spec, seed=seed)
+            inputs = key_inputs(sample_spec, identities)
+            cells.append(PlannedCell(cell_key(inputs), iz, iy, ix, sample, row, col,
+                                     page if study.pages is not None else None, sample_spec, inputs))
+    if problems:
+        raise StudyError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in the plan", problems)
+    return Plan(study, cells, base_seed, order)
+
+
+def _fill_placeholders(template: str, values: dict[str, str]) -> str:
+    out = template
+    for name in PLACEHOLDERS:
+        if name in values:
+            out = out.replace("{" + name + "}", values[name])
+    return out
+
+
+def _resolve_cell(study: Study, base_seed: int, *axes: tuple[Axis, AxisValue]) -> CellSpec:
+    s = study.sampling
+    spec = CellSpec(prompt=study.prompt, negative_prompt=study.negative_prompt, seed=base_seed, steps=s.steps,
+                    cfg_scale=s.cfg_scale, sampler=s.sampler, width=s.width, height=s.height,
+                    model=dataclasses.replace(study.model), noise_source=s.noise_source)
+    fills: dict[str, str] = {}
+    for axis, value in axes:
+        if axis.kind == "expressions":
+            fills["expression"] = value.value
+        elif axis.kind == "characters":
+            if value.value is None:
+                fills["character"] = study.reference_text
+            else:
+                spec.character = value.value
+                fills["character"] = getattr(value.value, "text", "") or ""
+    spec.prompt = _fill_placeholders(spec.prompt, fills)
+    spec.negative_prompt = _fill_placeholders(spec.negative_prompt, fills)
+    for axis, value in axes:  # X, then Y, then Z, as A1111 applies them
+        apply_axis_value(spec, axis, value)
+    return spec
+
+
+def apply_axis_value(spec: CellSpec, axis: Axis, value: AxisValue) -> None:
+    """Set what one A1111 axis value changes on ``spec`` (in place)."""
+    kind, v = axis.kind, value.value
+    if kind in ("expressions", "characters", "Nothing"):
+        return
+    if kind == "Prompt S/R":
+        from expressiongrid.study.axes import AxisError, prompt_sr
+
+        search = axis.values[0].value
+        try:
+            spec.prompt, spec.negative_prompt = prompt_sr(spec.prompt, spec.negative_prompt, search, v)
+        except AxisError as exc:
+            raise StudyError(str(exc)) from None
+    elif kind == "Seed":
+        spec.seed = int(v)
+    elif kind == "Steps":
+        spec.steps = int(v)
+    elif kind == "CFG Scale":
+        spec.cfg_scale = float(v)
+    elif kind == "Sampler":
+        spec.sampler = str(v)
+    elif kind == "Schedule type":
+        spec.schedule_type = str(v)
+    elif kind == "Checkpoint name":
+        spec.model = dataclasses.replace(spec.model, source=str(v))
+    elif kind == "Clip skip":
+        spec.model = dataclasses.replace(spec.model, clip_skip=int(v))
+    elif kind == "Size":
+        from expressiongrid.study.axes import AxisError, parse_size
+
+        try:
+            spec.width, spec.height = parse_size(v)
+        except AxisError as exc:
+            raise StudyError(str(exc)) from None
+    elif kind == "LoRA weight":
+        spec.lora_weight = float(v)
+    else:
+        raise StudyError(f"axis {kind!r} cannot be applied by the runner")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Keys
+
+
+def _file_identity(path: str) -> str:
+    """sha256 of a local file (cached by the characters area), or the source text for hub ids / tiny."""
+    if path == "tiny":
+        return TINY_IDENTITY
+    p = Path(path)
+    if p.is_file():
+        try:
+            from expressiongrid.characters.hashes import sha256
+        except ImportError:  # pragma: no cover - characters area always ships
+            return _sha256_file(p)
+        return sha256(p)
+    if p.is_dir():
+        # A diffusers folder: hash the weight files' hashes, so a retrained folder gets new keys.
+        files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".safetensors", ".bin", ".json"))
+        return hashlib.sha256("".join(f"{q.relative_to(p)}={_file_identity(str(q))}" for q in files).encode()).hexdigest()
+    return f"hub:{path}"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _model_identity_key(m: ModelConfig) -> tuple:
+    return (m.source, m.vae, m.clip_skip, m.dtype, m.device)
+
+
+def _character_inputs(ch: Any, lora_weight: float, identities: dict) -> dict | None:
+    if ch is None:
+        return None
+
+    def ident(path) -> str:
+        key = str(path)
+        if key not in identities:
+            identities[key] = _file_identity(key)
+        return identities[key]
+
+    return {
+        "id": ch.id,
+        "loras": [[ident(l.path), float(l.unet_weight) * lora_weight, float(l.te_weight) * lora_weight]
+                  for l in getattr(ch, "loras", [])],
+        "embeddings": [[ident(e.path), e.token] for e in getattr(ch, "embeddings", [])],
+    }
+
+
+def key_inputs(spec: CellSpec, identities: dict | None = None) -> dict:
+    """The JSON-ready inputs that determine a cell's pixels (hashed into its key)."""
+    identities = {} if identities is None else identities
+
+    def ident(path: str | None) -> str | None:
+        if path is None:
+            return None
+        if path not in identities:
+            identities[path] = _file_identity(path)
+        return identities[path]
+
+    m = spec.model
+    return {
+        "v": KEY_VERSION,
+        "model": {"weights": ident(m.source), "vae": ident(m.vae), "clip_skip": m.clip_skip, "dtype": m.dtype},
+        "character": _character_inputs(spec.character, spec.lora_weight, identities),
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+        "seed": spec.seed,
+        "sampler": spec.sampler,
+        "schedule_type": spec.schedule_type,
+        "steps": spec.steps,
+        "cfg_scale": float(spec.cfg_scale),
+        "width": spec.width,
+        "height": spec.height,
+        "noise_source": spec.noise_source,
+    }
+
+
+def cell_key(inputs: dict) -> str:
+    """Content hash (sha256 hex, first 32 chars) of a cell's key inputs, stable across runs and machines."""
+    text = json.dumps(inputs, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]

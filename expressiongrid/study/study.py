@@ -1,0 +1,699 @@
+"""Study files: read a TOML study, check every part of it, and resolve it into a ``Study``.
+
+Validation collects every problem (file, key, what is expected) and raises them together in one
+``StudyError`` before any model weights are touched, so a user fixes a study file in one pass instead of
+one failed run per typo. Nothing here imports torch.
+
+The file format is documented in ``docs/study-file.md``.
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from expressiongrid.errors import ExpressionGridError, StudyError
+
+PLACEHOLDERS = ("expression", "character")
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+SEED_POLICIES = ("fixed", "vary", "per-cell")
+VARY_AXES = ("columns", "rows", "pages")
+DTYPES = ("fp32", "fp16", "bf16")
+NOISE_SOURCES = ("cpu", "gpu")
+GRID_FORMATS = ("png", "jpeg", "webp")
+
+# Axes the planner can apply besides expressions and characters (A1111 labels, see study/axes.py).
+# "Schedule type" has no field in the axis table but the engine takes it with the sampler, so it is applied.
+SUPPORTED_A1111_AXES = ("Nothing", "Seed", "Steps", "CFG Scale", "Prompt S/R", "Sampler", "Schedule type",
+                        "Checkpoint name", "Clip skip", "Size", "LoRA weight")
+
+
+@dataclass
+class AxisValue:
+    """One row, column or page: its id (stable, used in keys), legend label and typed value.
+
+    For expressions ``value`` is the prompt text and ``info`` carries the target action units and notes;
+    for characters ``value`` is the ``Character`` (or None for the reference column).
+    """
+
+    id: str
+    label: str
+    value: Any
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Axis:
+    """An axis of the grid. ``kind`` is "expressions", "characters" or an A1111 axis label."""
+
+    kind: str
+    values: list[AxisValue]
+    raw: str | None = None  # the value text as the user typed it (goes into the grid infotext)
+
+    @property
+    def cost(self) -> float:
+        """A1111's loop cost: expensive axes (checkpoints, then characters) become outer loops."""
+        from expressiongrid.study.axes import axis_type
+
+        name = {"expressions": "Expression", "characters": "Character"}.get(self.kind, self.kind)
+        return axis_type(name).cost
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load (mirrors ``engine.ModelSpec`` without importing the engine)."""
+
+    source: str = "tiny"
+    vae: str | None = None
+    clip_skip: int = 1
+    dtype: str = "fp32"
+    device: str | None = None
+
+
+@dataclass
+class Sampling:
+    sampler: str = "Euler a"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    seed_policy: str = "fixed"
+    vary: tuple[str, ...] = ()
+    seeds_per_cell: int = 1
+    noise_source: str = "cpu"
+    batch_size: int | None = None
+
+
+@dataclass
+class OutputOptions:
+    dir: str | None = None
+    title: str | None = None
+    grid_formats: tuple[str, ...] = ("png",)
+    upload_copy: str | None = "jpeg"  # an upload-sized JPEG/WebP beside each grid, or None
+    margin: int = 0
+    max_cells_per_page: int | None = None
+
+
+@dataclass
+class Study:
+    """A validated, resolved study: everything the planner needs, no files left to read."""
+
+    name: str
+    path: Path | None
+    base_dir: Path
+    model: ModelConfig
+    sampling: Sampling
+    prompt: str
+    negative_prompt: str
+    rows: Axis
+    columns: Axis
+    pages: Axis | None = None
+    output: OutputOptions = field(default_factory=OutputOptions)
+    reference_text: str = ""
+    characters: list = field(default_factory=list)  # Character objects of the columns, reference excluded
+
+    def info(self) -> dict:
+        """JSON-ready description stored with each run (``Store.study_info``)."""
+
+        def axis_info(axis: Axis | None):
+            if axis is None:
+                return None
+            values = []
+            for v in axis.values:
+                item = {"id": v.id, "label": v.label}
+                if axis.kind == "expressions":
+                    item["text"] = v.value
+                elif axis.kind == "characters":
+                    item["character_id"] = v.id
+                else:
+                    item["value"] = v.value if isinstance(v.value, (int, float, str, type(None))) else str(v.value)
+                item.update({k: val for k, val in v.info.items() if k not in item})
+                values.append(item)
+            return {"kind": axis.kind, "raw": axis.raw, "values": values}
+
+        return {
+            "name": self.name,
+            "path": str(self.path) if self.path else None,
+            "model": vars(self.model).copy(),
+            "sampling": {**vars(self.sampling), "vary": list(self.sampling.vary)},
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "reference_text": self.reference_text,
+            "rows": axis_info(self.rows),
+            "columns": axis_info(self.columns),
+            "pages": axis_info(self.pages),
+            "output": {**vars(self.output), "grid_formats": list(self.output.grid_formats)},
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Problem collection
+
+
+class _Problems:
+    """Collects "file: key: what is expected" lines; raise once at the end."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{self.source}: {key}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            n = len(self.items)
+            raise StudyError(f"{self.source}: {n} problem{'s' if n != 1 else ''} in the study", self.items)
+
+
+_KNOWN_KEYS = {
+    "": {"name", "title", "model", "sampling", "prompt", "rows", "columns", "pages", "output"},
+    "model": {"source", "vae", "clip_skip", "dtype", "device"},
+    "sampling": {"sampler", "steps", "cfg_scale", "width", "height", "seed", "seed_policy", "vary",
+                 "seeds_per_cell", "noise_source", "batch_size"},
+    "prompt": {"positive", "negative", "reference"},
+    "axis": {"axis", "set", "only", "items", "values", "files", "reference", "reference_label", "label"},
+    "output": {"dir", "title", "grid_formats", "upload_copy", "margin", "max_cells_per_page"},
+}
+
+
+def _check_keys(table: dict, known: set[str], prefix: str, problems: _Problems) -> None:
+    for key in table:
+        if key not in known:
+            problems.add(f"{prefix}{key}", f"unknown key; expected one of {', '.join(sorted(known))}")
+
+
+def _get(table: dict, key: str, kind, default, prefix: str, problems: _Problems, *, check=None, expect=""):
+    """Read ``table[key]`` as ``kind``; record a problem (and return the default) when it does not fit."""
+    if key not in table:
+        return default
+    value = table[key]
+    ok = isinstance(value, kind) and not (kind in (int, float, (int, float)) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if ok and check is not None and not check(value):
+        ok = False
+    if not ok:
+        problems.add(f"{prefix}{key}", f"expected {expect or _kind_name(kind)}, got {value!r}")
+        return default
+    return value
+
+
+def _kind_name(kind) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
+             dict: "a table"}
+    return names.get(kind, str(kind))
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:48] or "x"
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study TOML file; every problem is reported at once in one ``StudyError``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyError(f"study file not found: {path}") from None
+    except OSError as exc:
+        raise StudyError(f"cannot read study file {path}: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{path}: not valid TOML: {exc}") from None
+    return study_from_dict(data, base_dir=path.parent, source=str(path), path=path)
+
+
+def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<study>",
+                    path: Path | None = None, check_files: bool = True) -> Study:
+    """Validate a study given as a dict (a parsed TOML file, or built by ``xyz``) and resolve it."""
+    base_dir = Path(base_dir)
+    problems = _Problems(source)
+    _check_keys(data, _KNOWN_KEYS[""], "", problems)
+
+    name = _get(data, "name", str, path.stem if path else "study", "", problems)
+    model = _read_model(_table(data, "model", problems), base_dir, problems, check_files)
+    sampling = _read_sampling(_table(data, "sampling", problems), problems)
+    prompt_t = _table(data, "prompt", problems)
+    _check_keys(prompt_t, _KNOWN_KEYS["prompt"], "prompt.", problems)
+    prompt = _get(prompt_t, "positive", str, "", "prompt.", problems)
+    if "positive" not in prompt_t:
+        problems.add("prompt.positive", "missing; expected the prompt text, e.g. "
+                     "\"closeup of woman facing viewer, [hair, neck, eyes, lips: {expression}: 0.2], {character}\"")
+    negative = _get(prompt_t, "negative", str, "", "prompt.", problems)
+    reference_text = _get(prompt_t, "reference", str, "", "prompt.", problems)
+
+    rows = _read_axis(data, "rows", base_dir, problems, check_files, reference_text)
+    columns = _read_axis(data, "columns", base_dir, problems, check_files, reference_text)
+    pages = _read_axis(data, "pages", base_dir, problems, check_files, reference_text) if "pages" in data else None
+    output = _read_output(_table(data, "output", problems), problems)
+    output.title = output.title or _get(data, "title", str, None, "", problems)
+
+    axes = {"rows": rows, "columns": columns, "pages": pages}
+    _check_placeholders(prompt, negative, axes, problems)
+    _check_axis_combination(axes, sampling, problems)
+    _check_prompts(prompt, negative, sampling, problems)
+    characters = _check_characters(axes, model, problems)
+    problems.raise_if_any()
+
+    return Study(name=name, path=path, base_dir=base_dir, model=model, sampling=sampling, prompt=prompt,
+                 negative_prompt=negative, rows=rows, columns=columns, pages=pages, output=output,
+                 reference_text=reference_text, characters=characters)
+
+
+def _table(data: dict, key: str, problems: _Problems) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problems.add(key, f"expected a table ([{key}]), got {value!r}")
+        return {}
+    return value
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.endswith((".safetensors", ".ckpt", ".pt", ".bin")) or source.startswith((".", "/", "~")) \
+        or "\\" in source
+
+
+def _read_model(t: dict, base_dir: Path, problems: _Problems, check_files: bool) -> ModelConfig:
+    _check_keys(t, _KNOWN_KEYS["model"], "model.", problems)
+    m = ModelConfig()
+    m.source = _get(t, "source", str, "tiny", "model.", problems,
+                    check=lambda s: bool(s.strip()), expect='"tiny", a hub id, a folder or a .safetensors file')
+    m.vae = _get(t, "vae", str, None, "model.", problems) or None
+    m.clip_skip = _get(t, "clip_skip", int, 1, "model.", problems, check=lambda v: 1 <= v <= 12,
+                       expect="an integer from 1 to 12 (1 = last layer, A1111's default)")
+    m.dtype = _get(t, "dtype", str, "fp32", "model.", problems, check=lambda v: v in DTYPES,
+                   expect=" or ".join(DTYPES))
+    m.device = _get(t, "device", str, None, "model.", problems)
+    if check_files:
+        m.source = _resolve_model_path(m.source, base_dir, "model.source", problems)
+        if m.vae:
+            m.vae = _resolve_model_path(m.vae, base_dir, "model.vae", problems)
+    return m
+
+
+def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Problems) -> str:
+    """Resolve a local path relative to the study file; hub ids and "tiny" pass through."""
+    if source == "tiny":
+        return source
+    candidate = Path(source).expanduser()
+    if not candidate.is_absolute():
+        candidate = base_dir / candidate
+    if candidate.exists():
+        return str(candidate)
+    if _looks_like_path(source) or Path(source).suffix:
+        problems.add(key, f"file not found: {candidate} (expected a checkpoint file or diffusers folder; "
+                          f"paths are relative to the study file)")
+    return source  # a hub id such as "runwayml/stable-diffusion-v1-5"
+
+
+def _read_sampling(t: dict, problems: _Problems) -> Sampling:
+    p = "sampling."
+    _check_keys(t, _KNOWN_KEYS["sampling"], p, problems)
+    s = Sampling()
+    s.sampler = _get(t, "sampler", str, s.sampler, p, problems)
+    _check_sampler(s.sampler, p + "sampler", problems)
+    s.steps = _get(t, "steps", int, s.steps, p, problems, check=lambda v: 1 <= v <= 1000,
+                   expect="an integer from 1 to 1000")
+    s.cfg_scale = _get(t, "cfg_scale", float, s.cfg_scale, p, problems, check=lambda v: 0 <= v <= 100,
+                       expect="a number from 0 to 100")
+    for key in ("width", "height"):
+        setattr(s, key, _get(t, key, int, getattr(s, key), p, problems, check=lambda v: 8 <= v <= 8192 and v % 8 == 0,
+                             expect="a multiple of 8 from 8 to 8192"))
+    s.seed = _get(t, "seed", int, s.seed, p, problems, check=lambda v: -1 <= v < 2**32,
+                  expect="an integer from 0 to 4294967295, or -1 for a random seed fixed for the run")
+    s.seed_policy = _get(t, "seed_policy", str, s.seed_policy, p, problems, check=lambda v: v in SEED_POLICIES,
+                         expect=" or ".join(f'"{x}"' for x in SEED_POLICIES))
+    vary = t.get("vary", [])
+    if isinstance(vary, str):
+        vary = [vary]
+    if not isinstance(vary, list) or any(v not in VARY_AXES for v in vary):
+        problems.add(p + "vary", f"expected a list of {', '.join(VARY_AXES)}, got {t.get('vary')!r}")
+        vary = []
+    s.vary = tuple(v for v in VARY_AXES if v in vary)
+    s.seeds_per_cell = _get(t, "seeds_per_cell", int, 1, p, problems, check=lambda v: 1 <= v <= 64,
+                            expect="an integer from 1 to 64")
+    s.noise_source = _get(t, "noise_source", str, "cpu", p, problems, check=lambda v: v in NOISE_SOURCES,
+                          expect=" or ".join(NOISE_SOURCES))
+    s.batch_size = _get(t, "batch_size", int, None, p, problems, check=lambda v: v >= 1, expect="a positive integer")
+    if s.seed_policy == "vary" and not s.vary:
+        problems.add(p + "vary", 'seed_policy "vary" needs the axes to vary along, e.g. vary = ["rows"]')
+    if s.seed_policy != "vary" and s.vary:
+        problems.add(p + "seed_policy", f'vary = {list(s.vary)} needs seed_policy = "vary"')
+    if s.seed_policy == "per-cell" and s.seeds_per_cell < 2 and "seeds_per_cell" not in t:
+        problems.add(p + "seeds_per_cell", 'seed_policy "per-cell" needs seeds_per_cell = 2 or more')
+    if s.seed_policy != "per-cell" and s.seeds_per_cell > 1:
+        problems.add(p + "seed_policy", 'seeds_per_cell > 1 needs seed_policy = "per-cell"')
+    return s
+
+
+def _check_sampler(name: str, key: str, problems: _Problems) -> None:
+    try:
+        from expressiongrid.engine.samplers import get_sampler
+    except ImportError:  # engine not installed in this checkout: the runner will check
+        return
+    try:
+        get_sampler(name)
+    except ExpressionGridError as exc:
+        problems.add(key, str(exc))
+
+
+def _read_output(t: dict, problems: _Problems) -> OutputOptions:
+    p = "output."
+    _check_keys(t, _KNOWN_KEYS["output"], p, problems)
+    o = OutputOptions()
+    o.dir = _get(t, "dir", str, None, p, problems)
+    o.title = _get(t, "title", str, None, p, problems)
+    formats = t.get("grid_formats", ["png"])
+    if isinstance(formats, str):
+        formats = [formats]
+    if not isinstance(formats, list) or not formats or any(f not in GRID_FORMATS for f in formats):
+        problems.add(p + "grid_formats", f"expected a list from {', '.join(GRID_FORMATS)}, got {t.get('grid_formats')!r}")
+        formats = ["png"]
+    o.grid_formats = tuple(formats)
+    upload = t.get("upload_copy", "jpeg")
+    if upload in (False, "none", ""):
+        upload = None
+    if upload is not None and upload not in ("jpeg", "webp"):
+        problems.add(p + "upload_copy", f'expected "jpeg", "webp" or false, got {upload!r}')
+        upload = None
+    o.upload_copy = upload
+    o.margin = _get(t, "margin", int, 0, p, problems, check=lambda v: 0 <= v <= 500, expect="pixels from 0 to 500")
+    o.max_cells_per_page = _get(t, "max_cells_per_page", int, None, p, problems, check=lambda v: v >= 1,
+                                expect="a positive integer")
+    return o
+
+
+# ----------------------------------------------------------------------------------------------------
+# Axes
+
+
+def canonical_axis_kind(name: str) -> str | None:
+    """``"expressions"``, ``"characters"`` or the canonical A1111 axis label; None if unknown."""
+    from expressiongrid.study.axes import AxisError, axis_type
+
+    try:
+        t = axis_type(name)
+    except AxisError:
+        return None
+    return {"Expression": "expressions", "Character": "characters"}.get(t.name, t.name)
+
+
+def _read_axis(data: dict, name: str, base_dir: Path, problems: _Problems, check_files: bool,
+               reference_text: str) -> Axis:
+    t = data.get(name)
+    if t is None:
+        problems.add(name, f"missing; expected a [{name}] table with an axis, e.g. axis = "
+                           f"\"{'expressions' if name == 'rows' else 'characters'}\"")
+        return Axis("Nothing", [AxisValue("0", "", None)])
+    if not isinstance(t, dict):
+        problems.add(name, f"expected a table ([{name}]), got {t!r}")
+        return Axis("Nothing", [AxisValue("0", "", None)])
+    p = f"{name}."
+    _check_keys(t, _KNOWN_KEYS["axis"], p, problems)
+    kind_text = _get(t, "axis", str, None, p, problems)
+    if kind_text is None:
+        problems.add(p + "axis", "missing; expected \"expressions\", \"characters\" or an A1111 axis "
+                                 f"({', '.join(SUPPORTED_A1111_AXES)})")
+        return Axis("Nothing", [AxisValue("0", "", None)])
+    kind = canonical_axis_kind(kind_text)
+    if kind is None or (kind not in ("expressions", "characters") and kind not in SUPPORTED_A1111_AXES):
+        what = "unknown axis" if kind is None else "axis not supported by the runner:"
+        problems.add(p + "axis", f"{what} {kind_text!r}; expected \"expressions\", \"characters\" or one of "
+                                 f"{', '.join(SUPPORTED_A1111_AXES)}")
+        return Axis("Nothing", [AxisValue("0", "", None)])
+    if kind == "expressions":
+        axis = _expressions_axis(t, p, base_dir, problems, check_files)
+    elif kind == "characters":
+        axis = _characters_axis(t, p, base_dir, problems, check_files, reference_text)
+    else:
+        axis = _a1111_axis(kind, t, p, problems)
+        if kind == "Checkpoint name" and check_files:
+            for v in axis.values:
+                v.value = _resolve_model_path(str(v.value), base_dir, p + "values", problems)
+    if not axis.values and kind != "Nothing":
+        problems.add(p + "values", "the axis has no values; expected at least one")
+    ids = [v.id for v in axis.values]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes and kind in ("expressions", "characters"):
+        problems.add(p + ("items" if "items" in t else "values"), f"duplicate ids {', '.join(dupes)}; ids must be unique")
+    return axis
+
+
+def _expressions_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check_files: bool) -> Axis:
+    values: list[AxisValue] = []
+    if "set" in t:
+        set_path = _get(t, "set", str, None, p, problems)
+        if set_path:
+            values = _load_expression_set(set_path, base_dir, p + "set", problems, check_files)
+    for i, item in enumerate(t.get("items", []) if isinstance(t.get("items", []), list) else []):
+        key = f"{p}items[{i}]"
+        if isinstance(item, str):
+            values.append(AxisValue(_slug(item), item, item))
+        elif isinstance(item, dict):
+            text = item.get("text", item.get("prompt"))
+            if not isinstance(text, str) or not text.strip():
+                problems.add(key + ".text", "missing; expected the expression's prompt text")
+                continue
+            eid = item.get("id") or _slug(text)
+            label = item.get("label") or text
+            info = {k: v for k, v in item.items() if k not in ("id", "label", "text", "prompt")}
+            values.append(AxisValue(str(eid), str(label), text, info))
+        else:
+            problems.add(key, f"expected a string or a table {{id, label, text}}, got {item!r}")
+    if "items" in t and not isinstance(t["items"], list):
+        problems.add(p + "items", f"expected a list, got {t['items']!r}")
+    if "values" in t:
+        raw = t["values"]
+        texts = _split_values(raw, p + "values", problems)
+        values.extend(AxisValue(_slug(x), x, x) for x in texts)
+    if "set" not in t and "items" not in t and "values" not in t:
+        problems.add(p + "set", "expected an expression set file (set = \"expressions/seed-study.toml\"), "
+                                "or inline items = [...]")
+    only = t.get("only")
+    if only is not None:
+        if not isinstance(only, list) or not all(isinstance(x, str) for x in only):
+            problems.add(p + "only", f"expected a list of expression ids, got {only!r}")
+        else:
+            by_id = {v.id: v for v in values}
+            missing = [x for x in only if x not in by_id]
+            if missing:
+                problems.add(p + "only", f"unknown expression ids {', '.join(missing)}; "
+                                         f"known: {', '.join(by_id) or '(none)'}")
+            values = [by_id[x] for x in only if x in by_id]
+    return Axis("expressions", values)
+
+
+def _split_values(raw, key: str, problems: _Problems) -> list[str]:
+    if isinstance(raw, list) and all(isinstance(x, (str, int, float)) for x in raw):
+        return [str(x) for x in raw]
+    if isinstance(raw, str):
+        import csv
+        import io
+
+        return [item.strip() for row in csv.reader(io.StringIO(raw), skipinitialspace=True) for item in row]
+    problems.add(key, f"expected a list of values or A1111 value text, got {raw!r}")
+    return []
+
+
+def _load_expression_set(set_name: str, base_dir: Path, key: str, problems: _Problems,
+                         check_files: bool) -> list[AxisValue]:
+    """Expressions from an expression-set file or built-in set name (``seed-study``), via ``study.expressions``."""
+    from expressiongrid.study.expressions import find_expression_set, load_expression_set
+
+    found = find_expression_set(set_name, base_dir=base_dir)
+    if found is not None and Path(found).resolve() == Path(problems.source).resolve():
+        # A set name like "seed-study" must not find the study file of the same name beside it.
+        found = find_expression_set(set_name, base_dir=None)
+    if found is None or not Path(found).is_file():
+        problems.add(key, f"expression set not found: {set_name!r} (expected a .toml file relative to the study "
+                          "file, or a built-in set name such as \"seed-study\"; `expressiongrid expressions list` "
+                          "shows them)")
+        return []
+    try:
+        expression_set = load_expression_set(found)
+    except ExpressionGridError as exc:
+        problems.add(key, str(exc))
+        for problem in getattr(exc, "problems", []) or []:
+            problems.add(key, problem)
+        return []
+    return [AxisValue(e.id, e.label, e.prompt, {"action_units": list(e.action_units), "notes": e.notes,
+                                                 "set": str(found)})
+            for e in expression_set.expressions]
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def _characters_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check_files: bool,
+                     reference_text: str) -> Axis:
+    values: list[AxisValue] = []
+    reference = _get(t, "reference", bool, False, p, problems)
+    if reference:
+        label = _get(t, "reference_label", str, "reference", p, problems)
+        values.append(AxisValue("reference", label, None, {"reference": True}))
+    files = t.get("files", [])
+    if isinstance(files, str):
+        files = [files]
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        problems.add(p + "files", f"expected a list of character files (.toml, .safetensors, .pt), got {files!r}")
+        files = []
+    paths: list[Path] = []
+    for pattern in files:
+        full = Path(pattern).expanduser()
+        full = full if full.is_absolute() else base_dir / full
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(full)))
+            if not matches and check_files:
+                problems.add(p + "files", f"no files match {pattern!r} (relative to {base_dir})")
+            paths.extend(matches)
+        elif full.exists() or not check_files:
+            paths.append(full)
+        else:
+            problems.add(p + "files", f"character file not found: {full} (paths are relative to the study file)")
+    if check_files and paths:
+        values.extend(_load_characters(paths, p + "files", problems))
+    elif paths:
+        values.extend(AxisValue(_slug(x.stem), x.stem, None, {"path": str(x)}) for x in paths)
+    items = t.get("items", [])
+    if items:
+        problems.add(p + "items", "characters are given as files = [...] (character .toml or model files)")
+    if not files and not reference:
+        problems.add(p + "files", "expected character files (files = [\"characters/*.toml\"]) and/or reference = true")
+    return Axis("characters", values)
+
+
+def _load_characters(paths: list[Path], key: str, problems: _Problems) -> list[AxisValue]:
+    try:
+        from expressiongrid.characters import load_character
+    except ImportError:
+        problems.add(key, "character support is not available in this installation (expressiongrid.characters)")
+        return []
+    values = []
+    for path in paths:
+        try:
+            ch = load_character(path)
+        except ExpressionGridError as exc:
+            problems.add(key, f"{path}: {exc}")
+            continue
+        values.append(AxisValue(ch.id, ch.label, ch, {"path": str(path)}))
+    return values
+
+
+def _a1111_axis(kind: str, t: dict, p: str, problems: _Problems) -> Axis:
+    raw = t.get("values")
+    if raw is None and kind == "Nothing":
+        raw = ""
+    if raw is None:
+        problems.add(p + "values", f"missing; expected A1111 value text for {kind}, e.g. values = \"5,7,9\"")
+        return Axis(kind, [])
+    if isinstance(raw, list):
+        raw_text = ",".join(_csv_quote(str(x)) for x in raw)
+    elif isinstance(raw, (str, int, float)):
+        raw_text = str(raw)
+    else:
+        problems.add(p + "values", f"expected value text or a list, got {raw!r}")
+        return Axis(kind, [])
+    try:
+        values, labels = parse_axis_values(kind, raw_text)
+    except ExpressionGridError as exc:
+        problems.add(p + "values", str(exc))
+        return Axis(kind, [], raw_text)
+    return Axis(kind, [AxisValue(_value_id(v), label, v) for v, label in zip(values, labels)], raw_text)
+
+
+def _csv_quote(value: str) -> str:
+    if any(c in value for c in ',"\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _value_id(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def parse_axis_values(kind: str, text: str) -> tuple[list, list[str]]:
+    """``parse_axis`` (A1111's value syntax) for an axis kind, as ``(values, labels)``."""
+    from expressiongrid.study.axes import parse_axis
+
+    result = parse_axis(kind, text)
+    return list(result.values), list(result.labels)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cross-checks
+
+
+def _check_placeholders(prompt: str, negative: str, axes: dict, problems: _Problems) -> None:
+    used = set(_PLACEHOLDER_RE.findall(prompt)) | set(_PLACEHOLDER_RE.findall(negative))
+    for unknown in sorted(used - set(PLACEHOLDERS)):
+        problems.add("prompt.positive", f"unknown placeholder {{{unknown}}}; expected {{expression}} or {{character}}")
+    kinds = {name: a.kind for name, a in axes.items() if a is not None}
+    for placeholder, kind in (("expression", "expressions"), ("character", "characters")):
+        has_axis = kind in kinds.values()
+        if has_axis and placeholder not in used:
+            problems.add("prompt.positive", f"an axis is {kind} but the prompt has no {{{placeholder}}} placeholder "
+                                            f"to put the {placeholder} in")
+        if placeholder in used and not has_axis:
+            problems.add("prompt.positive", f"the prompt uses {{{placeholder}}} but no axis is {kind}")
+
+
+def _check_axis_combination(axes: dict, sampling: Sampling, problems: _Problems) -> None:
+    seen: dict[str, str] = {}
+    for name, axis in axes.items():
+        if axis is None or axis.kind in ("Nothing", "Prompt S/R"):  # A1111 allows S/R on several axes
+            continue
+        if axis.kind in seen:
+            problems.add(f"{name}.axis", f"{axis.kind} is already the {seen[axis.kind]} axis; each axis kind once")
+        seen[axis.kind] = name
+    for axis_name in sampling.vary:
+        if axes.get(axis_name) is None:
+            problems.add("sampling.vary", f"cannot vary seeds along {axis_name}: the study has no [{axis_name}]")
+
+
+def _check_prompts(prompt: str, negative: str, sampling: Sampling, problems: _Problems) -> None:
+    """Prompt syntax errors A1111 would reject, found now instead of at the first cell."""
+    try:
+        from expressiongrid.prompts import explain
+    except ImportError:
+        return
+    filled = _PLACEHOLDER_RE.sub("x", prompt)
+    for key, text in (("prompt.positive", filled), ("prompt.negative", _PLACEHOLDER_RE.sub("x", negative))):
+        try:
+            explain(text, sampling.steps, sampling.sampler)
+        except ExpressionGridError as exc:
+            problems.add(key, str(exc))
+        except Exception:  # a bug in the checker must not hide the other problems
+            pass
+
+
+def _check_characters(axes: dict, model: ModelConfig, problems: _Problems) -> list:
+    chars = [v.value for a in axes.values() if a is not None and a.kind == "characters"
+             for v in a.values if v.value is not None]
+    if not chars:
+        return []
+    try:
+        from expressiongrid.characters import check_characters
+    except ImportError:
+        return chars
+    axis_name = next(n for n, a in axes.items() if a is not None and a.kind == "characters")
+    for message in check_characters(chars, family="sd15"):
+        problems.add(f"{axis_name}.files", message)
+    return chars

@@ -1,0 +1,98 @@
+"""`xyz` planning replays A1111's X/Y/Z runs (../shared/compat/xyz_runs.jsonl): cell order, seeds, prompts."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load_jsonl
+from expressiongrid.errors import StudyError, UsageError
+from expressiongrid.study.plan import cell_order, loop_order, plan
+from expressiongrid.study.xyz import grid_infotext_extra, split_axis_flag, xyz_study
+
+RUNS = load_jsonl("xyz_runs.jsonl")
+DEFAULT_BASE = {"prompt": "a photo of a cat, masterpiece", "negative_prompt": "blurry, cat ears", "seed": 1000,
+                "steps": 20, "cfg_scale": 7.0, "width": 64, "height": 48}
+
+
+def _study(case):
+    inp, base = case["input"], case.get("base", DEFAULT_BASE)
+    kwargs = dict(prompt=base["prompt"], negative_prompt=base["negative_prompt"], seed=base["seed"],
+                  steps=base["steps"], cfg_scale=base["cfg_scale"], width=base["width"], height=base["height"],
+                  margin=inp.get("margin_size", 0))
+    for slot in "xyz":
+        if slot in inp:
+            kwargs[slot] = tuple(inp[slot])
+    if "vary" in inp:
+        kwargs["vary_seeds"] = tuple(inp["vary"])
+    return xyz_study(check_files=False, **kwargs)
+
+
+@pytest.mark.parametrize("case", [c for c in RUNS if "expected" in c], ids=lambda c: c["name"])
+def test_xyz_run_matches_a1111(case):
+    exp = case["expected"]
+    study = _study(case)
+    p = plan(study)
+    assert [[c.col_index, c.row_index, c.page] for c in p.cells] == exp["order"]
+    assert [v.label for v in study.columns.values] == exp["labels"]["x"]
+    assert [v.label for v in study.rows.values] == exp["labels"]["y"]
+    pages = study.pages.values if study.pages is not None else []
+    assert [v.label for v in pages] == [lab for lab in exp["labels"]["z"] if lab]
+    assert list(p.loop_order[:2]) == exp["loop"]
+    for cell, call in zip(p.cells, exp["calls"], strict=True):
+        s = cell.spec
+        assert (s.prompt, s.negative_prompt, s.seed) == (call["prompt"], call["negative_prompt"], call["seed"])
+        assert (s.steps, s.cfg_scale, s.width, s.height) == (call["steps"], call["cfg_scale"], call["width"],
+                                                             call["height"])
+        overrides = call["override_settings"]
+        if "CLIP_stop_at_last_layers" in overrides:
+            assert s.model.clip_skip == overrides["CLIP_stop_at_last_layers"]
+        if "sd_model_checkpoint" in overrides:
+            assert s.model.source == overrides["sd_model_checkpoint"]
+    assert [c.spec.seed for c in sorted(p.cells, key=lambda c: (c.page, c.row_index, c.col_index))] == \
+        exp["result_all_seeds"]
+    # the grid's infotext keys A1111 adds
+    assert grid_infotext_extra(study) == exp["result_infotexts"][0]
+
+
+@pytest.mark.parametrize("case", [c for c in RUNS if "error" in c], ids=lambda c: c["name"])
+def test_xyz_errors_are_clear_before_anything_runs(case):
+    with pytest.raises(StudyError) as err:
+        plan(_study(case))
+    # A1111: "Prompt S/R did not find zebra in prompt or negative prompt." -> ours names the text and the fix
+    text = str(err.value) + " ".join(err.value.problems)
+    search = case["input"]["x"][1].split(",")[0]
+    assert search in text and "negative prompt" in text
+
+
+def test_prompt_sr_replaces_in_prompt_and_negative_in_xyz_order():
+    study = xyz_study(check_files=False, prompt="a cat, cat ears", negative_prompt="cat, blurry",
+                      x=("Prompt S/R", "cat, dog"), y=("Prompt S/R", "dog, wolf"), seed=5, width=64, height=64)
+    p = plan(study)
+    got = {(c.col_index, c.row_index): (c.spec.prompt, c.spec.negative_prompt) for c in p.cells}
+    # y's search text "dog" is only present once x replaced cat -> dog (A1111 applies X before Y)
+    assert got[(0, 0)] == ("a cat, cat ears", "cat, blurry")
+    assert got[(1, 0)] == ("a dog, dog ears", "dog, blurry")
+    assert got[(1, 1)] == ("a wolf, wolf ears", "wolf, blurry")
+    with pytest.raises(StudyError):
+        plan(xyz_study(check_files=False, prompt="a cat", x=("Prompt S/R", "cat, dog"), y=("Prompt S/R", "horse, cow")))
+
+
+def test_loop_order_rules():
+    assert loop_order(0, 0, 0) == ("z", "y", "x")
+    assert loop_order(1, 0, 0.7) == ("x", "z", "y")  # checkpoint on x, VAE on z
+    assert loop_order(0, 1, 0) == ("y", "z", "x")
+    assert cell_order(2, 1, 2, ("x", "z", "y")) == [(0, 0, 0), (0, 0, 1), (1, 0, 0), (1, 0, 1)]
+
+
+def test_axis_flag_parsing():
+    assert split_axis_flag("Prompt S/R: a, b") == ("Prompt S/R", "a, b")
+    assert split_axis_flag("Steps:10,20") == ("Steps", "10,20")
+    with pytest.raises(UsageError, match="AXIS: VALUES"):
+        split_axis_flag("10,20")
+
+
+def test_bad_axis_values_are_reported_with_the_flag():
+    with pytest.raises(StudyError) as err:
+        xyz_study(check_files=False, prompt="x", x=("Steps", "1-5 (2)"), y=("Bogus", "1"))
+    joined = "\n".join(err.value.problems)
+    assert "--x values" in joined and "--y axis" in joined
