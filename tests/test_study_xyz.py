@@ -65,16 +65,17 @@ def test_xyz_errors_are_clear_before_anything_runs(case):
 
 
 def test_prompt_sr_replaces_in_prompt_and_negative_in_xyz_order():
-    study = xyz_study(check_files=False, prompt="a cat, cat ears", negative_prompt="cat, blurry",
-                      x=("Prompt S/R", "cat, dog"), y=("Prompt S/R", "dog, wolf"), seed=5, width=64, height=64)
+    study = xyz_study(check_files=False, prompt="a cat, cat ears", negative_prompt="cat, blurry ears",
+                      x=("Prompt S/R", "cat, dog"), y=("Prompt S/R", "ears, cat ears"), seed=5, width=64, height=64)
     p = plan(study)
     got = {(c.col_index, c.row_index): (c.spec.prompt, c.spec.negative_prompt) for c in p.cells}
-    # y's search text "dog" is only present once x replaced cat -> dog (A1111 applies X before Y)
-    assert got[(0, 0)] == ("a cat, cat ears", "cat, blurry")
-    assert got[(1, 0)] == ("a dog, dog ears", "dog, blurry")
-    assert got[(1, 1)] == ("a wolf, wolf ears", "wolf, blurry")
-    with pytest.raises(StudyError):
-        plan(xyz_study(check_files=False, prompt="a cat", x=("Prompt S/R", "cat, dog"), y=("Prompt S/R", "horse, cow")))
+    assert got[(0, 0)] == ("a cat, cat ears", "cat, blurry ears")  # first value: identity
+    assert got[(1, 0)] == ("a dog, dog ears", "dog, blurry ears")  # every occurrence, negative too
+    # Y is applied after X: the "cat" that Y adds is not turned into "dog"
+    assert got[(1, 1)] == ("a dog, dog cat ears", "dog, blurry cat ears")
+    # A1111 checks the search text per cell: Y's "dog" is missing where X kept "cat" -> error, nothing runs
+    with pytest.raises(StudyError, match="'dog'"):
+        plan(xyz_study(check_files=False, prompt="a cat", x=("Prompt S/R", "cat, dog"), y=("Prompt S/R", "dog, cow")))
 
 
 def test_loop_order_rules():
