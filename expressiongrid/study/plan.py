@@ -196,8 +196,10 @@ def plan(study: Study, *, rng: random.Random | None = None) -> Plan:
             inputs = key_inputs(sample_spec, identities)
             cells.append(PlannedCell(cell_key(inputs), iz, iy, ix, sample, row, col,
                                      page if study.pages is not None else None, sample_spec, inputs))
+    if len(problems) == 1:
+        raise StudyError(problems[0])
     if problems:
-        raise StudyError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in the plan", problems)
+        raise StudyError(f"{len(problems)} problems in the plan", problems)
     return Plan(study, cells, base_seed, order)
 
 
