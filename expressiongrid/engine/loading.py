@@ -161,13 +161,25 @@ def _load_single_file(path: Path, spec: ModelSpec, dtype):
             str(path), config=_config_dir(spec), local_files_only=True, torch_dtype=dtype,
             safety_checker=None, requires_safety_checker=False,
         )
-    except pickle.UnpicklingError as exc:
-        raise ModelError(
-            f"{path}: refused to load: the .ckpt needs code execution to unpickle ({str(exc).splitlines()[0]}); "
-            "get the .safetensors version of this model"
-        ) from exc
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (pickle.UnpicklingError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        refused = _find_cause(exc, pickle.UnpicklingError)
+        if refused is not None:
+            raise ModelError(
+                f"{path}: refused to load: the .ckpt needs code execution to unpickle "
+                f"({str(refused).splitlines()[0]}); get the .safetensors version of this model"
+            ) from exc
         raise ModelError(f"{path}: not a loadable SD1.5 checkpoint: {exc}") from exc
+
+
+def _find_cause(exc: BaseException | None, kind: type) -> BaseException | None:
+    """The first exception of type `kind` in `exc`'s cause/context chain (diffusers wraps load errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _load_folder(folder: str, dtype):
