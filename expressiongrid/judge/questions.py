@@ -6,7 +6,7 @@ Two kinds, matching what the grid is for:
   that row's cells across the characters (the reference column included, as the baseline).
 - ``identity``: one per character column (and page): "Which looks more like the same person as this
   reference?" comparing the column's other expressions against the character's neutral cell, shown above
-  the pair. The neutral row is the one whose id or label says "neutral" (else the first row).
+  the pair. The neutral row is the one whose id or label is (or else mentions) "neutral", else the first.
 
 Only finished cells ("done" with a file) take part: a failed cell has no image to judge.
 """
@@ -61,8 +61,30 @@ class Question:
         }
 
 
-def _is_neutral(row_id: str, row_label: str) -> bool:
-    return "neutral" in row_id.lower() or "neutral" in row_label.lower()
+def _neutral_row(cells: list) -> str:
+    """The row id of the column's neutral expression: an exact "neutral" id or label first, then one that
+    mentions it, else the first row (an expression set without a neutral row still gets identity questions,
+    against its first expression)."""
+    for test in (lambda c: c.row_id.lower() == "neutral" or c.row_label.strip().lower() == "neutral",
+                 lambda c: "neutral" in c.row_id.lower() or "neutral" in c.row_label.lower()):
+        match = next((c for c in cells if test(c)), None)
+        if match is not None:
+            return match.row_id
+    return cells[0].row_id
+
+
+def _labels(cells: list, label_of) -> dict[str, str]:
+    """Item labels, numbered when one label occurs more than once (several seeds per cell)."""
+    counts: dict[str, int] = defaultdict(int)
+    for c in cells:
+        counts[label_of(c)] += 1
+    seen: dict[str, int] = defaultdict(int)
+    out = {}
+    for c in cells:
+        label = label_of(c)
+        seen[label] += 1
+        out[c.key] = f"{label} #{seen[label]}" if counts[label] > 1 else label
+    return out
 
 
 def build_questions(cells: Iterable[CellLike], kinds: Iterable[str] = ("expression", "identity")) -> list[Question]:
@@ -90,7 +112,7 @@ def build_questions(cells: Iterable[CellLike], kinds: Iterable[str] = ("expressi
                     text=f"Which face shows {first.row_label} better?",
                     subject=first.row_label,
                     items=[c.key for c in row_cells],
-                    labels={c.key: c.col_label for c in row_cells},
+                    labels=_labels(row_cells, lambda c: c.col_label),
                     row_id=first.row_id,
                     page=page,
                     page_label=getattr(first, "page_label", "") or "",
@@ -103,8 +125,9 @@ def build_questions(cells: Iterable[CellLike], kinds: Iterable[str] = ("expressi
             by_col[(c.page, c.col_index)].append(c)
         for (page, _), col_cells in sorted(by_col.items()):
             col_cells.sort(key=lambda c: c.row_index)
-            neutral = next((c for c in col_cells if _is_neutral(c.row_id, c.row_label)), col_cells[0])
-            others = [c for c in col_cells if c is not neutral]
+            neutral_row = _neutral_row(col_cells)
+            neutral = next(c for c in col_cells if c.row_id == neutral_row)
+            others = [c for c in col_cells if c.row_id != neutral_row]
             if len(others) < 2:
                 continue
             questions.append(
@@ -114,7 +137,7 @@ def build_questions(cells: Iterable[CellLike], kinds: Iterable[str] = ("expressi
                     text="Which looks more like the same person as this reference?",
                     subject=neutral.col_label,
                     items=[c.key for c in others],
-                    labels={c.key: c.row_label for c in others},
+                    labels=_labels(others, lambda c: c.row_label),
                     reference_key=neutral.key,
                     col_id=neutral.col_id,
                     page=page,
