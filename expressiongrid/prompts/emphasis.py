@@ -31,6 +31,10 @@ def apply_emphasis(z, multipliers, mode: str = "Original"):
     check_emphasis_mode(mode)
     if mode in ("Ignore", "None"):
         return z
+    if bool((multipliers == 1.0).all()):
+        # Weighting by 1 and restoring the mean is the identity; skipping it also avoids 0/0 = NaN for an
+        # encoder whose output has mean exactly 0 (A1111 would return NaN there).
+        return z
     weighted = z * multipliers[..., None]
     if mode == "No norm":
         return weighted
