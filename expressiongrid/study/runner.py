@@ -1,0 +1,473 @@
+"""The runner: make the cells of a plan that the run store does not have yet, then compose the grids.
+
+Order of work (the expensive things happen least often):
+
+1. models outermost (a Checkpoint or Clip skip axis reloads weights), then characters: each character is
+   activated once for its whole column (LoRA written into the weights, embeddings registered);
+2. the rows of a column go through ``engine.generate`` together, in batches, one UNet call per step;
+3. each finished image is written atomically (temp file + rename) and only then marked done in SQLite, so
+   a crash or SIGKILL at any moment leaves nothing that counts as done without a complete file;
+4. grids are composed from the cell files (``compose_grids(run_dir)``, also callable on its own), with
+   failed cells drawn as marked placeholders so the grid still shows where they belong.
+
+Faults are isolated: a character whose files cannot be loaded fails its own column, a batch that raises
+fails its cells; the failures are recorded (store rows with the error, ``RunSummary.failures``) and the
+run goes on. The library returns data; ``cli/run.py`` prints it.
+
+Hooks for splitting a run: ``columns=`` (a set of column indices) makes only those columns, e.g. one
+accelerate process' share; ``compose=False`` skips the grids so the last process can compose them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expressiongrid.errors import ExpressionGridError, StudyError
+from expressiongrid.study.plan import Plan, PlannedCell, plan as make_plan
+from expressiongrid.study.store import GRIDS_DIR, CellRecord, Store, cell_file_for, is_complete_png
+from expressiongrid.study.study import Study
+
+# progress(done, total, note): images finished so far in this run, images to make, what is happening
+Progress = Callable[[int, int, "str | None"], None]
+
+
+@dataclass
+class CellFailure:
+    key: str
+    page: int
+    row_label: str
+    col_label: str
+    error: str
+
+
+@dataclass
+class RunSummary:
+    """What a run did. ``exit_code`` is 0 when every cell of the plan is done, 1 otherwise."""
+
+    run_dir: Path
+    run_id: int
+    planned: int  # distinct images in this run's share of the plan
+    made: int
+    skipped: int  # already done by an earlier run
+    failed: int
+    seconds: float
+    failures: list[CellFailure] = field(default_factory=list)
+    grids: list[Path] = field(default_factory=list)
+    upload_copies: list[Path] = field(default_factory=list)
+    repaired: dict = field(default_factory=dict)  # what Store.reconcile fixed before the run
+    description: dict = field(default_factory=dict)  # Plan.describe()
+
+    @property
+    def status(self) -> str:
+        return "done" if self.failed == 0 else "incomplete"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.failed == 0 else 1
+
+    @property
+    def images_per_second(self) -> float:
+        return self.made / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data.update(status=self.status, exit_code=self.exit_code, run_dir=str(self.run_dir),
+                    grids=[str(g) for g in self.grids], upload_copies=[str(p) for p in self.upload_copies])
+        return data
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _record(cell: PlannedCell) -> CellRecord:
+    s = cell.spec
+    return CellRecord(
+        key=cell.key, run_id=None, page=cell.page, row_index=cell.row_index, col_index=cell.col_index,
+        row_id=cell.row.id, row_label=cell.row.label, col_id=cell.col.id, col_label=cell.col.label,
+        character_id=cell.character_id, prompt=s.prompt, negative_prompt=s.negative_prompt, seed=s.seed,
+        steps=s.steps, sampler=s.sampler, cfg_scale=s.cfg_scale, width=s.width, height=s.height,
+        page_label=cell.page_value.label if cell.page_value is not None else "",
+        spec={**cell.key_inputs, "sample": cell.sample},
+    )
+
+
+def run_info(p: Plan) -> dict:
+    """The study as stored with the run, plus the layout (grid position → cell key) ``compose_grids`` reads."""
+    info = p.study.info()
+    info["base_seed"] = p.base_seed
+    info["loop_order"] = list(p.loop_order)
+    info["layout"] = [[c.page, c.row_index, c.col_index, c.sample, c.key] for c in p.cells]
+    info["description"] = p.describe()
+    return info
+
+
+def run_study(
+    study: Study,
+    out_dir: str | Path,
+    progress: Progress | None = None,
+    *,
+    plan: Plan | None = None,
+    batch_size: int | None = None,
+    columns: Iterable[int] | None = None,
+    compose: bool = True,
+    argv: list[str] | None = None,
+) -> RunSummary:
+    """Make every cell of ``study`` that ``out_dir`` does not hold yet; compose the grids; return a summary.
+
+    ``plan`` reuses a plan already shown to the user (so a random seed is not drawn twice); ``columns``
+    restricts the work to those column indices; ``batch_size`` caps images per UNet batch.
+    """
+    started = time.monotonic()
+    p = plan if plan is not None else make_plan(study)
+    store = Store(out_dir)
+    try:
+        repaired = store.reconcile()
+        unique: dict[str, PlannedCell] = {}
+        for cell in p.cells:
+            unique.setdefault(cell.key, cell)
+        run_id = store.begin_run(run_info(p), [_record(c) for c in unique.values()],
+                                 study_path=str(study.path) if study.path else None, argv=argv)
+        wanted = set(columns) if columns is not None else None
+        share = [c for c in unique.values() if wanted is None or c.col_index in wanted]
+        done = {c.key for c in store.cells("done")}
+        todo = [c for c in share if c.key not in done]
+        summary = RunSummary(run_dir=Path(out_dir), run_id=run_id, planned=len(share), made=0,
+                             skipped=len(share) - len(todo), failed=0, seconds=0.0, repaired=repaired,
+                             description=p.describe())
+        status = "interrupted"
+        try:
+            if todo:
+                _generate_all(store, run_id, todo, summary, progress, batch_size or study.sampling.batch_size)
+            status = summary.status
+        finally:
+            summary.seconds = time.monotonic() - started
+            if status != "interrupted" and compose:
+                summary.grids, summary.upload_copies = compose_grids(out_dir, store=store)
+            summary.seconds = time.monotonic() - started
+            store.finish_run(run_id, status, summary.to_dict())
+        return summary
+    finally:
+        store.close()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation
+
+
+def _groups(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
+    """Consecutive runs of cells sharing a model and a character activation, in plan order."""
+    order: dict[tuple, list[PlannedCell]] = {}
+    for cell in cells:
+        order.setdefault(cell.activation_group(), []).append(cell)
+    return list(order.values())
+
+
+def _model_spec(cell: PlannedCell):
+    from expressiongrid.engine.loading import ModelSpec
+
+    m = cell.spec.model
+    return ModelSpec(source=m.source, vae=m.vae, clip_skip=m.clip_skip, dtype=m.dtype, device=m.device)
+
+
+def _weighted(character, weight: float):
+    """The character with its LoRA strengths multiplied by a LoRA-weight axis value."""
+    if character is None or weight == 1.0:
+        return character
+    loras = [dataclasses.replace(l, unet_weight=l.unet_weight * weight, te_weight=l.te_weight * weight)
+             for l in character.loras]
+    return dataclasses.replace(character, loras=loras)
+
+
+def _fail(store: Store, run_id: int, cells: list[PlannedCell], error: str, summary: RunSummary) -> None:
+    for cell in cells:
+        store.mark_failed(cell.key, error, run_id=run_id)
+        summary.failures.append(CellFailure(cell.key, cell.page, cell.row.label, cell.col.label, error))
+    summary.failed += len(cells)
+
+
+def _generate_all(store: Store, run_id: int, todo: list[PlannedCell], summary: RunSummary,
+                  progress: Progress | None, batch_size: int | None) -> None:
+    from expressiongrid.engine.loading import load_model
+
+    total = len(todo)
+    state = {"done": 0}
+
+    def report(note: str | None, extra: int = 0) -> None:
+        if progress is not None:
+            progress(state["done"] + extra, total, note)
+
+    groups = _groups(todo)
+    # Models outermost: group the column groups by model, keeping first-appearance order.
+    by_model: dict[tuple, list[list[PlannedCell]]] = {}
+    for group in groups:
+        by_model.setdefault(group[0].activation_group()[0], []).append(group)
+
+    for model_groups in by_model.values():
+        first = model_groups[0][0]
+        report(f"loading model {first.spec.model.source}")
+        try:
+            model = load_model(_model_spec(first))
+        except ExpressionGridError as exc:
+            for group in model_groups:
+                _fail(store, run_id, group, f"model {first.spec.model.source}: {exc}", summary)
+                state["done"] += len(group)
+            report(None)
+            continue
+        activator = None
+        chars = [g[0].spec.character for g in model_groups if g[0].spec.character is not None]
+        if chars:
+            from expressiongrid.characters import CharacterActivator
+
+            activator = CharacterActivator(model)
+        for group in model_groups:
+            _run_column(store, run_id, model, activator, group, summary, report, state, batch_size)
+        del model, activator
+
+
+def _run_column(store, run_id, model, activator, cells: list[PlannedCell], summary: RunSummary, report,
+                state: dict, batch_size: int | None) -> None:
+    """Generate one character's cells (one activation), saving each batch as soon as it is done."""
+    import contextlib
+
+    first = cells[0]
+    character = _weighted(first.spec.character, first.spec.lora_weight)
+    label = first.col.label
+    try:
+        if character is not None:
+            activator.prepare([character])
+            context = activator.activate(character)
+        else:
+            context = contextlib.nullcontext(None)
+        with context as active:
+            chunk = batch_size or _auto_chunk(model, first)
+            for start in range(0, len(cells), chunk):
+                batch = cells[start:start + chunk]
+                _run_batch(store, run_id, model, active, batch, summary, report, state, label)
+    except ExpressionGridError as exc:
+        # The character (or its activation) is broken: fail what is left of its column, keep going.
+        left = [c for c in cells if store.cell(c.key).status == "pending"]
+        _fail(store, run_id, left, f"character {label!r}: {exc}", summary)
+        state["done"] += len(left)
+        report(None)
+
+
+def _auto_chunk(model, cell: PlannedCell) -> int:
+    try:
+        from expressiongrid.engine.generate import auto_batch_size
+
+        return max(1, auto_batch_size(model.device, cell.spec.width, cell.spec.height, model.dtype))
+    except Exception:  # an estimate only; generate() still halves batches on out-of-memory
+        return 4
+
+
+def _sampler_name(cell: PlannedCell) -> str:
+    if not cell.spec.schedule_type:
+        return cell.spec.sampler
+    from expressiongrid.engine.samplers import get_sampler
+
+    return get_sampler(cell.spec.sampler, cell.spec.schedule_type).name
+
+
+def _run_batch(store, run_id, model, active, batch: list[PlannedCell], summary: RunSummary, report, state: dict,
+               label: str) -> None:
+    from expressiongrid.engine.generate import ImageRequest, generate
+    from expressiongrid.output.images import save_png
+
+    requests = [ImageRequest(prompt=c.spec.prompt, negative_prompt=c.spec.negative_prompt, seed=c.spec.seed,
+                             steps=c.spec.steps, cfg_scale=c.spec.cfg_scale, width=c.spec.width,
+                             height=c.spec.height, sampler=_sampler_name(c), noise_source=c.spec.noise_source)
+                for c in batch]
+    note = f"{label}"
+    report(note)
+    try:
+        results = generate(model, requests, batch_size=len(requests),
+                           progress=lambda n: report(note, n),
+                           embeddings=active.embeddings if active is not None else None)
+    except ExpressionGridError as exc:
+        _fail(store, run_id, batch, str(exc), summary)
+        state["done"] += len(batch)
+        return
+    for cell, result in zip(batch, results):
+        if not result.ok or result.image is None:
+            _fail(store, run_id, [cell], result.error or "generation failed", summary)
+            continue
+        parameters = cell_parameters(cell, model, active)
+        rel = cell_file_for(cell.key)
+        save_png(store.run_dir / rel, result.image, parameters)
+        store.mark_done(cell.key, file=rel, parameters=parameters, seconds=result.seconds, run_id=run_id)
+        summary.made += 1
+    state["done"] += len(batch)
+    report(note)
+
+
+def cell_parameters(cell: PlannedCell, model, active) -> str:
+    """The A1111 ``parameters`` text of one cell, with civitai's Hashes / Civitai resources."""
+    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.output.infotext import format_parameters
+
+    s = cell.spec
+    info = get_sampler(s.sampler, s.schedule_type)
+    hashes: dict[str, str] = {}
+    if model.hash:
+        hashes["model"] = model.hash
+    if model.vae_hash:
+        hashes["vae"] = model.vae_hash
+    resources = []
+    for r in (active.resources if active is not None else []):
+        if r.get("hash"):
+            hashes[f"{r['type']}:{r['name']}"] = r["hash"]
+        if r.get("modelVersionId") is not None:
+            resources.append({"type": r["type"], "weight": r.get("weight", 1.0),
+                              "modelVersionId": r["modelVersionId"]})
+    return format_parameters(
+        s.prompt, s.negative_prompt, steps=s.steps, sampler=info.sampler,
+        schedule_type=info.schedule_type if info.schedule_type != "Automatic" else None,
+        cfg_scale=s.cfg_scale, seed=s.seed, width=s.width, height=s.height, model_hash=model.hash,
+        model=model.name, vae_hash=model.vae_hash, vae=model.vae_name, clip_skip=s.model.clip_skip,
+        rng="CPU" if s.noise_source == "cpu" else None,
+        lora_hashes=active.lora_hashes if active is not None and active.lora_hashes else None,
+        ti_hashes=active.ti_hashes if active is not None and active.ti_hashes else None,
+        hashes=hashes or None, civitai_resources=resources or None,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Grids
+
+
+def _failed_placeholder(width: int, height: int):
+    """A failed or missing cell stays visible in its row and column (grey, red cross)."""
+    from expressiongrid.output.grid import failed_cell
+
+    return failed_cell(width, height)
+
+
+def _cell_image(run_dir: Path, record: CellRecord | None, width: int, height: int):
+    from PIL import Image
+
+    if record is not None and record.status == "done" and record.file and is_complete_png(run_dir / record.file):
+        with Image.open(run_dir / record.file) as im:
+            return im.convert("RGB")
+    return _failed_placeholder(width, height)
+
+
+def _join_samples(images: list):
+    """Several seeds per cell: the samples side by side form the cell (A1111's per-cell batch grid)."""
+    if len(images) == 1:
+        return images[0]
+    from PIL import Image
+
+    w = sum(im.width for im in images)
+    h = max(im.height for im in images)
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    x = 0
+    for im in images:
+        out.paste(im, (x, 0))
+        x += im.width
+    return out
+
+
+def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[list[Path], list[Path]]:
+    """Compose every page's grid from the cell files of the latest run in ``run_dir``.
+
+    Returns ``(grid files, upload copies)``. Missing or failed cells are drawn as marked placeholders.
+    Safe to call on its own (e.g. by the last of several processes) and again after a resumed run.
+    """
+    from expressiongrid.output import grid as grid_mod
+    from expressiongrid.output.images import save_image, save_upload_copy
+    from expressiongrid.output.infotext import format_parameters, grid_axes_params, merge_hashes, \
+        parse_parameters
+
+    run_dir = Path(run_dir)
+    own = store is None
+    store = store or Store.open_existing(run_dir)
+    try:
+        info = store.study_info()
+        records = {c.key: c for c in store.cells(all_runs=True)}
+    finally:
+        if own:
+            store.close()
+    layout = info.get("layout") or []
+    if not layout:
+        raise StudyError(f"{run_dir}: the run has no cell layout to compose")
+    rows, cols = info["rows"]["values"], info["columns"]["values"]
+    pages = info["pages"]["values"] if info.get("pages") else [{"id": "0", "label": ""}]
+    width, height = info["sampling"]["width"], info["sampling"]["height"]
+    positions: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
+    for page, row, col, sample, key in layout:
+        positions.setdefault((page, row, col), []).append((sample, key))
+
+    out_dir = run_dir / GRIDS_DIR
+    name = info.get("name") or "grid"
+    output = info.get("output", {})
+    grids: list[Path] = []
+    copies: list[Path] = []
+    for page_index, page in enumerate(pages):
+        cells = []
+        for r in range(len(rows)):
+            row_images = []
+            for c in range(len(cols)):
+                samples = sorted(positions.get((page_index, r, c), []))
+                row_images.append(_join_samples([
+                    _cell_image(run_dir, records.get(key), width, height) for _, key in samples
+                ] or [_failed_placeholder(width, height)]))
+            cells.append(row_images)
+        title = output.get("title")
+        if page.get("label"):
+            title = f"{title} — {page['label']}" if title else page["label"]
+        images = grid_mod.compose_grid(cells, [r["label"] for r in rows], [c["label"] for c in cols],
+                                       title=title, style=grid_mod.GridStyle(margin=output.get("margin", 0)))
+        parameters = _grid_parameters(info, records, positions, page_index, format_parameters, grid_axes_params,
+                                      merge_hashes, parse_parameters)
+        stem = name if len(pages) == 1 else f"{name}-page{page_index + 1}"
+        for part, image in enumerate(images):
+            part_stem = stem if len(images) == 1 else f"{stem}-part{part + 1}"
+            for fmt in output.get("grid_formats", ["png"]):
+                suffix = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[fmt]
+                grids.append(save_image(out_dir / f"{part_stem}{suffix}", image, parameters))
+            upload = output.get("upload_copy")
+            if upload:
+                suffix = ".jpg" if upload == "jpeg" else ".webp"
+                copies.append(save_upload_copy(out_dir / f"{part_stem}.upload{suffix}", image, parameters, fmt=upload))
+    return grids, copies
+
+
+def _grid_parameters(info, records, positions, page_index, format_parameters, grid_axes_params, merge_hashes,
+                     parse_parameters) -> str | None:
+    """The grid's infotext: the first done cell's parameters, every resource's hash, and the axes."""
+    done = [records[key] for (page, _, _), items in sorted(positions.items()) if page == page_index
+            for _, key in items if key in records and records[key].status == "done" and records[key].parameters]
+    if not done:
+        return None
+    first = done[0]
+    parsed = [parse_parameters(c.parameters) for c in done]
+    hashes = merge_hashes(*[p.get("Hashes") if isinstance(p.get("Hashes"), dict) else None for p in parsed])
+    from expressiongrid.output.infotext import parse_name_hashes
+
+    def names(value) -> dict:
+        return value if isinstance(value, dict) else parse_name_hashes(value) if value else {}
+
+    lora = merge_hashes(*[names(p.get("Lora hashes")) for p in parsed])
+    ti = merge_hashes(*[names(p.get("TI hashes")) for p in parsed])
+    axes = []
+    for letter, key in (("X", "columns"), ("Y", "rows"), ("Z", "pages")):
+        axis = info.get(key)
+        if not axis:
+            continue
+        kind = {"expressions": "Expression", "characters": "Character"}.get(axis["kind"], axis["kind"])
+        text = axis.get("raw") or ", ".join(v["label"] for v in axis["values"])
+        axes.append((letter, kind, text))
+    p0 = parsed[0]
+    return format_parameters(
+        first.prompt, first.negative_prompt, steps=first.steps, sampler=p0.get("Sampler", first.sampler),
+        schedule_type=p0.get("Schedule type") if p0.get("Schedule type") not in (None, "Automatic") else None,
+        cfg_scale=first.cfg_scale, seed=first.seed, width=first.width, height=first.height,
+        model_hash=p0.get("Model hash"), model=p0.get("Model"), vae_hash=p0.get("VAE hash"), vae=p0.get("VAE"),
+        clip_skip=int(p0.get("Clip skip", 1) or 1), rng=p0.get("RNG") if p0.get("RNG") != "GPU" else None,
+        lora_hashes=lora or None, ti_hashes=ti or None, hashes=hashes or None,
+        extra=grid_axes_params(axes),
+    )
