@@ -322,3 +322,22 @@ def test_rankings_json_endpoint(server, run_store):
     assert data["answers"] == 1 and data["judges"] == [{"name": "Ann", "answers": 1}]
     q = next(q for q in data["questions"] if q["id"] == shown.question.id)
     assert q["items"][0]["key"] == shown.left  # the one chosen now ranks first
+
+
+def test_cells_finished_while_judging_join_the_questions(tmp_path, monkeypatch):
+    import expressiongrid.judge.app as app_module
+
+    store = make_run(tmp_path / "run", failed={("angry", "carol")})
+    app = JudgeApp(store, seed=0)
+    angry = app.question("expr:angry:p0")
+    assert len(angry.items) == 3
+    key = cell_key(store, "angry", "carol")
+    rel = cell_file_for(key)
+    (store.run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), "red").save(store.run_dir / rel)
+    store.mark_done(key, file=rel, parameters="x", seconds=0.1, run_id=store.latest_run_id())
+    assert app.cell_path(key) is None  # not yet re-read
+    monkeypatch.setattr(app_module, "RELOAD_SECONDS", 0.0)
+    app.next_pair("Ann")
+    assert len(app.question("expr:angry:p0").items) == 4 and app.cell_path(key) is not None
+    store.close()

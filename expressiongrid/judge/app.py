@@ -22,6 +22,7 @@ from expressiongrid.judge.rankings import fit_questions, rankings_from
 from expressiongrid.judge.selection import choose_pair, pair_key
 
 MAX_OPEN_TOKENS = 5000  # pages shown but not answered yet; the oldest are forgotten past this
+RELOAD_SECONDS = 10.0  # how stale the list of finished cells may get while a run is still going
 
 
 class InvalidToken(UsageError):
@@ -54,6 +55,7 @@ class JudgeApp:
         self._rng = random.Random(seed if seed is not None else secrets.randbits(64))
         self._questions: list[Question] = []
         self._files: dict[str, str] = {}
+        self._loaded_at = 0.0
         self.reload()
         if not self._questions:
             raise StoreError(
@@ -69,6 +71,7 @@ class JudgeApp:
             cells = self.store.cells()
             self._files = {c.key: c.file for c in cells if c.status == "done" and c.file}
             self._questions = build_questions(cells, self.kinds)
+            self._loaded_at = time.monotonic()
 
     @property
     def questions(self) -> list[Question]:
@@ -97,6 +100,8 @@ class JudgeApp:
         """The next pair for ``judge`` (optionally within one question), with a fresh one-time token.
         None when this judge has seen every pair (and repeats were not allowed)."""
         judge = clean_judge_name(judge)
+        if time.monotonic() - self._loaded_at > RELOAD_SECONDS:
+            self.reload()  # judging can start while the run is still making cells
         questions = self._questions
         if question_id is not None:
             questions = [q for q in questions if q.id == question_id]
