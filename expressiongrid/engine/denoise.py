@@ -27,16 +27,38 @@ class DecodedBatch:
     nan_retried: list[bool]  # True when the fp32 decode retry was used for that image
 
 
-def _predict_noise(unet, x, t, uncond_ctx, cond_ctx):
-    """UNet noise predictions for uncond and cond; one call when the contexts can be stacked."""
+def _predict_noise(unet, x, x_cond, t, uncond_ctx, cond_ctx):
+    """UNet noise predictions for uncond (rows of `x`) and cond (rows of `x_cond`).
+
+    One call when the contexts have the same token length, else one call each (see module docstring).
+    """
     import torch
 
     if uncond_ctx.shape[1] == cond_ctx.shape[1]:
-        out = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond_ctx, cond_ctx]), return_dict=False)[0]
-        return out.chunk(2)
+        out = unet(torch.cat([x, x_cond]), t, encoder_hidden_states=torch.cat([uncond_ctx, cond_ctx]),
+                   return_dict=False)[0]
+        return out[: x.shape[0]], out[x.shape[0]:]
     eps_u = unet(x, t, encoder_hidden_states=uncond_ctx, return_dict=False)[0]
-    eps_c = unet(x, t, encoder_hidden_states=cond_ctx, return_dict=False)[0]
+    eps_c = unet(x_cond, t, encoder_hidden_states=cond_ctx, return_dict=False)[0]
     return eps_u, eps_c
+
+
+def _cond_parts(cond, batch: int, device, dtype):
+    """(row of each cond part, its weight, its index [parts, num_calls]) for composable diffusion (AND).
+
+    Without ``part_index`` every row has one part of weight 1. Parts of weight 0 (padding for rows with
+    fewer AND parts) contribute nothing, so they are left out of the UNet batch.
+    """
+    import torch
+
+    part_index = getattr(cond, "part_index", None)
+    part_weights = getattr(cond, "part_weights", None)
+    if part_index is None or part_weights is None:
+        rows = torch.arange(batch, device=device)
+        return rows, None, cond.index.to(device)
+    weights = part_weights.to(device=device, dtype=dtype)
+    rows, parts = torch.nonzero(weights != 0, as_tuple=True)
+    return rows, weights[rows, parts].view(-1, 1, 1, 1), part_index.to(device)[rows, parts]
 
 
 def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, generators=None, seeds=None):
@@ -46,7 +68,9 @@ def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, genera
     - `latents`: unit-variance initial noise ``[B, 4, h, w]`` (scaled here by ``init_noise_sigma``).
     - `cond`, `uncond`: objects with ``.table [n_texts, L, C]`` and ``.index [B, num_calls]`` (the
       ``ScheduledConditioning`` of ``prompts.conditioning``); ``num_calls`` must cover every model call
-      (``total_model_calls(steps, sampler)``).
+      (``total_model_calls(steps, sampler)``). When `cond` also has ``part_index [B, parts, num_calls]``
+      and ``part_weights [B, parts]`` (prompts split on AND), A1111's composable diffusion is applied:
+      ``uncond + cfg * sum_k weight_k * (cond_k - uncond)``.
     - `guidance_scale`: one CFG scale per row.
     - `generators`: one ``torch.Generator`` per row, passed to ``scheduler.step`` so ancestral/SDE noise
       of each image comes from its own stream; `seeds` seed the Brownian trees of DPM++ SDE per image.
@@ -75,7 +99,6 @@ def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, genera
     scales = torch.as_tensor(list(guidance_scale), dtype=dtype, device=device).view(batch, 1, 1, 1)
     cond_table = cond.table.to(device=device, dtype=dtype)
     uncond_table = uncond.table.to(device=device, dtype=dtype)
-    cond_index = cond.index.to(device)
     uncond_index = uncond.index.to(device)
 
     step_kwargs = {}
@@ -85,16 +108,22 @@ def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, genera
         # DPM++ SDE draws from Brownian trees; one tree per image seeded with its seed (as A1111 does).
         scheduler.noise_sampler_seed = [int(s) for s in seeds] if batch > 1 else int(seeds[0])
 
+    part_rows, part_weights, part_index = _cond_parts(cond, batch, device, dtype)
     latents = latents * scheduler.init_noise_sigma
     for call, t in enumerate(timesteps):
-        # 1. conditioning of this model call, per row
-        cond_ctx = cond_table[cond_index[:, call]]
+        # 1. conditioning of this model call, per row (and per AND part)
+        cond_ctx = cond_table[part_index[:, call]]
         uncond_ctx = uncond_table[uncond_index[:, call]]
         # 2. one UNet evaluation for the whole batch (cond and uncond together when shapes allow)
         x = scheduler.scale_model_input(latents, t)
-        eps_uncond, eps_cond = _predict_noise(unet, x, t, uncond_ctx, cond_ctx)
-        # 3. classifier-free guidance with each row's own scale
-        noise_pred = eps_uncond + scales * (eps_cond - eps_uncond)
+        eps_uncond, eps_cond = _predict_noise(unet, x, x[part_rows], t, uncond_ctx, cond_ctx)
+        # 3. classifier-free guidance with each row's own scale; AND parts add their weighted deltas
+        if part_weights is None:
+            guidance = eps_cond - eps_uncond
+        else:
+            delta = (eps_cond - eps_uncond[part_rows]) * part_weights
+            guidance = torch.zeros_like(eps_uncond).index_add_(0, part_rows, delta)
+        noise_pred = eps_uncond + scales * guidance
         # 4. sampler step; stochastic samplers draw from each row's generator
         latents = scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
     return latents

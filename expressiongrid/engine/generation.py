@@ -8,7 +8,6 @@ at batch size 1 only the affected request fails.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -16,8 +15,6 @@ from typing import Callable
 from expressiongrid.engine.samplers import SamplerInfo, get_sampler
 from expressiongrid.errors import GenerationError, UsageError
 
-# A1111's extra-network tag (extra_networks.re_extra_net). Activation is the caller's job; the text goes.
-_NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
 MAX_AUTO_BATCH = 16
 
 
@@ -46,16 +43,6 @@ class ImageResult:
     error: str | None
     nan_retried: bool
     seconds: float
-
-
-def strip_network_tags(prompt: str) -> str:
-    """Remove ``<lora:...>``-style tags from a positive prompt, as A1111 does before encoding."""
-    return _NETWORK_TAG.sub("", prompt)
-
-
-def total_calls(steps: int, info: SamplerInfo) -> int:
-    """Model calls the prompt schedule must cover: 2 x steps for second-order samplers (A1111's rule)."""
-    return 2 * steps if info.second_order else steps
 
 
 def validate_request(req: ImageRequest) -> SamplerInfo:
@@ -185,19 +172,22 @@ def _empty_cache(device) -> None:
 
 
 def encode_batch(encoder, requests: list[ImageRequest], num_calls: int):
-    """(cond, uncond) scheduled conditioning for a batch; network tags are stripped from positive prompts."""
-    positives = [strip_network_tags(r.prompt) for r in requests]
+    """(cond, uncond) scheduled conditioning for a batch.
+
+    Positive prompts lose their extra-network tags and are split on AND (composable diffusion); negative
+    prompts are encoded as written, without AND splitting (A1111 does the same).
+    """
+    from expressiongrid.prompts import extract_networks
+
+    positives = [extract_networks(r.prompt)[0] for r in requests]
     negatives = [r.negative_prompt for r in requests]
-    if hasattr(encoder, "encode_negative_schedules"):
-        uncond = encoder.encode_negative_schedules(negatives, num_calls)
-    else:
-        uncond = encoder.encode_schedules(negatives, num_calls)
-    return encoder.encode_schedules(positives, num_calls), uncond
+    return encoder.encode_schedules(positives, num_calls, split_and=True), encoder.encode_schedules(negatives, num_calls)
 
 
 def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) -> list[ImageResult]:
     import torch
 
+    from expressiongrid.prompts import total_model_calls
     from expressiongrid.engine.denoise import decode_latents, denoise_batch, to_pil
     from expressiongrid.engine.noise import initial_noise, make_generators
     from expressiongrid.engine.samplers import make_scheduler
@@ -206,7 +196,7 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     pipe, first = model.pipe, requests[0]
     seeds = [r.seed for r in requests]
     with torch.inference_mode():
-        cond, uncond = encode_batch(encoder, requests, total_calls(first.steps, info))
+        cond, uncond = encode_batch(encoder, requests, total_model_calls(first.steps, info.name))
         scheduler = make_scheduler(info.name, pipe.scheduler.config)
         scheduler.set_timesteps(first.steps, device=model.device)
         generators = make_generators(seeds, first.noise_source, model.device)
