@@ -152,6 +152,7 @@ def test_cross_site_posts_and_foreign_hosts_are_refused(server, run_store):
     _, _, body = request(srv, "GET", "/judge?judge=Ann")
     form = urlencode({"token": page_token(body.decode()), "answer": "left"})
     assert request(srv, "POST", "/answer", form, {"Origin": "http://evil.example"})[0] == 403
+    assert request(srv, "POST", "/answer", form, {"Origin": "null"})[0] == 403  # e.g. a sandboxed frame
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own name as Host.
     assert request(srv, "GET", "/rankings.json", headers={"Host": "evil.example:80"})[0] == 400
     assert request(srv, "POST", "/answer", form, {"Host": "evil.example"})[0] == 400

@@ -7,6 +7,7 @@ key and only from inside the run folder — are plain methods that tests call di
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import secrets
 import threading
@@ -154,7 +155,7 @@ class JudgeApp:
                 seconds=round(now - shown.shown_at, 3),
             )
             row_id = record_judgement(self.store.connection, judgement)
-        return Judgement(**{**judgement.__dict__, "id": row_id})
+        return dataclasses.replace(judgement, id=row_id)
 
     def shown(self, token: str) -> ShownPair | None:
         return self._tokens.get(token)

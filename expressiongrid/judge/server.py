@@ -37,7 +37,9 @@ _SECURITY_HEADERS = {
                                "form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": under that policy browsers send "Origin: null" with the form POST, and the
+    # Origin check below could no longer tell this page from a sandboxed frame elsewhere.
+    "Referrer-Policy": "same-origin",
 }
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -270,7 +272,7 @@ def make_handler(app: JudgeApp, *, default_judge: str | None = None, check_host:
                 return self._error(HTTPStatus.BAD_REQUEST, "unexpected Host header")
             origin = self.headers.get("Origin")
             host = self.headers.get("Host", "")
-            if origin and origin != "null" and urlsplit(origin).netloc != host:
+            if origin is not None and urlsplit(origin).netloc != host:
                 return self._error(HTTPStatus.FORBIDDEN, "answers are accepted only from this page")
             if urlsplit(self.path).path != "/answer":
                 return self._error(HTTPStatus.NOT_FOUND, "not found")
