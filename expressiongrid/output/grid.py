@@ -40,6 +40,7 @@ __all__ = [
     "compose_grid",
     "failed_cell",
     "fit_label",
+    "image_grid",
     "plan_grid",
     "write_grid",
 ]
@@ -460,6 +461,27 @@ def compose_grid(
         canvas.info["grid_page"] = page
         pages.append(canvas)
     return pages
+
+
+def image_grid(images: Sequence[Image.Image], rows: int | None = None, background: str = "#ffffff") -> Image.Image:
+    """Tile images without labels, like A1111's per-cell batch grid (several seeds in one cell).
+
+    Without `rows`, A1111's default: ``round(sqrt(n))`` rows; columns fill up, cells are the largest
+    image's size, smaller images centred.
+    """
+    if not images:
+        raise UsageError("image_grid needs at least one image")
+    n = len(images)
+    rows = round(math.sqrt(n)) if rows is None or rows <= 0 else rows
+    rows = max(1, min(rows, n))
+    cols = math.ceil(n / rows)
+    w = max(im.width for im in images)
+    h = max(im.height for im in images)
+    canvas = Image.new("RGB", (cols * w, rows * h), background)
+    for i, im in enumerate(images):
+        x, y = (i % cols) * w + (w - im.width) // 2, (i // cols) * h + (h - im.height) // 2
+        canvas.paste(im.convert("RGB") if im.mode != "RGB" else im, (x, y))
+    return canvas
 
 
 def write_grid(

@@ -44,9 +44,12 @@ _RAW_JSON_KEYS = ("Hashes", "Civitai resources")  # civitai parses these as bare
 
 
 def quote(value: Any) -> str:
-    """A1111's value quoting: JSON-quote text that contains ``,``, ``:`` or a newline."""
+    """A1111's value quoting: JSON-quote text that contains ``,``, ``:`` or a newline.
+
+    Also text that starts with a double quote, which A1111 would otherwise unquote on reading.
+    """
     text = str(value)
-    if "," not in text and "\n" not in text and ":" not in text:
+    if "," not in text and "\n" not in text and ":" not in text and not text.startswith('"'):
         return text
     return json.dumps(text, ensure_ascii=False)
 
