@@ -138,14 +138,17 @@ def run_study(
         summary = RunSummary(run_dir=Path(out_dir), run_id=run_id, planned=len(share), made=0,
                              skipped=len(share) - len(todo), failed=0, seconds=0.0, repaired=repaired,
                              description=p.describe())
-        status = "interrupted"
+        status = "failed"
         try:
             if todo:
                 _generate_all(store, run_id, todo, summary, progress, batch_size or study.sampling.batch_size)
             status = summary.status
+        except KeyboardInterrupt:
+            status = "interrupted"  # finished cells are kept; the same command resumes
+            raise
         finally:
             summary.seconds = time.monotonic() - started
-            if status != "interrupted" and compose:
+            if status in ("done", "incomplete") and compose:
                 summary.grids, summary.upload_copies = compose_grids(out_dir, store=store)
             summary.seconds = time.monotonic() - started
             store.finish_run(run_id, status, summary.to_dict())
@@ -167,7 +170,7 @@ def _groups(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
 
 
 def _model_spec(cell: PlannedCell):
-    from expressiongrid.engine.loading import ModelSpec
+    from expressiongrid.engine import ModelSpec
 
     m = cell.spec.model
     return ModelSpec(source=m.source, vae=m.vae, clip_skip=m.clip_skip, dtype=m.dtype, device=m.device)
@@ -191,7 +194,7 @@ def _fail(store: Store, run_id: int, cells: list[PlannedCell], error: str, summa
 
 def _generate_all(store: Store, run_id: int, todo: list[PlannedCell], summary: RunSummary,
                   progress: Progress | None, batch_size: int | None) -> None:
-    from expressiongrid.engine.loading import load_model
+    from expressiongrid.engine import load_model
 
     total = len(todo)
     state = {"done": 0}
@@ -257,7 +260,7 @@ def _run_column(store, run_id, model, activator, cells: list[PlannedCell], summa
 
 def _auto_chunk(model, cell: PlannedCell) -> int:
     try:
-        from expressiongrid.engine.generate import auto_batch_size
+        from expressiongrid.engine import auto_batch_size
 
         return max(1, auto_batch_size(model.device, cell.spec.width, cell.spec.height, model.dtype))
     except Exception:  # an estimate only; generate() still halves batches on out-of-memory
@@ -267,21 +270,21 @@ def _auto_chunk(model, cell: PlannedCell) -> int:
 def _sampler_name(cell: PlannedCell) -> str:
     if not cell.spec.schedule_type:
         return cell.spec.sampler
-    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.engine import get_sampler
 
     return get_sampler(cell.spec.sampler, cell.spec.schedule_type).name
 
 
 def _run_batch(store, run_id, model, active, batch: list[PlannedCell], summary: RunSummary, report, state: dict,
                label: str) -> None:
-    from expressiongrid.engine.generate import ImageRequest, generate
+    from expressiongrid.engine import ImageRequest, generate
     from expressiongrid.output.images import save_png
 
     requests = [ImageRequest(prompt=c.spec.prompt, negative_prompt=c.spec.negative_prompt, seed=c.spec.seed,
                              steps=c.spec.steps, cfg_scale=c.spec.cfg_scale, width=c.spec.width,
                              height=c.spec.height, sampler=_sampler_name(c), noise_source=c.spec.noise_source)
                 for c in batch]
-    note = f"{label}"
+    note = label if batch[0].character_id is not None else None
     report(note)
     try:
         results = generate(model, requests, batch_size=len(requests),
@@ -306,7 +309,7 @@ def _run_batch(store, run_id, model, active, batch: list[PlannedCell], summary: 
 
 def cell_parameters(cell: PlannedCell, model, active) -> str:
     """The A1111 ``parameters`` text of one cell, with civitai's Hashes / Civitai resources."""
-    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.engine import get_sampler
     from expressiongrid.output.infotext import format_parameters
 
     s = cell.spec

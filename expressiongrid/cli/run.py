@@ -1,0 +1,270 @@
+"""`expressiongrid run`, `xyz` and `demo`: plan a grid, show what will be made, make it, report.
+
+Exit codes: 0 every cell done, 1 some cells failed (the rest are kept; run again to retry), 2 bad usage
+(the study or the flags are wrong; nothing was loaded).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from expressiongrid.errors import UsageError
+
+
+class AxisFlag(click.ParamType):
+    """``"Steps: 10,20"`` → ``("Steps", "10,20")``; a malformed flag is a usage error at the edge."""
+
+    name = "AXIS: VALUES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from expressiongrid.study.xyz import split_axis_flag
+
+        try:
+            return split_axis_flag(value, f"--{param.name}" if param is not None else "--x")
+        except UsageError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+# ----------------------------------------------------------------------------------------------------
+# shared printing
+
+
+def _describe(plan, out_dir: Path, xyz: bool = False) -> None:
+    d = plan.describe()
+    done = _already_done(out_dir, plan)
+    seeds = f", {d['seeds_per_cell']} seeds per cell" if d["seeds_per_cell"] > 1 else ""
+    pages = f" on {d['pages']} pages" if d["pages"] > 1 else ""
+    click.echo(f"plan: {d['rows']} rows x {d['columns']} columns{pages} = {d['cells']} cells{seeds}; "
+               f"{d['unique_images']} images, {done} already done in {out_dir}")
+    w, h = d["grid_size"]
+    click.echo(f"grid: about {w}x{h} px per page ({d['grid_megapixels']} MP), cells {d['cell_size'][0]}x"
+               f"{d['cell_size'][1]}; grids too large for PNG/JPEG viewers or civitai are split into parts")
+    if xyz:
+        nz = d["pages"]
+        plural = "s" if nz > 1 else ""
+        per_cell = f"; {d['seeds_per_cell']} images per cell" if d["seeds_per_cell"] > 1 else ""
+        click.echo(f"X/Y/Z plot will create {d['images']} images on {nz} {d['columns']}x{d['rows']} grid{plural}"
+                   f"{per_cell}. (Total steps to process: {d['total_steps']})")
+
+
+def _already_done(out_dir: Path, plan) -> int:
+    from expressiongrid.study.store import DB_NAME, Store
+
+    if not (out_dir / DB_NAME).is_file():
+        return 0
+    with Store.open_existing(out_dir) as store:
+        done = {c.key for c in store.cells("done", all_runs=True)}
+    return len(set(plan.unique_keys()) & done)
+
+
+class _Bar:
+    """tqdm progress bar on stderr (images done, images/s, ETA), created when the first total is known."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int, note: str | None) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
+                            disable=os.environ.get("EXPRESSIONGRID_NO_PROGRESS") == "1")
+        if note:
+            self.bar.set_postfix_str(note[:40], refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
+             xyz: bool = False) -> None:
+    from expressiongrid.study.plan import plan as make_plan
+
+    plan = make_plan(study)
+    _describe(plan, out_dir, xyz=xyz)
+    if dry_run:
+        click.echo("dry run: nothing generated")
+        return
+    from expressiongrid.study.runner import run_study
+
+    bar = _Bar()
+    try:
+        summary = run_study(study, out_dir, bar, plan=plan, batch_size=batch_size, argv=sys.argv[1:])
+    finally:
+        bar.close()
+    _print_summary(summary)
+    ctx.exit(summary.exit_code)
+
+
+def _print_summary(summary) -> None:
+    rate = f" ({summary.images_per_second:.2f} images/s)" if summary.made else ""
+    click.echo(f"made {summary.made}, skipped {summary.skipped} (already done), failed {summary.failed} "
+               f"in {summary.seconds:.1f} s{rate}")
+    repaired = {k: v for k, v in summary.repaired.items() if v}
+    if repaired:
+        click.echo("repaired before the run: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in repaired.items()))
+    for failure in summary.failures[:10]:
+        click.echo(f"  failed: {failure.col_label} / {failure.row_label}: {failure.error}", err=True)
+    if len(summary.failures) > 10:
+        click.echo(f"  ... and {len(summary.failures) - 10} more (expressiongrid runs show {summary.run_dir})", err=True)
+    for path in summary.grids:
+        click.echo(f"grid: {path}")
+    for path in summary.upload_copies:
+        click.echo(f"upload copy: {path}")
+    click.echo(f"cells: {summary.run_dir / 'cells'}")
+    click.echo(f"database: {summary.run_dir / 'run.sqlite'}")
+    if summary.failed:
+        click.echo(f"run incomplete: {summary.failed} of {summary.planned} images failed; "
+                   "run the same command again to retry them", err=True)
+
+
+def _default_out(study, given: str | None) -> Path:
+    if given:
+        return Path(given)
+    if study.output.dir:
+        out = Path(study.output.dir).expanduser()
+        return out if out.is_absolute() else study.base_dir / out
+    return Path("out") / study.name
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@click.command(epilog="Example:\n\n  expressiongrid run examples/seed-study.toml --out out/seed-study")
+@click.argument("study_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default: the study's output.dir, else out/<study name>).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per UNet batch (default: as many as fit in memory).")
+@click.option("--dry-run", is_flag=True, help="Check the study and show what would be made; generate nothing.")
+@click.pass_context
+def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int | None, dry_run: bool) -> None:
+    """Run a study file: make the cells not made yet, then compose the grids.
+
+    Every problem in the study is reported at once before any model loads. Finished cells are kept, so
+    running the same command again resumes; adding a row or column makes only the new cells.
+    """
+    from expressiongrid.study.study import load_study
+
+    study = load_study(study_file)
+    _execute(ctx, study, _default_out(study, out), dry_run=dry_run, batch_size=batch_size)
+
+
+@click.command(epilog='Example:\n\n  expressiongrid xyz --prompt "a photo of a cat" --x "Steps: 10,20" '
+                      '--y "CFG Scale: 5,7" --out out/xyz')
+@click.option("--x", "x", type=AxisFlag(), default=None, help='X axis (columns), e.g. "Steps: 10,20".')
+@click.option("--y", "y", type=AxisFlag(), default=None, help='Y axis (rows), e.g. "CFG Scale: 5,7.5".')
+@click.option("--z", "z", type=AxisFlag(), default=None, help='Z axis (pages), e.g. "Prompt S/R: cat, dog".')
+@click.option("--prompt", required=True, help="The prompt (A1111 syntax).")
+@click.option("--negative-prompt", default="", help="The negative prompt.")
+@click.option("--seed", type=int, default=-1, show_default=True, help="-1 draws one random seed for the grid.")
+@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--cfg-scale", type=float, default=7.0, show_default=True)
+@click.option("--sampler", default="Euler a", show_default=True)
+@click.option("--width", type=click.IntRange(8, 8192), default=512, show_default=True)
+@click.option("--height", type=click.IntRange(8, 8192), default=512, show_default=True)
+@click.option("--model", default="tiny", show_default=True, help='"tiny", a hub id, a folder or a checkpoint file.')
+@click.option("--vae", default=None, help="A separate VAE file or folder.")
+@click.option("--clip-skip", type=click.IntRange(1, 12), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--vary-seeds", type=click.Choice(["x", "y", "z"]), multiple=True,
+              help="A1111's 'Vary seeds for X/Y/Z' (repeatable).")
+@click.option("--seeds-per-cell", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--margin", type=click.IntRange(0, 500), default=0, help="Grid margins in pixels.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="out/xyz", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--dry-run", is_flag=True, help="Show the plan; generate nothing.")
+@click.pass_context
+def xyz(ctx: click.Context, x, y, z, prompt, negative_prompt, seed, steps, cfg_scale, sampler, width, height,
+        model, vae, clip_skip, dtype, vary_seeds, seeds_per_cell, margin, out, batch_size, dry_run) -> None:
+    """An ad-hoc X/Y/Z plot from flags, the way A1111's script makes it.
+
+    Columns are X, rows Y, pages Z; values use A1111's syntax (CSV quoting, 1-5 (+2), 1-10 [4]). Prompt
+    S/R replaces its first value in the prompt and the negative prompt. Cells are stored like a study's,
+    so the same command again makes nothing new.
+    """
+    from expressiongrid.study.xyz import xyz_study
+
+    if x is None and y is None and z is None:
+        raise click.UsageError('give at least one axis, e.g. --x "Steps: 10,20"')
+    vary = tuple(letter in vary_seeds for letter in "xyz")
+    study = xyz_study(base_dir=Path.cwd(), x=x, y=y, z=z, prompt=prompt, negative_prompt=negative_prompt,
+                      seed=seed, steps=steps, cfg_scale=cfg_scale, sampler=sampler, width=width, height=height,
+                      model=model, vae=vae, clip_skip=clip_skip, dtype=dtype, vary_seeds=vary,
+                      seeds_per_cell=seeds_per_cell, margin=margin)
+    _execute(ctx, study, Path(out), dry_run=dry_run, batch_size=batch_size, xyz=True)
+
+
+DEMO_STUDY = """\
+# The demo: the seed study's layout on the built-in tiny model (written by `expressiongrid demo`).
+# 9 expressions x (reference + a LoRA character + an embedding character), one seed for every cell.
+# To run the same study on a real checkpoint, see examples/seed-study.toml.
+name = "demo"
+title = "expressiongrid demo (tiny model)"
+
+[model]
+source = "tiny"
+
+[sampling]
+sampler = "Euler a"
+steps = {steps}
+cfg_scale = 7
+width = 64
+height = 64
+seed = 1234
+
+[prompt]
+positive = "closeup of woman facing viewer, [hair, neck, eyes, lips: {{expression}}: 0.2], RAW photo, {{character}}"
+negative = "naked, illustration, 3d, drawing, cartoon, anime, 2girls"
+reference = "1girl"
+
+[rows]
+axis = "expressions"
+set = "seed-study"
+
+[columns]
+axis = "characters"
+reference = true
+files = ["characters/demo-lora.toml", "characters/demo-embedding.toml"]
+"""
+
+
+def write_demo_study(out_dir: Path, steps: int = 10) -> Path:
+    """Write the demo's characters (generated for the tiny model) and study file into ``out_dir``."""
+    from expressiongrid.characters.demo import make_demo_characters
+    from expressiongrid.engine.tiny import build_tiny_pipeline
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chars = out_dir / "characters"
+    if not all((chars / f).is_file() for f in ("demo-lora.toml", "demo-embedding.toml")):
+        make_demo_characters(build_tiny_pipeline(), chars)
+    study_path = out_dir / "demo-study.toml"
+    study_path.write_text(DEMO_STUDY.format(steps=steps), encoding="utf-8")
+    return study_path
+
+
+@click.command(epilog="Example:\n\n  expressiongrid demo --out out/demo")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
+              show_default=True, help="Output folder (the demo study and its characters are written there too).")
+@click.option("--steps", type=click.IntRange(1, 100), default=10, show_default=True, help="Sampling steps.")
+@click.pass_context
+def demo(ctx: click.Context, out: Path, steps: int) -> None:
+    """Run the seed study's layout offline on the built-in tiny model, in well under a minute.
+
+    Two demo characters are generated for the tiny model (a LoRA and a textual-inversion embedding)
+    beside a reference column; rows are the seed study's nine expressions.
+    """
+    from expressiongrid.study.study import load_study
+
+    study_path = write_demo_study(out, steps=steps)
+    click.echo(f"demo study: {study_path}")
+    study = load_study(study_path)
+    _execute(ctx, study, out, dry_run=False, batch_size=None)

@@ -1,0 +1,93 @@
+"""`expressiongrid runs list|show`: what a run folder holds (cells, status, seeds, files, timings).
+
+Pure SQLite reads: no torch import, so both commands answer instantly.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from expressiongrid.cli._common import echo_json
+
+
+@click.group()
+def runs() -> None:
+    """Inspect run folders (the SQLite run store beside the cell images and grids)."""
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
+
+
+@runs.command("list", epilog="Example:\n\n  expressiongrid runs list out")
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("out"),
+                required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_runs(root: Path, as_json: bool) -> None:
+    """List run folders under ROOT (default: out) with cell counts and the last run's status."""
+    from expressiongrid.study.store import Store, find_runs
+
+    rows = []
+    for run_dir in find_runs(root):
+        with Store.open_existing(run_dir) as store:
+            counts = store.counts()
+            last = store.runs()[-1] if store.runs() else None
+            try:
+                name = store.study_info().get("name")
+            except Exception:
+                name = None
+        rows.append({"run_dir": str(run_dir), "study": name, "cells": sum(counts.values()), **counts,
+                     "last_run": last.id if last else None, "status": last.status if last else None,
+                     "started": _when(last.started_at) if last else None})
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo(f"no runs under {root}")
+        return
+    click.echo(f"{'folder':40} {'study':16} {'cells':>6} {'done':>6} {'failed':>6} {'pending':>7}  last run")
+    for r in rows:
+        click.echo(f"{r['run_dir']:40} {str(r['study'] or '-'):16} {r['cells']:>6} {r['done']:>6} {r['failed']:>6} "
+                   f"{r['pending']:>7}  #{r['last_run']} {r['status']} {r['started']}")
+
+
+@runs.command("show", epilog="Example:\n\n  expressiongrid runs show out/demo --json")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (cells with seeds, files, timings).")
+def show_run(run_dir: Path, as_json: bool) -> None:
+    """Show a run folder: its study, its runs, and every cell with status, seed, file and time."""
+    from expressiongrid.study.store import Store
+
+    with Store.open_existing(run_dir) as store:
+        info = store.study_info()
+        runs_ = store.runs()
+        cells = store.cells()
+        counts = store.counts()
+    info = {k: v for k, v in info.items() if k != "layout"}
+    if as_json:
+        cell_rows = []
+        for c in cells:
+            d = c.to_dict()
+            d.pop("spec", None)
+            d["path"] = str(run_dir / c.file) if c.file else None
+            cell_rows.append(d)
+        echo_json({"run_dir": str(run_dir), "study": info, "counts": counts,
+                   "runs": [vars(r) for r in runs_], "cells": cell_rows})
+        return
+    click.echo(f"run folder: {run_dir}")
+    click.echo(f"study: {info.get('name')} ({info.get('path') or 'ad-hoc'})")
+    click.echo(f"cells: {sum(counts.values())} ({counts['done']} done, {counts['failed']} failed, "
+               f"{counts['pending']} pending)")
+    for r in runs_:
+        s = r.summary or {}
+        extra = (f": made {s.get('made', 0)}, skipped {s.get('skipped', 0)}, failed {s.get('failed', 0)} "
+                 f"in {s.get('seconds', 0):.1f} s") if s else ""
+        click.echo(f"run #{r.id} {_when(r.started_at)} {r.status}{extra}")
+    click.echo(f"{'page':>4} {'column':20} {'row':24} {'status':8} {'seed':>10} {'s':>6}  file")
+    for c in cells:
+        secs = f"{c.seconds:.2f}" if c.seconds is not None else "-"
+        click.echo(f"{c.page:>4} {c.col_label[:20]:20} {c.row_label[:24]:24} {c.status:8} {c.seed:>10} {secs:>6}  "
+                   f"{c.file or c.error or '-'}")
