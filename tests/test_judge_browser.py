@@ -144,11 +144,14 @@ def test_typing_a_name_does_not_trigger_shortcuts(live, page):
 
 def test_rankings_page_shows_the_answers(live, page):
     base, store = live
-    page.goto(base + "/judge?" + urlencode({"judge": "Ann", "question": "expr:smile:p0"}))
+    page.goto(base + "/")
+    page.select_option("#question-choice", "expr:smile:p0")
+    page.click("#start")
     bob = cell_key(store, "smile", "bob")
     for _ in range(6):  # every pair of the 4 smile cells; Bob always wins, otherwise the left one
         page.wait_for_selector("#left")
         left, right = page.get_attribute("#left", "data-key"), page.get_attribute("#right", "data-key")
+        assert page.get_attribute("#question", "data-question") == "expr:smile:p0"  # the choice sticks
         with page.expect_navigation():
             page.keyboard.press("ArrowRight" if right == bob else "ArrowLeft")
     assert page.inner_text("#done").startswith("Thank you")

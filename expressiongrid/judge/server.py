@@ -85,7 +85,11 @@ def render_start(app: JudgeApp, default_judge: str | None, error: str | None = N
         "<kbd>=</kbd>/<kbd>e</kbd> equal, <kbd>s</kbd> skip.</p>"
         "<form method=\"get\" action=\"/judge\"><label>Your name "
         f"<input name=\"judge\" id=\"judge-name\" required maxlength=\"64\" value=\"{e(default_judge or '')}\">"
-        "</label> <button type=\"submit\" id=\"start\">Start judging</button></form>"
+        "</label> <label>Questions <select name=\"question\" id=\"question-choice\">"
+        "<option value=\"\">all, most informative pair first</option>"
+        + "".join(f"<option value=\"{e(q.id)}\">{e(q.subject)}{' · ' + e(q.page_label) if q.page_label else ''}"
+                  f" ({'expression' if q.kind == 'expression' else 'identity'})</option>" for q in qs)
+        + "</select></label> <button type=\"submit\" id=\"start\">Start judging</button></form>"
         f"<h2>Questions</h2><ul>{items}</ul>",
     )
 
@@ -129,8 +133,8 @@ def render_done(judge: str, total: int) -> bytes:
     return _page(
         "All pairs judged",
         f"<header><h1 id=\"done\">Thank you, {e(judge)}</h1><a href=\"/rankings\">Rankings</a></header>"
-        f"<p>You have answered all {total} pairs. Start the server with <code>--allow-repeats</code> to "
-        "judge pairs a second time.</p>",
+        f"<p>You have answered all {total} pairs here. <a href=\"/\">Pick other questions</a>, or start the "
+        "server with <code>--allow-repeats</code> to judge pairs a second time.</p>",
     )
 
 
@@ -243,7 +247,7 @@ def make_handler(app: JudgeApp, *, default_judge: str | None = None, check_host:
 
         def _judge_page(self, query: dict) -> None:
             judge = (query.get("judge") or [""])[0]
-            question = (query.get("question") or [None])[0]
+            question = (query.get("question") or [""])[0] or None  # "" = all questions
             try:
                 shown = app.next_pair(judge, question)
             except UsageError as exc:
