@@ -24,6 +24,7 @@ class Chunk:
     tokens: list[int]
     multipliers: list[float]
     fixes: list[tuple[int, Hashable]] = field(default_factory=list)
+    length: int = 0  # tokens used before the end-of-chunk padding
 
 
 @dataclass
@@ -95,11 +96,12 @@ def chunk_fragments(
     def next_chunk(is_last: bool = False) -> None:
         nonlocal chunk, mults, fixes, last_comma, token_count
         token_count += len(chunk) if is_last else CHUNK_LENGTH
-        fill = CHUNK_LENGTH - len(chunk)
+        used = len(chunk)
+        fill = CHUNK_LENGTH - used
         if fill > 0:
             chunk = chunk + [pad] * fill
             mults = mults + [1.0] * fill
-        chunks.append(Chunk([bos, *chunk, eos], [1.0, *mults, 1.0], fixes))
+        chunks.append(Chunk([bos, *chunk, eos], [1.0, *mults, 1.0], fixes, used))
         chunk, mults, fixes, last_comma = [], [], [], -1
 
     for ids, weight in fragments:
