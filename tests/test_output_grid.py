@@ -1,0 +1,211 @@
+"""Grid compositor: A1111 geometry, labels that never vanish, failed cells, pages within limits."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image, ImageChops
+
+from conftest import load_jsonl
+from expressiongrid.errors import UsageError
+from expressiongrid.output.grid import (
+    ELLIPSIS,
+    GridLimits,
+    GridStyle,
+    _font,
+    compose_grid,
+    failed_cell,
+    fit_label,
+    image_grid,
+    plan_grid,
+    write_grid,
+)
+from expressiongrid.output.images import read_parameters
+
+LAYOUT = load_jsonl("grid_layout.jsonl")
+ANNOTATION_CASES = [c for c in LAYOUT if "cell" in c]
+IMAGE_GRID_CASES = [c for c in LAYOUT if "image_grid_default_rows_n" in c]
+
+
+def _colour_cells(n_rows, n_cols, size):
+    return [
+        [Image.new("RGB", size, (40 + 60 * c % 200, 30 + 70 * r % 200, 90)) for c in range(n_cols)]
+        for r in range(n_rows)
+    ]
+
+
+def _has_ink(image, box):
+    region = image.crop(box).convert("L")
+    return region.getextrema()[0] < 128
+
+
+@pytest.mark.parametrize("case", ANNOTATION_CASES, ids=lambda c: f"{c['cell']}-{c['cols']}x{c['rows']}")
+def test_geometry_follows_a1111(case):
+    w, h = case["cell"]
+    exp = case["expected"]
+    cells = _colour_cells(case["rows"], case["cols"], (w, h))
+    # min_font_size=1 turns off our readability floor so A1111's own numbers apply.
+    style = GridStyle(margin=case["margin"], min_font_size=1)
+    plan = plan_grid(case["rows"], case["cols"], (w, h), case["ver_texts"], case["hor_texts"], style=style)
+    layout = plan.layout
+    assert layout.font_size == exp["fontsize"]
+    assert layout.line_spacing == exp["line_spacing"]
+    assert layout.label_width == exp["pad_left"]
+    (page,) = compose_grid(cells, case["ver_texts"], case["hor_texts"], style=style)
+    assert page.width == exp["output_size"][0]
+    if exp["pad_top"] == 0:
+        assert page.size == tuple(exp["output_size"])
+    else:
+        # A1111 measures ink boxes of its font; ours uses the bundled font's line height: same rule,
+        # header = tallest column label + 2 x line spacing.
+        assert layout.header_height >= exp["fontsize"] + 2 * exp["line_spacing"] - 2
+        assert page.height == exp["image_grid_size"][1] + layout.header_height + case["margin"] * (case["rows"] - 1)
+    # Cells sit where A1111 puts them: (pad_left + (w + margin) * c, pad_top + (h + margin) * r).
+    for r in range(case["rows"]):
+        for c in range(case["cols"]):
+            x = layout.label_width + (w + case["margin"]) * c
+            y = layout.header_height + (h + case["margin"]) * r
+            assert ImageChops.difference(page.crop((x, y, x + w, y + h)), cells[r][c]).getbbox() is None
+
+
+def test_a1111_wrap_rule_and_row_label_in_one_line():
+    size, lines = fit_label("row two which is longer", 225, 3, 20, 10)
+    assert size == 20 and lines == ["row two which is longer"]
+    size, lines = fit_label("Steps: 10 and a much longer explanation", 160, 3, 20, 10)
+    assert size == 20 and lines == ["Steps: 10 and a", "much longer", "explanation"]  # greedy, word by word
+    font = _font(20, None)
+    assert all(font.getlength(line) <= 160 for line in lines)
+
+
+@pytest.mark.parametrize("case", IMAGE_GRID_CASES, ids=lambda c: str(c["image_grid_default_rows_n"]))
+def test_per_cell_batch_grid_uses_a1111_rows(case):
+    n = case["image_grid_default_rows_n"]
+    grid = image_grid([Image.new("RGB", (8, 8), "red")] * n)
+    assert list(grid.size) == case["expected"]["size"]
+
+
+def test_long_labels_wrap_then_shrink_then_ellipsize_but_never_vanish():
+    size, lines = fit_label("supercalifragilisticexpialidocious_lora_v3", 100, 3, 24, 10)
+    assert size == 10 and len(lines) == 1 and lines[0].endswith(ELLIPSIS) and len(lines[0]) > 3
+    size, lines = fit_label("word " * 40, 100, 2, 24, 10)
+    assert size == 10 and len(lines) == 2 and lines[-1].endswith(ELLIPSIS)
+    size, lines = fit_label("moderately long label text", 100, 3, 24, 10)
+    assert 10 < size < 24 and not any(ELLIPSIS in line for line in lines)
+    font = _font(10, None)
+    size, lines = fit_label("x" * 50, 3, 1, 20, 10)  # a sliver of space: still something visible
+    assert lines and lines[0] and lines[0].endswith(ELLIPSIS)
+    assert all(font.getlength(line) <= 100 for line in fit_label("y" * 80, 100, 2, 20, 10)[1])
+
+
+def test_every_label_is_drawn_even_on_tiny_cells():
+    labels = ["reference", "a_character_with_an_extremely_long_name_v2", "bob"]
+    rows = ["neutral", "teasing flirty playful suggestive seductive smirking squinting aroused horny"]
+    cells = [[Image.new("RGB", (64, 64), "white") for _ in labels] for _ in rows]
+    (page,) = compose_grid(cells, rows, labels, title="Seed study")
+    plan = plan_grid(2, 3, (64, 64), rows, labels, "Seed study")
+    layout = plan.layout
+    assert layout.font_size == 10  # readable floor instead of A1111's 5 px
+    top = layout.title_height
+    for c in range(3):
+        x = layout.label_width + 64 * c
+        assert _has_ink(page, (x, top, x + 64, top + layout.header_height)), labels[c]
+    for r in range(2):
+        y = top + layout.header_height + 64 * r
+        assert _has_ink(page, (0, y, layout.label_width, y + 64)), rows[r]
+    assert _has_ink(page, (0, 0, page.width, layout.title_height))
+
+
+def test_labels_are_drawn_literally():
+    text = "{expression} <lora:x:1> [a:b:0.5] \\n %s"
+    size, lines = fit_label(text, 400, 3, 20, 10)
+    assert " ".join(lines) == text
+    cells = [[Image.new("RGB", (64, 64), "white")]]
+    (page,) = compose_grid(cells, [text], [text])
+    assert page.width > 64
+
+
+def test_failed_cell_is_marked_in_the_grid():
+    cells = _colour_cells(2, 2, (64, 64))
+    cells[1][0] = None
+    (page,) = compose_grid(cells, ["a", "b"], ["x", "y"])
+    layout = plan_grid(2, 2, (64, 64), ["a", "b"], ["x", "y"]).layout
+    x, y = layout.label_width, layout.header_height + 64
+    marked = page.crop((x, y, x + 64, y + 64))
+    colours = {c for _, c in marked.getcolors(64 * 64)}
+    assert any(r > 150 and g < 80 and b < 80 for r, g, b in colours)  # the red cross
+    assert (154, 154, 154) in colours  # grey background
+    assert ImageChops.difference(marked, failed_cell(64, 64)).getbbox() is None
+
+
+def test_smaller_cells_are_centred():
+    cells = [[Image.new("RGB", (64, 64), "blue"), Image.new("RGB", (32, 32), "red")]]
+    (page,) = compose_grid(cells, [], [])
+    assert page.size == (128, 64)
+    assert page.getpixel((64 + 16, 16)) == (255, 0, 0)
+    assert page.getpixel((64 + 2, 2)) == (255, 255, 255)
+
+
+def test_margins_and_border():
+    cells = _colour_cells(2, 2, (64, 64))
+    style = GridStyle(margin=6, border=10)
+    (page,) = compose_grid(cells, ["a", "b"], ["x", "y"], style=style)
+    layout = plan_grid(2, 2, (64, 64), ["a", "b"], ["x", "y"], style=style).layout
+    assert page.width == 2 * 10 + layout.label_width + 2 * 64 + 6
+    assert page.height == 2 * 10 + layout.header_height + 2 * 64 + 6
+
+
+def test_oversized_grid_is_split_into_pages_covering_every_cell_once():
+    limits = GridLimits(max_side=400)
+    cells = _colour_cells(7, 9, (64, 64))
+    rows = [f"row {i}" for i in range(7)]
+    cols = [f"col {j}" for j in range(9)]
+    pages = compose_grid(cells, rows, cols, title="Study", limits=limits)
+    assert len(pages) > 1
+    seen = []
+    for page in pages:
+        assert max(page.size) <= 400
+        info = page.info["grid_page"]
+        assert info.count == len(pages)
+        seen += [(r, c) for r in info.rows for c in info.cols]
+    assert sorted(seen) == [(r, c) for r in range(7) for c in range(9)]
+    row_counts = {len(p.info["grid_page"].rows) for p in pages}
+    assert max(row_counts) - min(row_counts) <= 1  # balanced, no nearly empty last page
+
+
+def test_plan_respects_webp_jpeg_pixel_and_civitai_limits(monkeypatch):
+    rows, cols = [f"r{i}" for i in range(9)], [f"c{j}" for j in range(40)]
+    webp = plan_grid(9, 40, (512, 512), rows, cols, "t", fmt="webp")
+    assert webp.page_count > 1 and all(max(p.size) <= 16_383 for p in webp.pages)
+    png = plan_grid(9, 13, (512, 512), rows, cols[:13], "t", fmt="png")
+    assert all(p.size[0] * p.size[1] * 2.0 <= 50_000_000 for p in png.pages)
+    assert "pages" in png.describe() or png.page_count == 1
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    small = plan_grid(9, 13, (256, 256), rows, cols[:13], fmt="png")
+    assert all(p.size[0] * p.size[1] <= 1_000_000 for p in small.pages)
+    jpeg = plan_grid(200, 3, (512, 512), [f"r{i}" for i in range(200)], cols[:3], fmt="jpeg",
+                     limits=GridLimits(max_side=65_535, max_bytes=10**12))
+    assert jpeg.page_count > 1 and all(p.size[1] <= 65_535 for p in jpeg.pages)
+
+
+def test_cell_too_big_for_format_is_a_usage_error_before_generation():
+    with pytest.raises(UsageError, match="exceeds"):
+        plan_grid(1, 1, (20_000, 512), ["a"], ["b"], fmt="webp")
+
+
+def test_write_grid_writes_pages_and_upload_copies_with_metadata(tmp_path):
+    cells = _colour_cells(3, 3, (64, 64))
+    pages = compose_grid(cells, ["a", "b", "c"], ["x", "y", "z"], limits=GridLimits(max_side=200))
+    files = write_grid(pages, tmp_path, "grid", "prompt\nSteps: 1, Sampler: Euler, Seed: 1")
+    assert len(files) == len(pages) > 1
+    assert files[0]["grid"].name == "grid-page1.png" and files[0]["upload"].name == "grid-page1.upload.jpg"
+    for entry in files:
+        assert read_parameters(entry["grid"]).endswith("Seed: 1")
+        assert read_parameters(entry["upload"]).endswith("Seed: 1")
+    single = write_grid(pages[:1], tmp_path / "one", "grid", None, upload_fmt="webp")
+    assert single[0]["grid"].name == "grid.png" and single[0]["upload"].suffix == ".webp"
+
+
+def test_cells_from_files(tmp_path):
+    path = tmp_path / "c.png"
+    Image.new("RGB", (64, 64), "green").save(path)
+    (page,) = compose_grid([[path, None]], [], [])
+    assert page.size == (128, 64) and page.getpixel((10, 10)) == (0, 128, 0)
