@@ -183,3 +183,9 @@ def test_expression_axis_from_set_name_and_inline():
     assert inline.labels == ["smiling", "crying", "smiling"]
     with pytest.raises(UsageError, match="unmatched"):
         parse_axis("Expression", "smiling], crying")
+
+
+def test_parse_axis_is_public_from_study_package():
+    from expressiongrid.study import parse_axis as public
+
+    assert public("Steps", "10,20").values == [10, 20]
