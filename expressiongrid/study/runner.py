@@ -115,22 +115,28 @@ def run_study(
     columns: Iterable[int] | None = None,
     compose: bool = True,
     argv: list[str] | None = None,
+    repair: bool = True,
+    on_ready: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Make every cell of ``study`` that ``out_dir`` does not hold yet; compose the grids; return a summary.
 
     ``plan`` reuses a plan already shown to the user (so a random seed is not drawn twice); ``columns``
     restricts the work to those column indices; ``batch_size`` caps images per UNet batch.
+    ``repair=False`` skips ``Store.reconcile`` (under accelerate only the main process repairs, before the
+    others start writing); ``on_ready`` is called once the plan is registered, before any cell is made.
     """
     started = time.monotonic()
     p = plan if plan is not None else make_plan(study)
     store = Store(out_dir)
     try:
-        repaired = store.reconcile()
+        repaired = store.reconcile() if repair else {}
         unique: dict[str, PlannedCell] = {}
         for cell in p.cells:
             unique.setdefault(cell.key, cell)
         run_id = store.begin_run(run_info(p), [_record(c) for c in unique.values()],
                                  study_path=str(study.path) if study.path else None, argv=argv)
+        if on_ready is not None:
+            on_ready()
         wanted = set(columns) if columns is not None else None
         share = [c for c in unique.values() if wanted is None or c.col_index in wanted]
         done = {c.key for c in store.cells("done")}
