@@ -1,0 +1,265 @@
+"""Character files (TOML) and bare model files as characters; listing a characters folder.
+
+A character file (see ``docs/characters.md`` and the commented examples in ``characters/``)::
+
+    label = "Anna (LoRA 0.8)"
+    text = "<lora:anna_v2:0.8>, anna"
+    [[lora]]
+    file = "anna_v2.safetensors"   # relative to this file
+    weight = 0.8
+    [source]
+    civitai = 123456
+
+Reading character files imports no torch; only a bare ``.pt`` file needs it (to tell a LoRA from an
+embedding, read through the safe unpickler).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from expressiongrid.characters.formats import MODEL_SUFFIXES, PICKLE_SUFFIXES, read_safetensors_header
+from expressiongrid.characters.model import Character, EmbeddingRef, LoraRef
+from expressiongrid.characters.tokens import validate_token
+from expressiongrid.errors import CharacterError
+
+LORA_TAG = re.compile(r"<(lora|lyco):([^>:]+)(?::([^>]*))?>")
+_TOP_KEYS = {"id", "label", "text", "lora", "embedding", "source"}
+_LORA_KEYS = {"file", "weight", "unet_weight", "te_weight", "name"}
+_EMBEDDING_KEYS = {"file", "token"}
+_SOURCE_KEYS = {"civitai", "hf", "sha256", "url", "model", "version"}
+
+
+def load_character(path_or_toml: str | Path) -> Character:
+    """Read a ``.toml`` character file, or make a character from a bare LoRA/embedding file.
+
+    A bare file gets sensible defaults: label and id = file stem; a LoRA's text is ``<lora:STEM:1>`` plus the
+    trigger words kohya stored in its metadata; an embedding's token (and text) is the lower-cased stem.
+    """
+    path = Path(path_or_toml)
+    if path.suffix.lower() == ".toml":
+        if not path.is_file():
+            raise CharacterError(f"{path}: character file not found")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CharacterError(f"{path}: cannot read character file ({exc})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise CharacterError(f"{path}: invalid TOML: {exc}") from exc
+        return character_from_dict(data, base_dir=path.parent, default_id=path.stem, where=str(path), file=path)
+    if path.suffix.lower() in MODEL_SUFFIXES:
+        return character_from_model_file(path)
+    raise CharacterError(
+        f"{path}: not a character: expected a .toml character file or a model file ({', '.join(MODEL_SUFFIXES)})"
+    )
+
+
+def _as_tables(value, what: str, where: str) -> list[dict]:
+    if isinstance(value, str):
+        return [{"file": value}]
+    if isinstance(value, dict):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, (dict, str)) for v in value):
+        return [{"file": v} if isinstance(v, str) else v for v in value]
+    raise CharacterError(f"{where}: '{what}' must be a file name, a table or an array of tables ([[{what}]])")
+
+
+def _unknown(keys, allowed, where, what) -> None:
+    extra = sorted(set(keys) - allowed)
+    if extra:
+        raise CharacterError(f"{where}: unknown key(s) {', '.join(extra)} in {what}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _number(table: dict, key: str, default: float, where: str) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CharacterError(f"{where}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def character_from_dict(data: dict, base_dir: Path, default_id: str, where: str, file: Path | None = None) -> Character:
+    """Build a ``Character`` from parsed TOML; relative file names are relative to ``base_dir``."""
+    _unknown(data, _TOP_KEYS, where, "the character file")
+    cid = str(data.get("id", default_id))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cid) or cid == "reference":
+        raise CharacterError(f"{where}: id {cid!r} must be letters, digits, '_', '-', '.' (and not 'reference')")
+    loras = []
+    for i, table in enumerate(_as_tables(data.get("lora", []), "lora", where)):
+        at = f"{where}: lora #{i + 1}"
+        _unknown(table, _LORA_KEYS, at, "[[lora]]")
+        if "file" not in table:
+            raise CharacterError(f"{at}: missing 'file'")
+        weight = _number(table, "weight", 1.0, at)
+        unet = _number(table, "unet_weight", weight, at)
+        te = _number(table, "te_weight", weight, at)
+        loras.append(LoraRef(base_dir / str(table["file"]), unet_weight=unet, te_weight=te, name=str(table.get("name", ""))))
+    embeddings = []
+    for i, table in enumerate(_as_tables(data.get("embedding", []), "embedding", where)):
+        at = f"{where}: embedding #{i + 1}"
+        _unknown(table, _EMBEDDING_KEYS, at, "[[embedding]]")
+        if "file" not in table:
+            raise CharacterError(f"{at}: missing 'file'")
+        ref = EmbeddingRef(base_dir / str(table["file"]), token=str(table.get("token", "")))
+        validate_token(ref.token, at)
+        embeddings.append(ref)
+    source = data.get("source")
+    if source is not None:
+        if not isinstance(source, dict):
+            raise CharacterError(f"{where}: [source] must be a table (civitai = VERSION_ID or hf = \"REPO/FILE\")")
+        _unknown(source, _SOURCE_KEYS, where, "[source]")
+    text = data.get("text")
+    if text is None:
+        text = default_text(loras, embeddings)
+    if not isinstance(text, str):
+        raise CharacterError(f"{where}: text must be a string")
+    _check_tags(text, loras, where)
+    label = str(data.get("label", cid))
+    return Character(id=cid, label=label, loras=loras, embeddings=embeddings, text=text, source=source, file=file)
+
+
+def _fmt(w: float) -> str:
+    return f"{w:g}"
+
+
+def default_text(loras: list[LoraRef], embeddings: list[EmbeddingRef], trigger_words: list[str] | None = None) -> str:
+    """A1111-style text: ``<lora:name:w>`` tags, trigger words, embedding tokens."""
+    parts = []
+    for ref in loras:
+        weights = _fmt(ref.te_weight) if ref.te_weight == ref.unet_weight else f"{_fmt(ref.te_weight)}:{_fmt(ref.unet_weight)}"
+        parts.append(f"<lora:{ref.name}:{weights}>")
+    parts += list(trigger_words or [])
+    parts += [e.token for e in embeddings]
+    return ", ".join(parts)
+
+
+def _check_tags(text: str, loras: list[LoraRef], where: str) -> None:
+    """A ``<lora:..>`` tag in the text must name a listed LoRA with the same weights (the files decide)."""
+    by_name = {r.name: r for r in loras}
+    for m in LORA_TAG.finditer(text):
+        name, args = m.group(2), [a for a in (m.group(3) or "").split(":") if a and "=" not in a]
+        ref = by_name.get(name)
+        if ref is None:
+            raise CharacterError(
+                f"{where}: text has {m.group(0)} but no [[lora]] with name {name!r} (known: {', '.join(by_name) or 'none'})"
+            )
+        try:
+            te = float(args[0]) if args else 1.0
+            unet = float(args[1]) if len(args) > 1 else te
+        except ValueError as exc:
+            raise CharacterError(f"{where}: bad weight in {m.group(0)}") from exc
+        if abs(te - ref.te_weight) > 1e-9 or abs(unet - ref.unet_weight) > 1e-9:
+            raise CharacterError(
+                f"{where}: {m.group(0)} says weight {te:g}/{unet:g} but [[lora]] {name!r} has "
+                f"{ref.te_weight:g}/{ref.unet_weight:g}; make them agree"
+            )
+
+
+def kohya_trigger_words(metadata: dict[str, str]) -> list[str]:
+    """Trigger words from kohya/sd-scripts metadata: ``modelspec.trigger_phrase``, else the instance words of the
+    DreamBooth-style dataset folders (``10_anna woman`` -> ``anna woman``)."""
+    phrase = (metadata.get("modelspec.trigger_phrase") or "").strip()
+    if phrase:
+        return [p.strip() for p in phrase.split(",") if p.strip()]
+    words = []
+    try:
+        dirs = json.loads(metadata.get("ss_dataset_dirs") or "{}")
+    except ValueError:
+        dirs = {}
+    for name in dirs if isinstance(dirs, dict) else []:
+        m = re.match(r"^\d+_(.+)$", str(name))
+        if m and m.group(1).strip() and m.group(1).strip() not in words:
+            words.append(m.group(1).strip())
+    return words
+
+
+def identify(path: str | Path) -> tuple[str, dict[str, str]]:
+    """``("lora" | "embedding", metadata)`` for a model file; raises ``CharacterError`` if it is neither."""
+    from expressiongrid.characters.lora import parse_layout
+
+    path = Path(path)
+    if not path.is_file():
+        raise CharacterError(f"{path}: file not found")
+    if path.suffix.lower() == ".safetensors":
+        header = read_safetensors_header(path)
+        keys = list(header.tensors)
+        metadata = header.metadata
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
+        from expressiongrid.characters.formats import load_pickle
+
+        data = load_pickle(path)
+        if not isinstance(data, dict):
+            raise CharacterError(f"{path}: unrecognised content ({type(data).__name__})")
+        keys, metadata = list(data), {}
+        if "string_to_param" in data:
+            return "embedding", metadata
+    else:
+        raise CharacterError(f"{path}: unsupported file type {path.suffix!r}")
+    try:
+        parse_layout(keys, path)
+        return "lora", metadata
+    except CharacterError as lora_error:
+        if "not a LoRA file" not in str(lora_error):
+            raise
+    if "string_to_param" in keys or any(k.startswith("string_to_param") for k in keys) or len(keys) == 1 or (
+        "clip_l" in keys and "clip_g" in keys
+    ):
+        return "embedding", metadata
+    raise CharacterError(f"{path}: neither a LoRA nor an embedding (keys such as {keys[:3]})")
+
+
+def character_from_model_file(path: str | Path) -> Character:
+    """A bare LoRA/embedding file as a character, with defaults read from the file."""
+    path = Path(path)
+    kind, metadata = identify(path)
+    cid = re.sub(r"[^A-Za-z0-9_.\-]+", "-", path.stem).strip("-.") or "character"
+    if kind == "lora":
+        ref = LoraRef(path)
+        return Character(cid, path.stem, loras=[ref], text=default_text([ref], [], kohya_trigger_words(metadata)), file=path)
+    ref = EmbeddingRef(path)
+    return Character(cid, path.stem, embeddings=[ref], text=ref.token, file=path)
+
+
+@dataclass
+class ListedEntry:
+    """One line of ``characters list``: a character file or a model file not used by one."""
+
+    path: Path
+    kind: str  # "character", "lora", "embedding" or "invalid"
+    label: str
+    id: str = ""
+    detail: str = ""
+
+
+def list_characters(directory: str | Path) -> list[ListedEntry]:
+    """Character files and model files in ``directory`` (recursively), each with its kind and label.
+
+    Model files that a character file already uses are listed under that character, not again.
+    Broken files are listed as ``invalid`` with the reason instead of stopping the listing.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CharacterError(f"{directory}: not a folder")
+    entries: list[ListedEntry] = []
+    used: set[Path] = set()
+    for toml in sorted(directory.rglob("*.toml")):
+        try:
+            ch = load_character(toml)
+        except CharacterError as exc:
+            entries.append(ListedEntry(toml, "invalid", toml.stem, detail=str(exc)))
+            continue
+        used.update(p.resolve() for p in ch.files())
+        files = ", ".join(p.name for p in ch.files()) or "no files"
+        entries.append(ListedEntry(toml, "character", ch.label, ch.id, f"{ch.kind}: {files}"))
+    for model in sorted(p for p in directory.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()):
+        if model.resolve() in used:
+            continue
+        try:
+            ch = character_from_model_file(model)
+            entries.append(ListedEntry(model, ch.kind, ch.label, ch.id, ch.text))
+        except CharacterError as exc:
+            entries.append(ListedEntry(model, "invalid", model.stem, detail=str(exc)))
+    return entries

@@ -1,0 +1,328 @@
+"""LoRA files: recognise the layout (kohya/A1111, diffusers, peft), read per-module rank and alpha, and
+resolve every module to a layer of a diffusers SD1.5 UNet or CLIP text encoder.
+
+Layouts (``format`` values):
+- ``kohya``: ``lora_unet_<path>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` and ``lora_te_...``
+  (A1111, civitai, kohya sd-scripts, LyCORIS LoCon incl. ``lora_mid`` for conv layers). The module name is the
+  diffusers module path with dots replaced by underscores, so it is resolved against the model's own modules.
+- ``diffusers``: ``unet.<path>.lora_A.weight`` / ``lora_B`` (or the older ``.lora.down.weight``,
+  ``.processor.to_q_lora.down.weight`` and ``lora_linear_layer`` spellings) and ``text_encoder.<path>...``;
+  alpha from ``<path>.alpha`` keys or the ``lora_adapter_metadata`` that diffusers writes.
+- ``peft``: ``base_model.model.<path>.lora_A.weight`` with ``adapter_config.json`` beside the file.
+
+Scale per module is ``alpha / rank`` (peft ``use_rslora``: ``alpha / sqrt(rank)``); a module with no alpha has
+scale 1, as in kohya and A1111. LoHa, LoKr, DoRA and full-weight-difference modules are refused with a clear
+"not supported yet" error rather than silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expressiongrid.errors import CharacterError
+
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_KOHYA_LORA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha"}
+
+# diffusers spellings of the two LoRA matrices, longest first so ".lora.down" is not read as "_lora.down".
+_DIFFUSERS_SUFFIXES = [
+    (".lora_linear_layer.down.weight", "down"),
+    (".lora_linear_layer.up.weight", "up"),
+    (".lora.down.weight", "down"),
+    (".lora.up.weight", "up"),
+    ("_lora.down.weight", "down"),  # attention-processor layout: attn1.processor.to_q_lora.down.weight
+    ("_lora.up.weight", "up"),
+    (".lora_A.weight", "down"),
+    (".lora_B.weight", "up"),
+    (".alpha", "alpha"),
+]
+_PEFT_ADAPTER_RE = re.compile(r"\.lora_([AB])\.[A-Za-z0-9_]+\.weight$")  # lora_A.<adapter>.weight
+
+
+@dataclass
+class LoraModuleSpec:
+    """One adapted layer as named in the file (tensor keys), before it is matched to a model layer."""
+
+    target: str  # "unet", "te" (SD1.5 text encoder) or "te2" (SDXL's second text encoder)
+    name: str  # kohya name (underscored) or the dotted module path
+    keys: dict[str, str] = field(default_factory=dict)  # role ("down", "up", "mid", "alpha") -> tensor key
+    dotted: bool = False  # name is a real module path (diffusers/peft), not kohya's underscored form
+
+
+@dataclass
+class LoraLayout:
+    format: str  # "kohya" | "diffusers" | "peft"
+    modules: list[LoraModuleSpec]
+
+
+def _unsupported(path, kind: str, example: str) -> CharacterError:
+    return CharacterError(
+        f"{path}: {kind} modules (e.g. {example!r}) are not supported yet; only LoRA/LoCon "
+        "(lora_down/lora_up, lora_A/lora_B) files can be used as characters"
+    )
+
+
+def parse_layout(keys, path="<file>") -> LoraLayout:
+    """Group tensor keys into modules and name the layout; raise ``CharacterError`` for unknown files."""
+    keys = list(keys)
+    if not keys:
+        raise CharacterError(f"{path}: the file holds no tensors")
+    if any(k.startswith(KOHYA_PREFIXES) for k in keys):
+        return _parse_kohya(keys, path)
+    if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or "lora_linear_layer" in k or "_lora.down." in k
+           for k in keys):
+        return _parse_dotted(keys, path)
+    raise CharacterError(f"{path}: not a LoRA file (no lora_unet_/lora_te_/lora_A/lora_down keys); key example {keys[0]!r}")
+
+
+def _parse_kohya(keys, path) -> LoraLayout:
+    modules: dict[str, LoraModuleSpec] = {}
+    for key in keys:
+        stem, _, part = key.partition(".")
+        if not stem.startswith(KOHYA_PREFIXES):
+            raise CharacterError(f"{path}: unexpected key {key!r} in a kohya-style LoRA")
+        if part.startswith("hada_"):
+            raise _unsupported(path, "LoHa (LyCORIS hada_*)", key)
+        if part.startswith("lokr_"):
+            raise _unsupported(path, "LoKr (LyCORIS lokr_*)", key)
+        if part == "dora_scale":
+            raise _unsupported(path, "DoRA (dora_scale)", key)
+        if part.startswith(("diff", "w_norm", "b_norm", "oft_", "on_input")):
+            raise _unsupported(path, "full-difference/norm/OFT", key)
+        role = _KOHYA_LORA_PARTS.get(part)
+        if role is None:
+            raise CharacterError(f"{path}: unrecognised LoRA key {key!r}")
+        if stem.startswith("lora_unet_"):
+            target = "unet"
+        elif stem.startswith("lora_te2_"):
+            target = "te2"
+        else:
+            target = "te"
+        spec = modules.setdefault(stem, LoraModuleSpec(target=target, name=stem))
+        spec.keys[role] = key
+    return LoraLayout("kohya", _complete(modules, path))
+
+
+def _normalise_path(target: str, path: str) -> str:
+    """Map diffusers' attention-processor spellings to the real module path."""
+    if target == "unet":
+        path = path.replace(".processor.", ".")
+        if path.endswith(".to_out"):
+            path += ".0"
+    else:
+        path = path.removeprefix("text_model.")
+        for short, real in (("to_q", "q_proj"), ("to_k", "k_proj"), ("to_v", "v_proj"), ("to_out", "out_proj")):
+            if path.endswith("." + short):
+                path = path[: -len(short)] + real
+    return path
+
+
+def _guess_target(module_path: str) -> str:
+    if module_path.startswith(("text_model.", "encoder.layers", "embeddings.")):
+        return "te"
+    return "unet"
+
+
+def _parse_dotted(keys, path) -> LoraLayout:
+    modules: dict[tuple[str, str], LoraModuleSpec] = {}
+    fmt = "diffusers"
+    for key in keys:
+        body = key
+        if body.startswith("unet."):
+            target, body = "unet", body[len("unet."):]
+        elif body.startswith("text_encoder_2."):
+            target, body = "te2", body[len("text_encoder_2."):]
+        elif body.startswith("text_encoder."):
+            target, body = "te", body[len("text_encoder."):]
+        else:
+            fmt = "peft"
+            body = body.removeprefix("base_model.model.")
+            target = None
+        m = _PEFT_ADAPTER_RE.search(body)
+        if m:  # peft keys that still carry the adapter name
+            body = body[: m.start()] + f".lora_{m.group(1)}.weight"
+        for suffix, role in _DIFFUSERS_SUFFIXES:
+            if body.endswith(suffix):
+                module_path = body[: -len(suffix)]
+                break
+        else:
+            if "lora_magnitude_vector" in body:
+                raise _unsupported(path, "DoRA (lora_magnitude_vector)", key)
+            raise CharacterError(f"{path}: unrecognised LoRA key {key!r}")
+        if target is None:
+            target = _guess_target(module_path)
+        module_path = _normalise_path(target, module_path)
+        spec = modules.setdefault((target, module_path), LoraModuleSpec(target=target, name=module_path, dotted=True))
+        spec.keys[role] = key
+    return LoraLayout(fmt, _complete(modules, path))
+
+
+def _complete(modules: dict, path) -> list[LoraModuleSpec]:
+    out = []
+    for spec in modules.values():
+        if "down" not in spec.keys or "up" not in spec.keys:
+            if set(spec.keys) == {"alpha"}:
+                continue  # an alpha without weights changes nothing (some trainers leave them behind)
+            raise CharacterError(f"{path}: module {spec.name!r} lacks its down or up matrix; the file is incomplete")
+        out.append(spec)
+    if not out:
+        raise CharacterError(f"{path}: no LoRA modules found")
+    return out
+
+
+# --- model family from names and shapes ---------------------------------------------------------------------
+
+FAMILY_BY_CONTEXT_WIDTH = {768: "sd15", 1024: "sd2", 2048: "sdxl", 32: "sd15"}  # 32: the built-in tiny model
+FAMILY_NAMES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "unknown"}
+
+
+def detect_family(layout: LoraLayout, shapes: dict[str, tuple]) -> tuple[str, int | None, str]:
+    """``(family, text_width, reason)``: the model family the LoRA was trained for, from names and shapes."""
+    names = [m.name for m in layout.modules]
+    if any(m.target == "te2" for m in layout.modules):
+        return "sdxl", None, "it has modules for a second text encoder (lora_te2 / text_encoder_2)"
+    if any(("input_blocks" in n or "output_blocks" in n or "middle_block" in n) for n in names if n):
+        return "sdxl", None, "it names UNet blocks the way kohya does for SDXL (input_blocks/output_blocks)"
+    if any("add_embedding" in n or "label_emb" in n for n in names):
+        return "sdxl", None, "it adapts SDXL's added-conditioning embedding"
+    width = None
+    for m in layout.modules:
+        down = shapes.get(m.keys["down"])
+        if down is None or len(down) < 2:
+            continue
+        if m.target == "unet" and re.search(r"attn2[._]to_[kv]$", m.name):
+            width = down[1]
+            break
+        if m.target == "te" and re.search(r"(q_proj|k_proj|v_proj)$", m.name):
+            width = down[1]
+            break
+    if width is None:
+        return "unknown", None, "no cross-attention or text-encoder attention module to measure"
+    family = FAMILY_BY_CONTEXT_WIDTH.get(width, "unknown")
+    return family, width, f"text width {width}"
+
+
+# --- tensors -------------------------------------------------------------------------------------------------
+
+@dataclass
+class LoraModule:
+    """One module with its tensors and scale (alpha / rank) ready to be written into a layer."""
+
+    target: str
+    name: str
+    dotted: bool
+    down: object  # torch.Tensor [rank, in(, kh, kw)]
+    up: object  # torch.Tensor [out, rank(, 1, 1)]
+    mid: object | None  # torch.Tensor [rank, rank, kh, kw] (LoCon with Tucker decomposition)
+    alpha: float | None
+    rank: int
+    scale: float
+
+
+@dataclass
+class LoraFile:
+    path: Path
+    format: str
+    modules: list[LoraModule]
+    metadata: dict[str, str]
+    family: str
+    width: int | None
+
+
+def _peft_config(path: Path) -> dict:
+    cfg = path.parent / "adapter_config.json"
+    if cfg.exists():
+        try:
+            return json.loads(cfg.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise CharacterError(f"{cfg}: not valid JSON ({exc})") from exc
+    return {}
+
+
+def _diffusers_metadata(metadata: dict[str, str], target: str) -> dict:
+    raw = metadata.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        packed = json.loads(raw)
+    except ValueError:
+        return {}
+    prefix = {"unet": "unet.", "te": "text_encoder.", "te2": "text_encoder_2."}[target]
+    return {k[len(prefix):]: v for k, v in packed.items() if k.startswith(prefix)}
+
+
+def _pattern_value(patterns: dict, module_path: str, default):
+    # peft matches patterns against the end of the module path (``(.*\.)?pattern$``)
+    for pattern, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?({pattern})$", module_path):
+            return value
+    return default
+
+
+def load_lora(path: str | Path) -> LoraFile:
+    """Read a LoRA file into modules with per-module scale; raises ``CharacterError`` on any problem."""
+    from expressiongrid.characters.formats import load_state
+
+    path = Path(path)
+    tensors, metadata = load_state(path)
+    tensors = {k: v for k, v in tensors.items() if hasattr(v, "shape")}
+    layout = parse_layout(tensors.keys(), path)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    family, width, _ = detect_family(layout, shapes)
+    peft_cfg = _peft_config(path) if layout.format == "peft" else {}
+    modules = []
+    for spec in layout.modules:
+        down = tensors[spec.keys["down"]]
+        up = tensors[spec.keys["up"]]
+        mid = tensors.get(spec.keys.get("mid", ""))
+        rank = int(down.shape[0])
+        if up.shape[1] != rank:
+            raise CharacterError(
+                f"{path}: module {spec.name!r}: up matrix {tuple(up.shape)} does not fit down matrix "
+                f"{tuple(down.shape)}; the file is corrupt"
+            )
+        alpha = None
+        rslora = False
+        if "alpha" in spec.keys:
+            alpha = float(tensors[spec.keys["alpha"]].float().item())
+        elif layout.format == "peft" and peft_cfg:
+            alpha = float(_pattern_value(peft_cfg.get("alpha_pattern"), spec.name, peft_cfg.get("lora_alpha", rank)))
+            rslora = bool(peft_cfg.get("use_rslora"))
+        elif layout.format == "diffusers":
+            meta = _diffusers_metadata(metadata, spec.target)
+            if meta:
+                alpha = float(_pattern_value(meta.get("alpha_pattern"), spec.name, meta.get("lora_alpha", rank)))
+                rslora = bool(meta.get("use_rslora"))
+        if alpha is None:
+            scale = 1.0
+        elif rslora:
+            scale = alpha / math.sqrt(rank)
+        else:
+            scale = alpha / rank
+        modules.append(LoraModule(spec.target, spec.name, spec.dotted, down, up, mid, alpha, rank, scale))
+    return LoraFile(path, layout.format, modules, metadata, family, width)
+
+
+def lora_delta(module: LoraModule, weight_shape, dtype=None):
+    """The weight change ``scale * up @ down`` (float32), shaped like the target layer's weight."""
+    import torch
+
+    up = module.up.float()
+    down = module.down.float()
+    if module.mid is not None:  # LoCon/Tucker: up (1x1) . mid (kh x kw) . down (1x1)
+        mid = module.mid.float()
+        delta = torch.einsum("abhw,oa,bi->oihw", mid, up.flatten(1), down.flatten(1))
+    elif down.dim() == 4 and down.shape[2:] != (1, 1):  # LoCon conv: kernel lives in down, up is 1x1
+        delta = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+    else:
+        delta = up.flatten(1) @ down.flatten(1)
+    delta = delta * module.scale
+    if tuple(delta.shape) != tuple(weight_shape):
+        if delta.numel() != math.prod(weight_shape):
+            raise ValueError(f"delta {tuple(delta.shape)} does not fit weight {tuple(weight_shape)}")
+        delta = delta.reshape(weight_shape)  # 1x1 conv LoRA on a linear layer (or the reverse)
+    return delta if dtype is None else delta.to(dtype)

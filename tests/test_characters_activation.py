@@ -1,0 +1,389 @@
+"""Per-column activation on the tiny model: exact restore, alpha handling, formats, embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from expressiongrid.characters import CharacterActivator, load_character
+from expressiongrid.characters import demo, hashes
+from expressiongrid.characters.model import Character, EmbeddingRef, LoraRef
+from expressiongrid.errors import CharacterError
+
+
+class Loaded:
+    """The shape of the engine's LoadedModel that the activator uses."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.family = "sd15"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPRESSIONGRID_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from expressiongrid.engine.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline()  # our own: these tests write into the weights (and restore them)
+
+
+@pytest.fixture(scope="module")
+def files(pipe, tmp_path_factory):
+    d = tmp_path_factory.mktemp("characters")
+    out = {
+        "varied": demo.save_kohya_lora(pipe, d / "varied.safetensors", varied_alphas=True, seed=1),
+        "folded": demo.save_kohya_lora(pipe, d / "folded.safetensors", varied_alphas=True, fold_alphas=True, seed=1),
+        "other": demo.save_kohya_lora(pipe, d / "other.safetensors", alpha=1.0, seed=2, strength=1.5),
+        "unet_only": demo.save_kohya_lora(pipe, d / "unet_only.safetensors", te=False, conv=False, alpha=4.0, seed=3),
+        "te_only_conv_free": demo.save_kohya_lora(pipe, d / "te_only.safetensors", seed=4, conv=False, alpha=4.0),
+        "diffusers": demo.save_diffusers_lora(pipe, d / "diffusers_lora.safetensors", alpha=8.0, seed=5),
+        "peft": demo.save_peft_lora(pipe, d / "peft_adapter", alpha=8.0, seed=6),
+        "fp16": demo.save_kohya_lora(pipe, d / "fp16.safetensors", alpha=2.0, seed=8, dtype=torch.float16),
+    }
+    vec = demo.embedding_vectors(pipe, n_vectors=3, seed=1)
+    out["emb_pt"] = demo.save_a1111_embedding(d / "emb_pt.pt", vec)
+    out["emb_pd"] = demo.save_a1111_embedding(d / "emb_pd.pt", vec, parameter_dict=True)
+    out["emb_st"] = demo.save_safetensors_embedding(d / "emb_st.safetensors", vec)
+    out["emb_stp"] = demo.save_safetensors_embedding(d / "emb_stp.safetensors", vec, key="string_to_param.*")
+    out["emb_diffusers"] = demo.save_diffusers_embedding(d / "learned_embeds.bin", vec[0], token="<cat-toy>")
+    out["vec"] = vec
+    return out
+
+
+def image(pipe, prompt: str | None = None, prompt_embeds=None, seed: int = 1) -> np.ndarray:
+    generator = torch.Generator().manual_seed(seed)
+    kwargs = dict(num_inference_steps=2, height=64, width=64, generator=generator, output_type="np",
+                  guidance_scale=7.5)
+    if prompt_embeds is not None:
+        return pipe(prompt_embeds=prompt_embeds, **kwargs).images[0]
+    return pipe(prompt, **kwargs).images[0]
+
+
+def weights(pipe) -> dict[str, torch.Tensor]:
+    state = {f"unet.{k}": v.detach().clone() for k, v in pipe.unet.state_dict().items()}
+    state.update({f"te.{k}": v.detach().clone() for k, v in pipe.text_encoder.state_dict().items()})
+    return state
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"weight {k} changed"
+
+
+def lora_char(cid: str, path: Path, weight: float = 1.0) -> Character:
+    return Character(cid, cid, loras=[LoraRef(path, weight, weight)], text=f"<lora:{path.stem}:{weight}>")
+
+
+PROMPT = "closeup of woman facing viewer, smile"
+
+
+def test_a_b_a_is_bit_identical_and_base_weights_come_back(pipe, files):
+    original = weights(pipe)
+    base_image = image(pipe, PROMPT)
+    a = lora_char("a", files["varied"])
+    b = Character("b", "b", loras=[LoraRef(files["other"], 0.7, 0.7), LoraRef(files["unet_only"], 1.0, 1.0)])
+    act = CharacterActivator(Loaded(pipe))
+    act.prepare([a, b])
+    with act.activate(a):
+        first = image(pipe, PROMPT)
+        during = weights(pipe)
+    with act.activate(b):
+        other = image(pipe, PROMPT)
+    with act.activate(a):
+        again = image(pipe, PROMPT)
+        assert_same_weights(during, weights(pipe))
+    assert np.array_equal(first, again), "column A changed after column B"
+    assert np.abs(first - base_image).mean() > 0.01, "the LoRA did not change the image"
+    assert np.abs(first - other).mean() > 0.01
+    assert_same_weights(original, weights(pipe))
+    assert np.array_equal(image(pipe, PROMPT), base_image)
+
+
+def test_varied_alphas_give_the_images_of_the_folded_file(pipe, files):
+    act = CharacterActivator(Loaded(pipe))
+    varied, folded = lora_char("varied", files["varied"]), lora_char("folded", files["folded"])
+    act.prepare([varied, folded])
+    with act.activate(varied):
+        a = image(pipe, PROMPT)
+    with act.activate(folded):
+        b = image(pipe, PROMPT)
+    base = image(pipe, PROMPT)
+    assert np.abs(a - base).mean() > 0.01
+    np.testing.assert_allclose(a, b, atol=1e-3)  # float rounding only (CFG amplifies it)
+
+
+def test_ignoring_alpha_would_be_visible(pipe, files, tmp_path):
+    """Guard for the test above: the same factors with alpha dropped give clearly different images."""
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v for k, v in load_file(str(files["varied"])).items() if not k.endswith(".alpha")}
+    save_file(state, str(tmp_path / "no_alpha.safetensors"))
+    act = CharacterActivator(Loaded(pipe))
+    with act.activate(lora_char("x", files["folded"])):
+        folded = image(pipe, PROMPT)
+    with act.activate(lora_char("y", tmp_path / "no_alpha.safetensors")):
+        no_alpha = image(pipe, PROMPT)
+    assert np.abs(folded - no_alpha).mean() > 0.005
+
+
+def _diffusers_reference(pipe, path: Path, adapter: str, **kwargs) -> np.ndarray:
+    """Images with diffusers' own loader and fusing, then everything unloaded again."""
+    original = weights(pipe)
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter, **kwargs)
+    try:
+        return image(pipe, PROMPT)
+    finally:
+        pipe.unload_lora_weights()
+        for k, v in original.items():  # paranoia: diffusers must have left the base model as it was
+            target = pipe.unet if k.startswith("unet.") else pipe.text_encoder
+            assert torch.equal(target.state_dict()[k.split(".", 1)[1]], v)
+
+
+def test_diffusers_format_matches_diffusers_own_loader(pipe, files):
+    act = CharacterActivator(Loaded(pipe))
+    with act.activate(lora_char("d", files["diffusers"])) as active:
+        ours = image(pipe, PROMPT)
+        assert active.text_encoder_changed
+    theirs = _diffusers_reference(pipe, files["diffusers"], "d")
+    assert np.abs(ours - image(pipe, PROMPT)).mean() > 0.01
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def test_peft_adapter_matches_peft_applied_by_diffusers(pipe, files):
+    from peft import PeftModel
+
+    act = CharacterActivator(Loaded(pipe))
+    with act.activate(lora_char("p", files["peft"])) as active:
+        ours = image(pipe, PROMPT)
+        assert not active.text_encoder_changed
+    base_unet = pipe.unet
+    peft_unet = PeftModel.from_pretrained(base_unet, str(files["peft"].parent)).merge_and_unload()
+    # merge_and_unload wrote into base_unet's layers: compare, then rebuild the clean tiny pipeline weights
+    try:
+        theirs = image(pipe, PROMPT)
+    finally:
+        from expressiongrid.engine.tiny import build_unet
+
+        pipe.unet.load_state_dict(build_unet().state_dict())
+    assert peft_unet is not None
+    np.testing.assert_allclose(ours, theirs, atol=1e-3)
+
+
+def test_locon_conv_layers_are_applied(pipe, files):
+    """The kohya file holds 3x3 conv (LoCon) modules; dropping them changes the images, so they are used."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(files["varied"]))
+    conv_names = {k.split(".")[0] for k, v in state.items() if v.dim() == 4 and v.shape[-1] == 3}
+    assert conv_names, "fixture should contain LoCon conv layers"
+    act = CharacterActivator(Loaded(pipe))
+    layer = pipe.unet.down_blocks[0].resnets[0].conv1
+    before = layer.weight.detach().clone()
+    with act.activate(lora_char("v", files["varied"])):
+        assert not torch.equal(layer.weight, before)
+    assert torch.equal(layer.weight, before)
+
+
+def test_locon_with_tucker_mid_matrix(pipe, tmp_path):
+    """LyCORIS LoCon with ``lora_mid`` gives the same weight change as the equivalent plain conv LoRA."""
+    from safetensors.torch import save_file
+
+    layer = pipe.unet.down_blocks[0].resnets[0].conv1
+    out_c, in_c = layer.weight.shape[:2]
+    g = torch.Generator().manual_seed(0)
+    down = torch.randn(2, in_c, 1, 1, generator=g)
+    mid = torch.randn(2, 2, 3, 3, generator=g)
+    up = torch.randn(out_c, 2, 1, 1, generator=g) * 0.01
+    name = "lora_unet_down_blocks_0_resnets_0_conv1"
+    save_file({f"{name}.lora_down.weight": down, f"{name}.lora_mid.weight": mid, f"{name}.lora_up.weight": up,
+               f"{name}.alpha": torch.tensor(1.0)}, str(tmp_path / "tucker.safetensors"))
+    # Independent reference: run the three convolutions one after another on a test input.
+    F = torch.nn.functional
+    x = torch.randn(1, in_c, 8, 8, generator=g)
+    expected_out = F.conv2d(F.conv2d(F.conv2d(x, down), mid, padding=1), up) * 0.5  # alpha 1 / rank 2
+    before = layer.weight.detach().clone()
+    act = CharacterActivator(Loaded(pipe))
+    with act.activate(lora_char("t", tmp_path / "tucker.safetensors")):
+        delta = layer.weight - before
+        torch.testing.assert_close(F.conv2d(x, delta, padding=1), expected_out, atol=1e-5, rtol=1e-4)
+
+
+def test_fp16_lora_file_is_applied_in_float32(pipe, files):
+    act = CharacterActivator(Loaded(pipe))
+    layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    before = layer.weight.detach().clone()
+    with act.activate(lora_char("h", files["fp16"])):
+        assert layer.weight.dtype == torch.float32
+        assert not torch.equal(layer.weight, before)
+    assert torch.equal(layer.weight, before)
+
+
+def test_weights_scale_unet_and_text_encoder_separately(pipe, files):
+    act = CharacterActivator(Loaded(pipe))
+    te_layer = pipe.text_encoder.encoder.layers[0].self_attn.q_proj
+    unet_layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    te0, un0 = te_layer.weight.detach().clone(), unet_layer.weight.detach().clone()
+    full = Character("f", "f", loras=[LoraRef(files["te_only_conv_free"], 1.0, 1.0)])
+    half_te = Character("h", "h", loras=[LoraRef(files["te_only_conv_free"], unet_weight=1.0, te_weight=0.5)])
+    with act.activate(full):
+        d_te, d_un = te_layer.weight - te0, unet_layer.weight - un0
+    with act.activate(half_te) as active:
+        torch.testing.assert_close(te_layer.weight - te0, 0.5 * d_te, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(unet_layer.weight - un0, d_un)
+        assert active.text_encoder_changed
+    no_te = Character("n", "n", loras=[LoraRef(files["te_only_conv_free"], unet_weight=1.0, te_weight=0.0)])
+    with act.activate(no_te) as active:
+        assert not active.text_encoder_changed and torch.equal(te_layer.weight, te0)
+
+
+def test_files_are_loaded_once_per_run(pipe, files, monkeypatch):
+    import expressiongrid.characters.activation as activation
+
+    calls = []
+    real_lora, real_emb = activation.load_lora, activation.load_embedding
+    monkeypatch.setattr(activation, "load_lora", lambda p: calls.append(p) or real_lora(p))
+    monkeypatch.setattr(activation, "load_embedding", lambda p: calls.append(p) or real_emb(p))
+    a = lora_char("a", files["varied"])
+    b = Character("b", "b", loras=[LoraRef(files["varied"], 0.5, 0.5)],
+                  embeddings=[EmbeddingRef(files["emb_pt"], "annachar")])
+    act = CharacterActivator(Loaded(pipe))
+    act.prepare([a, b])
+    for ch in (a, b, a, b):
+        with act.activate(ch):
+            pass
+    assert sorted(map(str, calls)) == sorted([str(files["varied"]), str(files["emb_pt"])])
+
+
+def _encode(pipe, active, text: str) -> torch.Tensor:
+    ids = pipe.tokenizer(text, add_special_tokens=False).input_ids
+    ids = active.expand_ids(ids) if active else ids
+    bos, eos = pipe.tokenizer.bos_token_id, pipe.tokenizer.eos_token_id
+    ids = ([bos] + ids + [eos] * 77)[:77]
+    with torch.no_grad():
+        return pipe.text_encoder(torch.tensor([ids]))[0]
+
+
+@pytest.mark.parametrize("key", ["emb_pt", "emb_pd", "emb_st", "emb_stp"])
+def test_multi_vector_embedding_formats_put_every_vector_in_the_prompt(pipe, files, key):
+    token = "annachar"
+    ch = Character("e", "e", embeddings=[EmbeddingRef(files[key], token)], text=token)
+    act = CharacterActivator(Loaded(pipe))
+    original = weights(pipe)
+    vocab_before = len(pipe.tokenizer)
+    with act.activate(ch) as active:
+        (trigger, ids), = active.embeddings.items()
+        assert len(ids) == 3 and ids[0] == trigger
+        assert active.tokens == {token: ids}
+        assert pipe.tokenizer(f"a {token} smile", add_special_tokens=False).input_ids.count(trigger) == 1
+        table = pipe.text_encoder.get_input_embeddings().weight
+        torch.testing.assert_close(table[ids], files["vec"])
+        with_emb = _encode(pipe, active, f"closeup of woman, {token}")
+        img = image(pipe, prompt_embeds=with_emb)
+        assert active.ti_hashes == {token: hashes.sha256(files[key])[:12]}
+    # the token is gone again: the reference column's prompts tokenize as before
+    assert len(pipe.tokenizer) == vocab_before
+    assert trigger not in pipe.tokenizer(f"a {token} smile", add_special_tokens=False).input_ids
+    assert_same_weights(original, weights(pipe))
+    plain = image(pipe, prompt_embeds=_encode(pipe, None, "closeup of woman, woman"))
+    assert np.abs(img - plain).mean() > 0.005
+
+
+def test_diffusers_learned_embeds_single_vector(pipe, files):
+    ch = Character("d", "d", embeddings=[EmbeddingRef(files["emb_diffusers"], "cattoy")], text="cattoy")
+    with CharacterActivator(Loaded(pipe)).activate(ch) as active:
+        (ids,) = active.embeddings.values()
+        assert len(ids) == 1
+        torch.testing.assert_close(pipe.text_encoder.get_input_embeddings().weight[ids[0]], files["vec"][0])
+
+
+def test_embedding_tokens_that_collide_or_prefix_are_refused(pipe, files):
+    act = CharacterActivator(Loaded(pipe))
+    a = Character("a", "a", embeddings=[EmbeddingRef(files["emb_pt"], "anna")])
+    b = Character("b", "b", embeddings=[EmbeddingRef(files["emb_st"], "anna2")])
+    with pytest.raises(CharacterError, match="prefixes of one another"):
+        act.prepare([a, b])
+    word = Character("w", "w", embeddings=[EmbeddingRef(files["emb_pt"], "smile")])
+    with pytest.raises(CharacterError, match="already knows"):
+        act.prepare([word])
+    same = Character("s", "s", embeddings=[EmbeddingRef(files["emb_st"], "anna")])
+    with pytest.raises(CharacterError, match="also the token of"):
+        act.prepare([a, same])
+    shared = Character("c", "c", embeddings=[EmbeddingRef(files["emb_pt"], "anna")])
+    act.prepare([a, shared])  # the same file under the same token is one embedding
+
+
+def test_lora_and_embedding_together_and_hashes(pipe, files):
+    ch = Character("m", "Mixed", loras=[LoraRef(files["varied"], 0.8, 0.8, name="my:lora,v1")],
+                   embeddings=[EmbeddingRef(files["emb_st"], "mixchar")], source={"civitai": 42})
+    original = weights(pipe)
+    with CharacterActivator(Loaded(pipe)).activate(ch) as active:
+        # A1111 drops ':' and ',' from the name; the short hash is the addnet hash of the safetensors data
+        assert active.lora_hashes == {"mylorav1": hashes.addnet_hash(files["varied"])[:12]}
+        assert active.ti_hashes == {"mixchar": hashes.sha256(files["emb_st"])[:12]}
+        kinds = [(r["type"], r["name"], r["hash"]) for r in active.resources]
+        assert kinds == [("lora", "my:lora,v1", hashes.autov2(files["varied"])),
+                         ("embed", "mixchar", hashes.autov2(files["emb_st"]))]
+        assert all("modelVersionId" not in r for r in active.resources)  # two files: the id is ambiguous
+    assert_same_weights(original, weights(pipe))
+
+
+def test_failure_inside_a_column_still_restores(pipe, files):
+    original = weights(pipe)
+    act = CharacterActivator(Loaded(pipe))
+    with pytest.raises(RuntimeError):
+        with act.activate(lora_char("a", files["varied"])):
+            raise RuntimeError("generation failed")
+    assert_same_weights(original, weights(pipe))
+    with act.activate(lora_char("a", files["varied"])):  # and the activator is usable again
+        pass
+
+
+def test_loha_and_lokr_files_get_not_supported_yet(pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{name}.hada_w1_a": torch.zeros(32, 2), f"{name}.hada_w1_b": torch.zeros(2, 32),
+               f"{name}.alpha": torch.tensor(1.0)}, str(tmp_path / "loha.safetensors"))
+    save_file({f"{name}.lokr_w1": torch.zeros(4, 4), f"{name}.lokr_w2": torch.zeros(8, 8)},
+              str(tmp_path / "lokr.safetensors"))
+    act = CharacterActivator(Loaded(pipe))
+    with pytest.raises(CharacterError, match=r"LoHa .*not supported yet"):
+        act.prepare([lora_char("h", tmp_path / "loha.safetensors")])
+    with pytest.raises(CharacterError, match=r"LoKr .*not supported yet"):
+        act.prepare([lora_char("k", tmp_path / "lokr.safetensors")])
+
+
+def test_lora_for_another_model_is_refused_at_prepare(pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    save_file({f"{name}.lora_down.weight": torch.zeros(2, 768), f"{name}.lora_up.weight": torch.zeros(32, 2)},
+              str(tmp_path / "sd15_real.safetensors"))
+    with pytest.raises(CharacterError, match=r"768 wide but the model's is 32"):
+        CharacterActivator(Loaded(pipe)).prepare([lora_char("r", tmp_path / "sd15_real.safetensors")])
+    save_file({"lora_unet_no_such_layer.lora_down.weight": torch.zeros(2, 32),
+               "lora_unet_no_such_layer.lora_up.weight": torch.zeros(32, 2)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(CharacterError, match=r"1 of 1 LoRA modules match no layer"):
+        CharacterActivator(Loaded(pipe)).prepare([lora_char("o", tmp_path / "odd.safetensors")])
+
+
+def test_demo_characters_change_the_images(pipe, tmp_path):
+    tomls = demo.make_demo_characters(pipe, tmp_path / "demo")
+    chars = [load_character(p) for p in tomls]
+    assert [c.kind for c in chars] == ["lora", "embedding"]
+    act = CharacterActivator(Loaded(pipe))
+    act.prepare(chars)
+    base = image(pipe, prompt_embeds=_encode(pipe, None, "closeup of woman, 1girl"))
+    for ch in chars:
+        with act.activate(ch) as active:
+            text = f"closeup of woman, {ch.text.split('>, ')[-1]}"
+            img = image(pipe, prompt_embeds=_encode(pipe, active, text))
+        assert np.abs(img - base).mean() > 0.01, ch.id
