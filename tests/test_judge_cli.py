@@ -11,6 +11,7 @@ import time
 import urllib.request
 
 from click.testing import CliRunner
+from PIL import Image
 from test_judge_web import make_run
 
 from expressiongrid.cli import main
@@ -93,3 +94,50 @@ def test_a_run_with_nothing_to_judge_says_so(tmp_path):
     result = CliRunner().invoke(main, ["judge", str(tmp_path / "run"), "--port", "0"])
     assert result.exit_code == 1 and "nothing to judge" in result.output
     assert time.time() - started < 30
+
+
+STUDY = """
+[model]
+source = "tiny"
+[sampling]
+steps = 2
+width = 64
+height = 64
+seed = 7
+[prompt]
+positive = "closeup of woman facing viewer, [hair, neck, eyes, lips: {expression}: 0.2], RAW photo, 1girl"
+negative = "cartoon"
+[rows]
+axis = "expressions"
+items = ["neutral face expression", "smiling", "angry"]
+[columns]
+axis = "CFG Scale"
+values = "5, 9"
+"""
+
+
+def test_a_real_tiny_run_is_judged_and_ranked(tmp_path):
+    """The whole path: the runner makes real cells with the tiny model, the judge serves and ranks them."""
+    from expressiongrid.study.runner import run_study
+    from expressiongrid.study.store import Store
+    from expressiongrid.study.study import load_study
+
+    (tmp_path / "study.toml").write_text(STUDY, encoding="utf-8")
+    run_study(load_study(tmp_path / "study.toml"), tmp_path / "out")
+    with Store.open_existing(tmp_path / "out") as store:
+        app = JudgeApp(store, seed=0)
+        ids = {q.id for q in app.questions}
+        assert {"expr:smiling:p0", "expr:angry:p0"} <= ids
+        # The free-text neutral row is still found as the identity reference.
+        ident = next(q for q in app.questions if q.kind == "identity")
+        neutral = store.cell(ident.reference_key)
+        assert neutral.row_label == "neutral face expression"
+        assert sorted(ident.labels.values()) == ["angry", "smiling"]
+        with Image.open(app.cell_path(ident.items[0])) as im:
+            assert im.size == (64, 64)
+        shown = app.next_pair("ann", "expr:smiling:p0")
+        app.answer(shown.token, "left")
+    result = CliRunner().invoke(main, ["judge", str(tmp_path / "out"), "--rankings"])
+    assert result.exit_code == 0, result.output
+    smiling = next(q for q in json.loads(result.output)["questions"] if q["id"] == "expr:smiling:p0")
+    assert smiling["items"][0]["key"] == shown.left and smiling["answers"] == 1
