@@ -141,3 +141,13 @@ def test_a_real_tiny_run_is_judged_and_ranked(tmp_path):
     assert result.exit_code == 0, result.output
     smiling = next(q for q in json.loads(result.output)["questions"] if q["id"] == "expr:smiling:p0")
     assert smiling["items"][0]["key"] == shown.left and smiling["answers"] == 1
+
+
+def test_judging_does_not_import_torch(tmp_path):
+    make_run(tmp_path / "run").close()
+    code = ("import sys\nfrom expressiongrid.cli import main\n"
+            f"try:\n    main(['judge', {str(tmp_path / 'run')!r}, '--rankings'])\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\n"
+            "from expressiongrid.judge import app, server\n"
+            "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
