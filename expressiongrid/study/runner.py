@@ -29,7 +29,7 @@ from pathlib import Path
 from expressiongrid.errors import ExpressionGridError, StudyError
 from expressiongrid.study.plan import Plan, PlannedCell, plan as make_plan
 from expressiongrid.study.store import GRIDS_DIR, CellRecord, Store, cell_file_for, is_complete_png
-from expressiongrid.study.study import Study
+from expressiongrid.study.study import Study, _csv_quote
 
 # progress(done, total, note): images finished so far in this run, images to make, what is happening
 Progress = Callable[[int, int, "str | None"], None]
@@ -468,7 +468,7 @@ def _grid_parameters(info, records, positions, page_index, format_parameters, gr
         if not axis:
             continue
         kind = {"expressions": "Expression", "characters": "Character"}.get(axis["kind"], axis["kind"])
-        text = axis.get("raw") or ", ".join(v["label"] for v in axis["values"])
+        text = axis.get("raw") or ",".join(_csv_quote(v["label"]) for v in axis["values"])
         axes.append((letter, kind, text))
     p0 = parsed[0]
     return format_parameters(

@@ -1,0 +1,269 @@
+"""`run`, `xyz`, `demo`, `runs list/show` through click's CliRunner: exit codes, output, database rows, files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from expressiongrid.cli import main
+
+SEED_PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: {expression}: 0.2], RAW photo, {character}"
+
+
+@pytest.fixture(scope="module")
+def demo_chars(tmp_path_factory):
+    """The two generated demo characters (a LoRA and an embedding) for the tiny model, made once."""
+    from expressiongrid.characters.demo import make_demo_characters
+    from expressiongrid.engine.tiny import build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("chars")
+    make_demo_characters(build_tiny_pipeline(), folder)
+    return folder
+
+
+def _study(tmp_path: Path, chars: Path, rows=("neutral face expression", "smiling"), steps=3) -> Path:
+    items = ", ".join(json.dumps(r) for r in rows)
+    path = tmp_path / "study.toml"
+    path.write_text(textwrap.dedent(f"""
+        name = "mini"
+        [model]
+        source = "tiny"
+        [sampling]
+        steps = {steps}
+        width = 64
+        height = 64
+        seed = 11
+        [prompt]
+        positive = "{SEED_PROMPT}"
+        negative = "naked, illustration, 3d, drawing, cartoon, anime, 2girls"
+        reference = "1girl"
+        [rows]
+        axis = "expressions"
+        items = [{items}]
+        [columns]
+        axis = "characters"
+        reference = true
+        files = ["{chars.as_posix()}/demo-lora.toml", "{chars.as_posix()}/demo-embedding.toml"]
+    """), encoding="utf-8")
+    return path
+
+
+def _rows(out: Path, sql: str):
+    conn = sqlite3.connect(out / "run.sqlite")
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_run_makes_cells_and_grid_then_resumes_with_nothing_new(tmp_path, demo_chars):
+    runner = CliRunner()
+    study = _study(tmp_path, demo_chars)
+    out = tmp_path / "out"
+    result = runner.invoke(main, ["run", str(study), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "plan: 2 rows x 3 columns = 6 cells" in result.output
+    assert "grid: about" in result.output  # estimated pixel size before generating
+    assert "made 6, skipped 0 (already done), failed 0" in result.output
+    grid = out / "grids" / "mini.png"
+    assert f"grid: {grid}" in result.output and grid.is_file()
+    assert f"database: {out / 'run.sqlite'}" in result.output
+
+    rows = _rows(out, "SELECT status, seed, file, row_label, col_label, character_id, prompt FROM cells ORDER BY col_index, row_index")
+    assert [r[0] for r in rows] == ["done"] * 6
+    assert {r[1] for r in rows} == {11}
+    assert [r[4] for r in rows] == ["reference", "reference", "demo LoRA", "demo LoRA", "demo embedding", "demo embedding"]
+    assert rows[0][6].endswith("RAW photo, 1girl")
+    assert "<lora:demo_lora:1>" in rows[2][6]
+    for r in rows:
+        with Image.open(out / r[2]) as im:
+            assert im.size == (64, 64)
+            assert "Negative prompt: naked" in im.info["parameters"]
+    with Image.open(grid) as im:
+        assert "X Type: Character" in im.info["parameters"]
+
+    again = runner.invoke(main, ["run", str(study), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "6 already done" in again.output
+    assert "made 0, skipped 6" in again.output
+    assert _rows(out, "SELECT COUNT(*) FROM runs")[0][0] == 2
+
+
+def test_adding_a_row_makes_only_the_new_cells(tmp_path, demo_chars):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    assert runner.invoke(main, ["run", str(_study(tmp_path, demo_chars)), "--out", str(out)]).exit_code == 0
+    files_before = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*.png")}
+    bigger = _study(tmp_path, demo_chars, rows=("neutral face expression", "smiling", "sad crying"))
+    result = runner.invoke(main, ["run", str(bigger), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "made 3, skipped 6" in result.output
+    assert all(p.stat().st_mtime_ns == t for p, t in files_before.items())  # old cells untouched
+    assert _rows(out, "SELECT COUNT(*) FROM cells WHERE status = 'done'")[0][0] == 9
+
+
+def test_damaged_files_are_redone(tmp_path, demo_chars):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    study = _study(tmp_path, demo_chars)
+    assert runner.invoke(main, ["run", str(study), "--out", str(out)]).exit_code == 0
+    files = [out / f for (f,) in _rows(out, "SELECT file FROM cells ORDER BY key")]
+    files[0].unlink()
+    files[1].write_bytes(files[1].read_bytes()[:100])  # as if a crash cut the write short
+    result = runner.invoke(main, ["run", str(study), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "made 2, skipped 4" in result.output
+    assert "repaired before the run: missing or broken files 2" in result.output
+    with Image.open(files[1]) as im:
+        im.load()
+
+
+def test_invalid_study_reports_every_problem_and_exits_2(tmp_path, demo_chars):
+    study = _study(tmp_path, demo_chars)
+    text = study.read_text().replace("steps = 3", 'steps = "many"').replace("width = 64", "width = 65")
+    text = text.replace('reference = "1girl"', 'reference = "1girl"\ncolour = "red"')
+    study.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(study), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "3 problems" in result.output
+    assert "sampling.steps: expected an integer" in result.output
+    assert "sampling.width: expected a multiple of 8" in result.output
+    assert "prompt.colour: unknown key" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # nothing created before the study is valid
+
+
+def test_failed_column_is_recorded_and_exit_code_is_1(tmp_path, demo_chars, monkeypatch):
+    from expressiongrid.characters.activation import CharacterActivator
+    from expressiongrid.errors import CharacterError
+
+    real_prepare = CharacterActivator.prepare
+
+    def prepare(self, chars):
+        if any(ch.label == "demo LoRA" for ch in chars):
+            raise CharacterError("demo_lora.safetensors: file is corrupt (unexpected end of data)")
+        return real_prepare(self, chars)
+
+    monkeypatch.setattr(CharacterActivator, "prepare", prepare)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(_study(tmp_path, demo_chars)), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "made 4, skipped 0 (already done), failed 2" in result.output
+    assert "failed: demo LoRA / neutral face expression: character 'demo LoRA'" in result.stderr
+    assert "run incomplete: 2 of 6 images failed" in result.stderr
+    assert (out / "grids" / "mini.png").is_file()  # the grid is still composed, with marked cells
+    failed = _rows(out, "SELECT col_label, error FROM cells WHERE status = 'failed'")
+    assert len(failed) == 2 and all(r[0] == "demo LoRA" and "corrupt" in r[1] for r in failed)
+    assert _rows(out, "SELECT status FROM runs")[0][0] == "incomplete"
+
+    # the file is fixed: the next run retries only the failed cells
+    monkeypatch.setattr(CharacterActivator, "prepare", real_prepare)
+    again = CliRunner().invoke(main, ["run", str(_study(tmp_path, demo_chars)), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "made 2, skipped 4" in again.output
+
+
+def test_dry_run_loads_nothing(tmp_path, demo_chars):
+    result = CliRunner().invoke(main, ["run", str(_study(tmp_path, demo_chars)), "--out", str(tmp_path / "o"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing generated" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_study_file_is_a_one_line_usage_error(tmp_path):
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.toml")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: study file not found: {tmp_path / 'nope.toml'}"]
+
+
+def test_xyz_command_runs_a1111_plot(tmp_path):
+    out = tmp_path / "xyz"
+    args = ["xyz", "--prompt", "a photo of a cat, masterpiece", "--negative-prompt", "blurry, cat ears",
+            "--x", "Prompt S/R: cat, dog", "--y", "Steps: 2,3", "--seed", "1000", "--vary-seeds", "y",
+            "--width", "64", "--height", "48", "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "X/Y/Z plot will create 4 images on 1 2x2 grid. (Total steps to process: 10)" in result.output
+    rows = _rows(out, "SELECT col_index, row_index, prompt, negative_prompt, seed, steps FROM cells "
+                      "ORDER BY row_index, col_index")
+    assert rows == [
+        (0, 0, "a photo of a cat, masterpiece", "blurry, cat ears", 1000, 2),
+        (1, 0, "a photo of a dog, masterpiece", "blurry, dog ears", 1000, 2),
+        (0, 1, "a photo of a cat, masterpiece", "blurry, cat ears", 1001, 3),
+        (1, 1, "a photo of a dog, masterpiece", "blurry, dog ears", 1001, 3),
+    ]
+    with Image.open(out / "grids" / "xyz.png") as im:
+        params = im.info["parameters"]
+    assert 'X Type: Prompt S/R, X Values: "cat, dog", Y Type: Steps, Y Values: "2,3"' in params
+
+
+def test_xyz_usage_errors_exit_2(tmp_path):
+    runner = CliRunner()
+    bad_flag = runner.invoke(main, ["xyz", "--prompt", "a cat", "--x", "10,20"])
+    assert bad_flag.exit_code == 2 and 'expected "AXIS: VALUES"' in bad_flag.output
+    not_found = runner.invoke(main, ["xyz", "--prompt", "a cat", "--x", "Prompt S/R: zebra, horse",
+                                     "--out", str(tmp_path / "o")])
+    assert not_found.exit_code == 2
+    assert "'zebra'" in not_found.output and "negative prompt" in not_found.output
+    bad_range = runner.invoke(main, ["xyz", "--prompt", "a cat", "--x", "Steps: 1-5 (2)", "--out", str(tmp_path / "o")])
+    assert bad_range.exit_code == 2 and "--x values" in bad_range.output
+    no_axis = runner.invoke(main, ["xyz", "--prompt", "a cat"])
+    assert no_axis.exit_code == 2
+
+
+def test_runs_list_and_show(tmp_path, demo_chars):
+    runner = CliRunner()
+    out = tmp_path / "runs" / "mini"
+    assert runner.invoke(main, ["run", str(_study(tmp_path, demo_chars)), "--out", str(out)]).exit_code == 0
+
+    listed = runner.invoke(main, ["runs", "list", str(tmp_path / "runs")])
+    assert listed.exit_code == 0, listed.output
+    assert str(out) in listed.output and " 6 " in listed.output and "done" in listed.output
+
+    shown = runner.invoke(main, ["runs", "show", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "cells: 6 (6 done, 0 failed, 0 pending)" in shown.output
+    assert "made 6, skipped 0, failed 0" in shown.output
+
+    as_json = runner.invoke(main, ["runs", "show", str(out), "--json"])
+    data = json.loads(as_json.output)
+    assert data["counts"] == {"pending": 0, "done": 6, "failed": 0}
+    assert len(data["cells"]) == 6
+    cell = data["cells"][0]
+    assert cell["status"] == "done" and cell["seed"] == 11 and Path(cell["path"]).is_file()
+    assert cell["seconds"] is not None and "Steps: 3" in cell["parameters"]
+    assert [r["status"] for r in data["runs"]] == ["done"]
+    assert data["study"]["rows"]["kind"] == "expressions"
+
+    missing = runner.invoke(main, ["runs", "show", str(tmp_path / "nothing")])
+    assert missing.exit_code == 1 and "no run in" in missing.output
+
+
+def test_demo_finishes_in_under_a_minute(tmp_path):
+    out = tmp_path / "demo"
+    start = time.monotonic()
+    result = CliRunner().invoke(main, ["demo", "--out", str(out)])
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 0, result.output
+    # the requirement is 60 s on a 2-core machine; keep a margin for a busy CI box
+    assert elapsed < 45, f"demo took {elapsed:.1f} s"
+    assert "plan: 9 rows x 3 columns = 27 cells" in result.output
+    assert "made 27, skipped 0 (already done), failed 0" in result.output
+    labels = _rows(out, "SELECT DISTINCT col_label FROM cells ORDER BY col_index")
+    assert [l for (l,) in labels] == ["reference", "demo LoRA", "demo embedding"]
+    kinds = {c: p for c, p in _rows(out, "SELECT col_label, parameters FROM cells WHERE row_index = 0")}
+    assert "Lora hashes" in kinds["demo LoRA"] and "TI hashes" in kinds["demo embedding"]
+    assert "Lora hashes" not in kinds["reference"]
+    assert (out / "grids" / "demo.png").is_file() and (out / "grids" / "demo.upload.jpg").is_file()
+    # the characters change the picture: columns differ from the reference on the same seed
+    cells = {c: f for c, f in _rows(out, "SELECT col_label, file FROM cells WHERE row_index = 0")}
+    ref = Image.open(out / cells["reference"]).tobytes()
+    assert Image.open(out / cells["demo LoRA"]).tobytes() != ref
+    assert Image.open(out / cells["demo embedding"]).tobytes() != ref
