@@ -189,3 +189,26 @@ def test_parse_axis_is_public_from_study_package():
     from expressiongrid.study import parse_axis as public
 
     assert public("Steps", "10,20").values == [10, 20]
+
+
+def test_axes_and_announcement_of_whole_xyz_runs():
+    for run in load_jsonl("xyz_runs.jsonl"):
+        if "expected" not in run:
+            continue
+        expected = run["expected"]
+        parsed = {}
+        for letter in ("x", "y", "z"):
+            name, text = run["input"].get(letter, ("Nothing", ""))
+            parsed[letter] = parse_axis(name, text)
+            assert parsed[letter].values == expected[f"{letter}s"], (run["name"], letter)
+            assert parsed[letter].labels == expected["labels"][letter], (run["name"], letter)
+        line = console_line(parsed["x"], parsed["y"], parsed["z"], steps=run["base"]["steps"])
+        assert line == expected["console"], run["name"]
+
+
+def test_prompt_sr_error_of_xyz_runs_corpus():
+    (run,) = [r for r in load_jsonl("xyz_runs.jsonl") if r["name"] == "x_sr_not_found"]
+    values = parse_axis(*run["input"]["x"]).values
+    with pytest.raises(AxisError) as info:
+        prompt_sr("a photo of a cat, masterpiece", "blurry, cat ears", values[0], values[1])
+    assert "zebra" in str(info.value) and "Prompt S/R" in str(info.value)

@@ -348,8 +348,8 @@ def failed_cell(width: int, height: int, text: str = "failed") -> Image.Image:
     inset = min(width, height) // 6
     draw.line((inset, inset, width - inset, height - inset), fill="#d01010", width=stroke)
     draw.line((inset, height - inset, width - inset, inset), fill="#d01010", width=stroke)
-    size = max(8, (width + height) // 16)
-    size, lines = fit_label(text, width - 4, 2, size, 6)
+    size = max(10, (width + height) // 16)
+    size, lines = fit_label(text, width - 4, 2, size, 8)
     font = _font(size, None)
     y = height - _block_height(len(lines), _line_height(font), 0) - max(2, height // 20)
     for line in lines:
