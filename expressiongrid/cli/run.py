@@ -85,7 +85,7 @@ class _Bar:
 
 
 def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
-             xyz: bool = False) -> None:
+             xyz: bool = False, notify_url: str | None = None) -> None:
     from expressiongrid.study.plan import plan as make_plan
 
     plan = make_plan(study)
@@ -93,15 +93,35 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     if dry_run:
         click.echo("dry run: nothing generated")
         return
-    from expressiongrid.study.runner import run_study
+    # run_launched adds run.log, --notify and, under `accelerate launch`, this process's share of columns.
+    from expressiongrid.study.distributed import run_launched
 
     bar = _Bar()
     try:
-        summary = run_study(study, out_dir, bar, plan=plan, batch_size=batch_size, argv=sys.argv[1:])
+        outcome = run_launched(study, out_dir, bar, plan=plan, batch_size=batch_size, argv=sys.argv[1:],
+                               notify_url=notify_url)
     finally:
         bar.close()
-    _print_summary(summary)
-    ctx.exit(summary.exit_code)
+    _print_summary(outcome.summary)
+    _print_launch(outcome)
+    ctx.exit(outcome.exit_code)
+
+
+def _print_launch(outcome) -> None:
+    """Under accelerate: what this process did, and (last process only) the whole study's result."""
+    if not outcome.process.distributed:
+        return
+    click.echo(f"process {outcome.process.label}: its columns are finished", err=True)
+    if not outcome.composed:
+        click.echo("the last process to finish composes the grids and reports the whole study", err=True)
+        return
+    r = outcome.report
+    click.echo(f"study: {r.get('cells_done', 0)} of {r.get('cells_total', 0)} cells done, "
+               f"{r.get('cells_failed', 0)} failed", err=True)
+    for failure in r.get("failures", []):
+        click.echo(f"  failed: column {failure['column']} ({len(failure['rows'])} cells): {failure['error']}", err=True)
+    if r.get("status") != "done":
+        click.echo("run incomplete: run the same command again to retry the failed cells", err=True)
 
 
 def _print_summary(summary) -> None:
@@ -145,8 +165,11 @@ def _default_out(study, given: str | None) -> Path:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per UNet batch (default: as many as fit in memory).")
 @click.option("--dry-run", is_flag=True, help="Check the study and show what would be made; generate nothing.")
+@click.option("--notify", "notify_url", metavar="URL", default=None,
+              help="POST a JSON summary to URL when the run ends (see docs/overnight.md).")
 @click.pass_context
-def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int | None, dry_run: bool) -> None:
+def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int | None, dry_run: bool,
+        notify_url: str | None) -> None:
     """Run a study file: make the cells not made yet, then compose the grids.
 
     Every problem in the study is reported at once before any model loads. Finished cells are kept, so
@@ -154,8 +177,12 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
     """
     from expressiongrid.study.study import load_study
 
+    if notify_url is not None:
+        from expressiongrid.notify import check_url
+
+        check_url(notify_url)  # a bad URL is a usage error now, not a lost message in the morning
     study = load_study(study_file)
-    _execute(ctx, study, _default_out(study, out), dry_run=dry_run, batch_size=batch_size)
+    _execute(ctx, study, _default_out(study, out), dry_run=dry_run, batch_size=batch_size, notify_url=notify_url)
 
 
 @click.command(epilog='Example:\n\n  expressiongrid xyz --prompt "a photo of a cat" --x "Steps: 10,20" '
