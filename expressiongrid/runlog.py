@@ -100,9 +100,6 @@ class RunLog:
         # Python warnings still go to the console as before, and also into the file.
         self._old_showwarning = warnings.showwarning
         warnings.showwarning = self._showwarning
-        # "default" shows each warning once per place even where a library set it to "ignore".
-        self._warning_filters = warnings.filters[:]
-        warnings.simplefilter("default")
 
     def _showwarning(self, message, category, filename, lineno, file=None, line=None):
         logging.getLogger("py.warnings").warning(
@@ -153,7 +150,6 @@ class RunLog:
         self._attached.clear()
         if warnings.showwarning == self._showwarning:
             warnings.showwarning = self._old_showwarning
-        warnings.filters[:] = self._warning_filters
         self._handler.close()
 
     def __enter__(self) -> RunLog:

@@ -19,18 +19,23 @@ character on every GPU.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from expressiongrid.study.store import register_migrations
 
 if TYPE_CHECKING:
+    from expressiongrid.study.plan import Plan
+    from expressiongrid.study.runner import Progress, RunSummary
     from expressiongrid.study.store import Store
+    from expressiongrid.study.study import Study
 
 T = TypeVar("T")
 
@@ -150,3 +155,129 @@ def finish_shard(store: Store, process: ProcessInfo, cells_done: int = 0, cells_
         conn.execute("ROLLBACK")
         raise
     return finished >= process.count
+
+
+# -- running one launch's share, with the run log and the notification -----------------------------------
+
+
+@dataclass
+class LaunchOutcome:
+    """What `run_launched` did in this process.
+
+    `summary` covers this process's columns; `report` covers the whole study when this process composed
+    the grids (always for a single process), else this process's share. `exit_code` is what the process
+    should exit with: a process that is not the last to finish exits 0 even if some of its cells failed,
+    because torchrun stops every other process of the launch as soon as one exits non-zero; the failures
+    are in the store and the last process reports them for the whole study.
+    """
+
+    summary: RunSummary
+    process: ProcessInfo
+    composed: bool
+    report: dict
+    exit_code: int
+
+
+def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary | None = None,
+                 started_at: float | None = None, process: ProcessInfo | None = None,
+                 status: str | None = None, message: str | None = None) -> dict:
+    """A JSON-ready account of the run read from the store: counts, failures by column and why, grids.
+
+    This is what ``--notify`` posts and what the run log ends with.
+    """
+    import socket
+
+    from expressiongrid.study.store import DB_NAME, Store
+
+    report: dict = {"event": "run_finished", "study": name, "out_dir": str(Path(out_dir).resolve()),
+                    "host": socket.gethostname(), "process_count": process.count if process else 1}
+    if (Path(out_dir) / DB_NAME).is_file():
+        with Store.open_existing(out_dir) as store:
+            cells = store.cells()
+        report["cells_total"] = len(cells)
+        for state in ("done", "failed", "pending"):
+            report[f"cells_{state}"] = sum(c.status == state for c in cells)
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for c in cells:
+            if c.status == "failed":
+                grouped.setdefault((c.col_label, c.error or "unknown error"), []).append(c.row_label)
+        report["failures"] = [{"column": col, "rows": rows, "error": err} for (col, err), rows in grouped.items()]
+    if summary is not None:
+        report["grids"] = [str(g) for g in summary.grids]
+        report["seconds"] = round(summary.seconds, 1)
+    if started_at is not None:
+        report["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started_at))
+        report["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if status is None:
+        status = "done" if report.get("cells_failed", 0) == 0 and report.get("cells_pending", 0) == 0 \
+            else "incomplete"
+    report["status"] = status
+    report["exit_code"] = 0 if status == "done" else 1
+    if message:
+        report["message"] = message
+    return report
+
+
+def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | None = None, *,
+                 plan: Plan | None = None, batch_size: int | None = None, argv: list[str] | None = None,
+                 notify_url: str | None = None, process: ProcessInfo | None = None) -> LaunchOutcome:
+    """Run this process's share of `study` into `out_dir`, with ``run.log`` and an optional notification.
+
+    A plain run makes every column and composes the grids. Under ``accelerate launch`` the main process
+    repairs the store and registers the plan while the others wait; then each makes its columns, and the
+    last to finish composes the grids, reports the whole study and sends the notification.
+    """
+    from expressiongrid.notify import notify
+    from expressiongrid.runlog import open_run_log
+    from expressiongrid.study.plan import plan as make_plan
+    from expressiongrid.study.runner import compose_grids, run_study
+    from expressiongrid.study.store import Store
+
+    process = process or current_process()
+    p = plan if plan is not None else make_plan(study)
+    started_at = time.time()
+    with open_run_log(out_dir, process.label if process.distributed else None) as log:
+        resolved = {**study.info(), "base_seed": p.base_seed, "plan": p.describe()}
+        log.header(study=resolved, argv=argv, extra={"output folder": Path(out_dir).resolve()})
+        try:
+            if not process.distributed:
+                summary = run_study(study, out_dir, progress, plan=p, batch_size=batch_size, argv=argv)
+                composed = True
+            else:
+                columns = columns_for_process(sorted({c.col_index for c in p.cells}), process.index,
+                                              process.count)
+                log.info("process %s of the launch makes columns %s", process.label, columns)
+                common = dict(plan=p, batch_size=batch_size, argv=argv, columns=columns, compose=False)
+                if process.is_main:
+                    summary = run_study(study, out_dir, progress, on_ready=lambda: wait_for_everyone(process),
+                                        **common)
+                else:
+                    wait_for_everyone(process)
+                    summary = run_study(study, out_dir, progress, repair=False, **common)
+                with Store(out_dir) as store:
+                    composed = finish_shard(store, process, summary.made, summary.failed)
+                if composed:
+                    log.info("last process to finish: composing the grids")
+                    summary.grids, summary.upload_copies = compose_grids(out_dir)
+            for failure in summary.failures:
+                log.failure("cell %s / %s failed: %s", failure.col_label, failure.row_label, failure.error)
+            if composed:
+                report = study_report(out_dir, name=study.name, summary=summary, started_at=started_at,
+                                      process=process)
+                exit_code = report["exit_code"]
+            else:
+                report = summary.to_dict()
+                exit_code = 0
+            log.info("run finished: %s", json.dumps(report, ensure_ascii=False, default=str))
+            if notify_url and composed:
+                notify(notify_url, report)
+            return LaunchOutcome(summary=summary, process=process, composed=composed, report=report,
+                                 exit_code=exit_code)
+        except BaseException as exc:
+            if notify_url and process.is_main:
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                notify(notify_url, study_report(
+                    out_dir, name=study.name, started_at=started_at, process=process,
+                    status="interrupted" if interrupted else "failed",
+                    message="interrupted" if interrupted else f"{exc.__class__.__name__}: {exc}"))
+            raise
