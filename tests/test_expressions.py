@@ -172,3 +172,16 @@ def test_cli_reports_bad_file_as_usage_error(tmp_path):
     assert result.exit_code == 2
     assert "expression[1].prompt: expected a non-empty string" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_list_shows_broken_sets_in_working_folder(tmp_path, monkeypatch):
+    (tmp_path / "expressions").mkdir()
+    (tmp_path / "expressions" / "mine.toml").write_text(
+        '[set]\nid = "mine"\ntitle = "Mine"\n[[expression]]\nid = "a"\nlabel = "A"\nprompt = "smiling"\n'
+    )
+    (tmp_path / "expressions" / "broken.toml").write_text('[set]\nid = "broken"\n')
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["expressions", "list"])
+    assert result.exit_code == 0, result.output
+    assert "mine" in result.output and "seed-study" in result.output
+    assert "broken" in result.output and "invalid" in result.output

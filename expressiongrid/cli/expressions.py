@@ -48,16 +48,24 @@ def list_command(file: str | None, as_json: bool) -> None:
     from expressiongrid.study import expressions as ex
 
     if file is None:
-        sets = ex.list_expression_sets()
+        loaded, broken = [], []
+        for path in ex.expression_set_files():
+            try:
+                loaded.append(ex.load_expression_set(path))
+            except ex.ExpressionSetError as exc:
+                broken.append((path, exc))
         if as_json:
-            echo_json([{**_set_as_dict(s), "expressions": len(s)} for s in sets])
+            echo_json([{**_set_as_dict(s), "expressions": len(s)} for s in loaded]
+                      + [{"path": str(p), "error": str(e), "problems": e.problems} for p, e in broken])
             return
-        if not sets:
+        if not loaded and not broken:
             click.echo("no expression sets found (looked in ./expressions and the project's expressions/)")
             return
-        width = max(len(s.id) for s in sets)
-        for s in sets:
+        width = max([len(s.id) for s in loaded] + [len(p.stem) for p, _ in broken])
+        for s in loaded:
             click.echo(f"{s.id:<{width}}  {len(s):>3} expressions  {s.title}  ({s.path})")
+        for path, exc in broken:
+            click.echo(f"{path.stem:<{width}}  invalid: {exc} (details: expressiongrid expressions list {path})")
         click.echo("\nShow one: expressiongrid expressions list NAME")
         return
 

@@ -39,6 +39,7 @@ __all__ = [
     "ExpressionSet",
     "ExpressionSetError",
     "builtin_sets_dir",
+    "expression_set_files",
     "find_expression_set",
     "inline_expressions",
     "list_expression_sets",
@@ -334,18 +335,23 @@ def find_expression_set(name: str, base_dir: str | os.PathLike | None = None) ->
     return None
 
 
-def list_expression_sets(base_dir: str | os.PathLike | None = None) -> list[ExpressionSet]:
-    """Every valid set in the search folders (first found wins for a repeated name)."""
-    found: dict[str, ExpressionSet] = {}
+def expression_set_files(base_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The .toml files of the search folders, one per set name (the first folder wins)."""
+    found: dict[str, Path] = {}
     for d in _search_dirs(base_dir):
         if not d.is_dir():
             continue
         for file in sorted(d.glob("*.toml")):
-            key = file.stem.lower().replace("_", "-")
-            if key in found:
-                continue
-            try:
-                found[key] = load_expression_set(file)
-            except ExpressionSetError:
-                continue  # not an expression set (or broken): `expressions list FILE` shows why
+            found.setdefault(file.stem.lower().replace("_", "-"), file)
     return list(found.values())
+
+
+def list_expression_sets(base_dir: str | os.PathLike | None = None) -> list[ExpressionSet]:
+    """Every valid set in the search folders; broken files are left out (`expression_set_files` lists all)."""
+    sets = []
+    for file in expression_set_files(base_dir):
+        try:
+            sets.append(load_expression_set(file))
+        except ExpressionSetError:
+            continue
+    return sets
