@@ -155,7 +155,7 @@ _TABLE: list[AxisType] = [
     _a("Sigma min", "float", None),
     _a("Sigma max", "float", None),
     _a("Sigma noise", "float", None),
-    _a("Schedule type", "str", None),
+    _a("Schedule type", "str", "schedule_type"),  # the engine takes it beside the sampler
     _a("Schedule min sigma", "float", None),
     _a("Schedule max sigma", "float", None),
     _a("Schedule rho", "float", None),
@@ -298,10 +298,9 @@ def _float_values(axis: str, items: list[str]) -> list[float]:
             continue
         m = _FLOAT_RANGE.fullmatch(item)
         mc = _FLOAT_COUNT.fullmatch(item)
-        if m is not None or mc is not None:
+        if m is not None:
             import numpy as np
 
-        if m is not None:
             start = _number(axis, item, m.group(1), float, _FLOAT_HELP)
             end = _number(axis, item, m.group(2), float, _FLOAT_HELP)
             step = _number(axis, item, m.group(3), float, _FLOAT_HELP) if m.group(3) is not None else 1.0
@@ -310,6 +309,8 @@ def _float_values(axis: str, items: list[str]) -> list[float]:
             # numpy.arange like A1111: steps accumulate float error and can overshoot the end.
             out.extend(float(x) for x in np.arange(start, end + step, step).tolist())
         elif mc is not None:
+            import numpy as np
+
             start = _number(axis, item, mc.group(1), float, _FLOAT_HELP)
             end = _number(axis, item, mc.group(2), float, _FLOAT_HELP)
             count = _number(axis, item, mc.group(3), int, _FLOAT_HELP) if mc.group(3) is not None else 1
