@@ -31,7 +31,7 @@ LORA_TAG = re.compile(r"<(lora|lyco):([^>:]+)(?::([^>]*))?>")
 _TOP_KEYS = {"id", "label", "text", "lora", "embedding", "source"}
 _LORA_KEYS = {"file", "weight", "unet_weight", "te_weight", "name"}
 _EMBEDDING_KEYS = {"file", "token"}
-_SOURCE_KEYS = {"civitai", "hf", "sha256", "url", "model", "version"}
+_SOURCE_KEYS = {"civitai", "hf", "revision", "sha256", "url", "model", "version"}
 
 
 def load_character(path_or_toml: str | Path) -> Character:

@@ -203,7 +203,8 @@ def detect_family(layout: LoraLayout, shapes: dict[str, tuple]) -> tuple[str, in
     if width is None:
         return "unknown", None, "no cross-attention or text-encoder attention module to measure"
     family = FAMILY_BY_CONTEXT_WIDTH.get(width, "unknown")
-    return family, width, f"text width {width}"
+    note = " (the built-in tiny model, SD1.5-shaped)" if width == 32 else ""
+    return family, width, f"text width {width}{note}"
 
 
 # --- tensors -------------------------------------------------------------------------------------------------

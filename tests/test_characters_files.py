@@ -1,0 +1,240 @@
+"""Character files, bare model files as characters, and the checks before any generation."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from expressiongrid.characters import Character, check_characters, list_characters, load_character
+from expressiongrid.characters import demo
+from expressiongrid.characters.model import EmbeddingRef, LoraRef
+from expressiongrid.errors import CharacterError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from expressiongrid.engine.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline()
+
+
+@pytest.fixture(scope="module")
+def models(pipe, tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    vec = demo.embedding_vectors(pipe, n_vectors=2)
+    return {
+        "lora": demo.save_kohya_lora(pipe, d / "Anna_v2.safetensors", metadata={"modelspec.trigger_phrase": "annachar, red hair"}),
+        "lora_dirs": demo.save_kohya_lora(pipe, d / "bella.safetensors", seed=3),
+        "emb": demo.save_a1111_embedding(d / "EasyFace.pt", vec),
+        "emb_st": demo.save_safetensors_embedding(d / "cleo.safetensors", vec),
+        "sdxl": demo.save_sdxl_lora(d / "sdxl_char.safetensors"),
+        "wide1280": demo.save_wide_embedding(d / "xl_emb.safetensors", 1280),
+        "wide1024": demo.save_wide_embedding(d / "sd2_emb.pt", 1024),
+        "dir": d,
+    }
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_character_file_with_lora_embedding_and_source(models, tmp_path):
+    toml = write(tmp_path / "anna.toml", f'''
+label = "Anna (0.8)"
+text = "<lora:anna:0.8:0.6>, annachar, easyface"
+[[lora]]
+file = "{models['lora']}"
+name = "anna"
+te_weight = 0.8
+unet_weight = 0.6
+[[embedding]]
+file = "{models['emb']}"
+token = "easyface"
+[source]
+civitai = 123456
+''')
+    ch = load_character(toml)
+    assert (ch.id, ch.label, ch.kind) == ("anna", "Anna (0.8)", "mixed")
+    assert ch.loras == [LoraRef(models["lora"], unet_weight=0.6, te_weight=0.8, name="anna")]
+    assert ch.embeddings == [EmbeddingRef(models["emb"], "easyface")]
+    assert ch.source == {"civitai": 123456}
+    assert ch.text == "<lora:anna:0.8:0.6>, annachar, easyface"
+    assert check_characters([ch]) == []
+
+
+def test_relative_paths_and_default_text(tmp_path, models):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.safetensors").write_bytes(models["lora"].read_bytes())
+    ch = load_character(write(tmp_path / "c.toml", 'lora = "sub/m.safetensors"\n'))
+    assert ch.loras[0].path == tmp_path / "sub" / "m.safetensors"
+    assert ch.text == "<lora:m:1>" and ch.label == "c"
+    ch = load_character(write(tmp_path / "w.toml", '[[lora]]\nfile = "sub/m.safetensors"\nweight = 0.5\n'))
+    assert ch.text == "<lora:m:0.5>"
+
+
+@pytest.mark.parametrize("body, message", [
+    ('label = "x"\nlabl = "typo"\n', "unknown key(s) labl"),
+    ('lora = "a.safetensors"\ntext = "<lora:other:1>"\n', "no [[lora]] with name 'other'"),
+    ('[[lora]]\nfile = "a.safetensors"\nweight = 0.5\n\ntext = "x"\n', "unknown key(s) text in [[lora]]"),
+    ('text = "<lora:a:1>"\n[[lora]]\nfile = "a.safetensors"\nweight = 0.5\n', "make them agree"),
+    ('[[embedding]]\nfile = "e.pt"\ntoken = "Anna"\n', "must be lower case"),
+    ('[[lora]]\nweight = 1\n', "missing 'file'"),
+    ('[[lora]]\nfile = "a.safetensors"\nweight = "high"\n', "weight must be a number"),
+    ('label = \n', "invalid TOML"),
+    ('id = "reference"\n', "not 'reference'"),
+])
+def test_character_file_errors_name_the_file_and_the_fix(tmp_path, body, message):
+    path = write(tmp_path / "bad.toml", body)
+    with pytest.raises(CharacterError) as err:
+        load_character(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_bare_lora_file_defaults_and_trigger_words(models):
+    ch = load_character(models["lora"])
+    assert (ch.id, ch.label, ch.kind) == ("Anna_v2", "Anna_v2", "lora")
+    assert ch.text == "<lora:Anna_v2:1>, annachar, red hair"  # modelspec.trigger_phrase
+    # without a trigger phrase, kohya's DreamBooth folder name ("10_demochar") gives the instance word
+    assert load_character(models["lora_dirs"]).text == "<lora:bella:1>, demochar"
+
+
+def test_bare_embedding_file_defaults(models):
+    ch = load_character(models["emb"])
+    assert (ch.label, ch.kind, ch.text) == ("EasyFace", "embedding", "easyface")
+    assert ch.embeddings[0].token == "easyface"
+    assert load_character(models["emb_st"]).embeddings[0].token == "cleo"
+
+
+def test_reference_character():
+    ref = Character.reference("1girl")
+    assert (ref.id, ref.text, ref.loras, ref.embeddings, ref.kind) == ("reference", "1girl", [], [], "reference")
+
+
+def test_example_character_files_in_the_repo_load():
+    examples = sorted((ROOT / "characters").glob("*.toml"))
+    assert len(examples) >= 3
+    for path in examples:
+        ch = load_character(path)
+        assert ch.label and ch.text
+
+
+def test_check_finds_missing_files_and_kind_mismatch(models, tmp_path):
+    chars = [
+        Character("a", "a", loras=[LoraRef(tmp_path / "gone.safetensors")]),
+        Character("b", "b", loras=[LoraRef(models["emb_st"])]),
+        Character("c", "c", embeddings=[EmbeddingRef(models["lora"], "cc")]),
+    ]
+    problems = check_characters(chars)
+    assert any("gone.safetensors: file not found" in p for p in problems)
+    assert any("cleo.safetensors is listed as a lora but is a embedding" in p for p in problems)
+    assert any("is listed as a embedding but is a lora" in p for p in problems)
+
+
+@pytest.mark.parametrize("key, theirs", [("sdxl", "SDXL"), ("wide1280", "SDXL"), ("wide1024", "SD 2.x")])
+def test_other_family_is_refused_naming_file_and_both_families(models, key, theirs):
+    path = models[key]
+    ref = LoraRef(path) if key == "sdxl" else None
+    ch = Character("x", "x", loras=[ref] if ref else [], embeddings=[] if ref else [EmbeddingRef(path, "xx")])
+    (problem,) = check_characters([ch], family="sd15")
+    assert str(path) in problem and theirs in problem and "SD 1.5" in problem
+
+
+def test_width_mismatch_is_refused_when_the_model_width_is_known(models):
+    ch = load_character(models["lora"])  # made for the tiny model (32 wide)
+    assert check_characters([ch], family="sd15", text_width=32) == []
+    (problem,) = check_characters([ch], family="sd15", text_width=768)
+    assert "32 wide" in problem and "768 wide" in problem
+
+
+def test_truncated_files_are_refused(models, tmp_path):
+    cut_st = demo.truncate_copy(models["lora"], tmp_path / "cut.safetensors")
+    cut_pt = demo.truncate_copy(models["emb"], tmp_path / "cut.pt")
+    tiny = tmp_path / "empty.safetensors"
+    tiny.write_bytes(b"\x01\x02")
+    chars = [Character("a", "a", loras=[LoraRef(cut_st)]), Character("b", "b", embeddings=[EmbeddingRef(cut_pt, "bb")]),
+             Character("c", "c", loras=[LoraRef(tiny)])]
+    problems = check_characters(chars)
+    assert len(problems) == 3
+    assert "cut.safetensors: truncated" in problems[0] and "download it again" in problems[0]
+    assert "cut.pt: corrupt or truncated" in problems[1]
+    assert "empty.safetensors: file is empty or truncated" in problems[2]
+    with pytest.raises(CharacterError, match="truncated"):
+        load_character(cut_st)
+
+
+class _Evil:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    raw = tmp_path / "evil_raw.pt"
+    with raw.open("wb") as fh:
+        pickle.dump({"string_to_param": {"*": _Evil(str(marker))}}, fh)
+    zipped = tmp_path / "evil.pt"
+    torch.save({"string_to_param": {"*": _Evil(str(marker))}}, str(zipped))
+    assert not marker.exists()
+    chars = [Character("e", "e", embeddings=[EmbeddingRef(raw, "evil")]),
+             Character("z", "z", embeddings=[EmbeddingRef(zipped, "zevil")])]
+    problems = check_characters(chars)
+    assert len(problems) == 2 and all("refused to load" in p for p in problems)
+    for path in (raw, zipped):
+        with pytest.raises(CharacterError, match="refused to load"):
+            load_character(path)
+    assert not marker.exists(), "the pickle's code ran"
+    # control: the file really is hostile - an ordinary unpickler runs its code
+    subprocess.run([sys.executable, "-c", f"import pickle; pickle.load(open({str(raw)!r}, 'rb'))"], check=True)
+    assert marker.exists()
+
+
+def test_parameter_dict_embedding_is_accepted_through_the_allow_list(pipe, tmp_path):
+    path = demo.save_a1111_embedding(tmp_path / "old.pt", demo.embedding_vectors(pipe, 2), parameter_dict=True)
+    assert check_characters([load_character(path)]) == []
+
+
+def test_token_prefix_collisions_are_found_before_loading(models):
+    a = Character("a", "a", embeddings=[EmbeddingRef(models["emb"], "anna")])
+    b = Character("b", "b", embeddings=[EmbeddingRef(models["emb_st"], "anna-x")])
+    (problem,) = check_characters([a, b])
+    assert "prefixes of one another" in problem
+
+
+def test_checking_safetensors_characters_does_not_import_torch(models):
+    code = (
+        "import sys\nfrom expressiongrid.characters import load_character, check_characters\n"
+        f"chars = [load_character({str(models['lora'])!r}), load_character({str(models['emb_st'])!r}),"
+        f" load_character({str(models['sdxl'])!r})]\n"
+        "problems = check_characters(chars)\n"
+        "assert len(problems) == 1 and 'SDXL' in problems[0], problems\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_list_characters_shows_files_kinds_and_labels(models, tmp_path):
+    d = tmp_path / "chars"
+    d.mkdir()
+    (d / "anna.safetensors").write_bytes(models["lora"].read_bytes())
+    (d / "face.pt").write_bytes(models["emb"].read_bytes())
+    (d / "used.safetensors").write_bytes(models["lora"].read_bytes())
+    write(d / "hero.toml", 'label = "The Hero"\nlora = "used.safetensors"\n')
+    write(d / "broken.toml", "label = \n")
+    entries = {e.path.name: e for e in list_characters(d)}
+    assert set(entries) == {"anna.safetensors", "face.pt", "hero.toml", "broken.toml"}  # used.* under hero
+    assert (entries["hero.toml"].kind, entries["hero.toml"].label) == ("character", "The Hero")
+    assert (entries["anna.safetensors"].kind, entries["anna.safetensors"].label) == ("lora", "anna")
+    assert entries["face.pt"].kind == "embedding"
+    assert entries["broken.toml"].kind == "invalid" and "invalid TOML" in entries["broken.toml"].detail
