@@ -267,3 +267,31 @@ def test_demo_finishes_in_under_a_minute(tmp_path):
     ref = Image.open(out / cells["reference"]).tobytes()
     assert Image.open(out / cells["demo LoRA"]).tobytes() != ref
     assert Image.open(out / cells["demo embedding"]).tobytes() != ref
+
+
+def test_corrupt_character_file_fails_its_own_column(tmp_path, demo_chars):
+    import shutil
+
+    chars = tmp_path / "chars"
+    shutil.copytree(demo_chars, chars)
+    (chars / "demo_lora.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    study = _study(tmp_path, chars)
+    out = tmp_path / "out"
+
+    strict = CliRunner().invoke(main, ["run", str(study), "--out", str(out), "--strict"])
+    assert strict.exit_code == 2, strict.output
+    assert "columns.files" in strict.output and "demo_lora.safetensors" in strict.output
+
+    result = CliRunner().invoke(main, ["run", str(study), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "warning: column 'demo LoRA' will fail" in result.stderr
+    assert "made 4, skipped 0 (already done), failed 2" in result.stdout
+    assert "run incomplete" in result.stderr
+    failed = _rows(out, "SELECT col_label, error, file FROM cells WHERE status = 'failed'")
+    assert [r[0] for r in failed] == ["demo LoRA", "demo LoRA"]
+    assert all("demo_lora.safetensors" in r[1] and r[2] is None for r in failed)
+    # the grid marks the failed cells (grey with a red cross) instead of leaving holes
+    with Image.open(out / "grids" / "mini.png") as im:
+        rgb = im.convert("RGB")
+        grey = sum(1 for px in rgb.getdata() if px == (0x9A, 0x9A, 0x9A))  # the failed-cell background
+    assert grey > 2 * 64 * 64 // 2

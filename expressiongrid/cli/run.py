@@ -90,6 +90,10 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
 
     plan = make_plan(study)
     _describe(plan, out_dir, xyz=xyz)
+    labels = {v.id: v.label for v in study.columns.values}
+    for char_id, problems in study.column_problems.items():
+        for problem in problems:
+            click.echo(f"warning: column {labels.get(char_id, char_id)!r} will fail: {problem}", err=True)
     if dry_run:
         click.echo("dry run: nothing generated")
         return
@@ -167,13 +171,16 @@ def _default_out(study, given: str | None) -> Path:
 @click.option("--dry-run", is_flag=True, help="Check the study and show what would be made; generate nothing.")
 @click.option("--notify", "notify_url", metavar="URL", default=None,
               help="POST a JSON summary to URL when the run ends (see docs/overnight.md).")
+@click.option("--strict", is_flag=True,
+              help="Refuse the study if a character file is broken (default: that column fails, the rest runs).")
 @click.pass_context
 def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int | None, dry_run: bool,
-        notify_url: str | None) -> None:
+        notify_url: str | None, strict: bool) -> None:
     """Run a study file: make the cells not made yet, then compose the grids.
 
-    Every problem in the study is reported at once before any model loads. Finished cells are kept, so
-    running the same command again resumes; adding a row or column makes only the new cells.
+    Every problem in the study is reported at once before any model loads. A broken character file
+    fails only its own column (marked in the grid; exit code 1) unless --strict. Finished cells are
+    kept, so running the same command again resumes; adding a row or column makes only the new cells.
     """
     from expressiongrid.study.study import load_study
 
@@ -181,7 +188,7 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
         from expressiongrid.notify import check_url
 
         check_url(notify_url)  # a bad URL is a usage error now, not a lost message in the morning
-    study = load_study(study_file)
+    study = load_study(study_file, strict=strict)
     _execute(ctx, study, _default_out(study, out), dry_run=dry_run, batch_size=batch_size, notify_url=notify_url)
 
 

@@ -245,6 +245,13 @@ def _run_column(store, run_id, model, activator, cells: list[PlannedCell], summa
     first = cells[0]
     character = _weighted(first.spec.character, first.spec.lora_weight)
     label = first.col.label
+    known = first.col.info.get("problems")
+    if known:
+        # Found by validation before the run: fail the column without touching the model.
+        _fail(store, run_id, cells, f"character {label!r}: {'; '.join(known)}", summary)
+        state["done"] += len(cells)
+        report(None)
+        return
     try:
         if character is not None:
             activator.prepare([character])

@@ -120,6 +120,10 @@ class Study:
     output: OutputOptions = field(default_factory=OutputOptions)
     reference_text: str = ""
     characters: list = field(default_factory=list)  # Character objects of the columns, reference excluded
+    # Character id -> problems with its files (corrupt, wrong model family, ...). Such a column is not a
+    # reason to refuse the whole study: it fails on its own, recorded and marked in the grid, and the rest
+    # of the run goes on (``load_study(..., strict=True)`` refuses instead).
+    column_problems: dict[str, list[str]] = field(default_factory=dict)
 
     def info(self) -> dict:
         """JSON-ready description stored with each run (``Store.study_info``)."""
@@ -222,8 +226,12 @@ def _slug(text: str) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_study(path: str | Path) -> Study:
-    """Read and validate a study TOML file; every problem is reported at once in one ``StudyError``."""
+def load_study(path: str | Path, *, strict: bool = False) -> Study:
+    """Read and validate a study TOML file; every problem is reported at once in one ``StudyError``.
+
+    Problems inside character files (a corrupt LoRA, an embedding for another model family) are kept in
+    ``Study.column_problems`` so only that column fails; with ``strict`` they are study problems too.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -235,11 +243,11 @@ def load_study(path: str | Path) -> Study:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"{path}: not valid TOML: {exc}") from None
-    return study_from_dict(data, base_dir=path.parent, source=str(path), path=path)
+    return study_from_dict(data, base_dir=path.parent, source=str(path), path=path, strict=strict)
 
 
 def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<study>",
-                    path: Path | None = None, check_files: bool = True) -> Study:
+                    path: Path | None = None, check_files: bool = True, strict: bool = False) -> Study:
     """Validate a study given as a dict (a parsed TOML file, or built by ``xyz``) and resolve it."""
     base_dir = Path(base_dir)
     problems = _Problems(source)
@@ -267,12 +275,18 @@ def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<s
     _check_placeholders(prompt, negative, axes, problems)
     _check_axis_combination(axes, sampling, problems)
     _check_prompts(prompt, negative, sampling, problems)
-    characters = _check_characters(axes, model, problems)
+    column_problems: dict[str, list[str]] = {}
+    characters = _check_characters(axes, model, problems, column_problems)
+    if strict:
+        axis_name = next((n for n, a in axes.items() if a is not None and a.kind == "characters"), "columns")
+        for messages in column_problems.values():
+            for message in messages:
+                problems.add(f"{axis_name}.files", message)
     problems.raise_if_any()
 
     return Study(name=name, path=path, base_dir=base_dir, model=model, sampling=sampling, prompt=prompt,
                  negative_prompt=negative, rows=rows, columns=columns, pages=pages, output=output,
-                 reference_text=reference_text, characters=characters)
+                 reference_text=reference_text, characters=characters, column_problems=column_problems)
 
 
 def _table(data: dict, key: str, problems: _Problems) -> dict:
@@ -581,6 +595,7 @@ def _characters_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check
 def _load_characters(paths: list[Path], key: str, problems: _Problems) -> list[AxisValue]:
     try:
         from expressiongrid.characters import load_character
+        from expressiongrid.characters.model import Character
     except ImportError:
         problems.add(key, "character support is not available in this installation (expressiongrid.characters)")
         return []
@@ -589,7 +604,9 @@ def _load_characters(paths: list[Path], key: str, problems: _Problems) -> list[A
         try:
             ch = load_character(path)
         except ExpressionGridError as exc:
-            problems.add(key, f"{path}: {exc}")
+            # The file exists but cannot be read as a character: its column fails alone (see column_problems).
+            ch = Character(id=_slug(path.stem), label=path.stem, file=path)
+            values.append(AxisValue(ch.id, ch.label, ch, {"path": str(path), "problems": [str(exc)]}))
             continue
         values.append(AxisValue(ch.id, ch.label, ch, {"path": str(path)}))
     return values
@@ -684,16 +701,20 @@ def _check_prompts(prompt: str, negative: str, sampling: Sampling, problems: _Pr
             pass
 
 
-def _check_characters(axes: dict, model: ModelConfig, problems: _Problems) -> list:
-    chars = [v.value for a in axes.values() if a is not None and a.kind == "characters"
-             for v in a.values if v.value is not None]
-    if not chars:
+def _check_characters(axes: dict, model: ModelConfig, problems: _Problems,
+                      column_problems: dict[str, list[str]]) -> list:
+    """Check every character's files; file faults go to ``column_problems`` (per character id)."""
+    values = [v for a in axes.values() if a is not None and a.kind == "characters" for v in a.values
+              if v.value is not None]
+    if not values:
         return []
     try:
         from expressiongrid.characters import check_characters
     except ImportError:
-        return chars
-    axis_name = next(n for n, a in axes.items() if a is not None and a.kind == "characters")
-    for message in check_characters(chars, family="sd15"):
-        problems.add(f"{axis_name}.files", message)
-    return chars
+        return [v.value for v in values]
+    for v in values:
+        found = list(v.info.get("problems", [])) or list(check_characters([v.value], family="sd15"))
+        if found:
+            v.info["problems"] = found
+            column_problems[v.id] = found
+    return [v.value for v in values]
