@@ -209,3 +209,26 @@ def test_cells_from_files(tmp_path):
     Image.new("RGB", (64, 64), "green").save(path)
     (page,) = compose_grid([[path, None]], [], [])
     assert page.size == (128, 64) and page.getpixel((10, 10)) == (0, 128, 0)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("abcdefghij XYZ_-,.:()[]0123456789\n")), min_size=1, max_size=120)
+    .filter(lambda t: t.strip()),
+    width=st.integers(30, 400),
+    max_lines=st.integers(1, 4),
+    font_size=st.integers(10, 48),
+)
+def test_fitted_labels_always_fit_and_never_vanish(text, width, max_lines, font_size):
+    size, lines = fit_label(text, width, max_lines, font_size, 10)
+    font = _font(size, None)
+    assert 10 <= size <= font_size
+    assert 1 <= len(lines) <= max_lines
+    assert any(line.strip() for line in lines)
+    assert all(font.getlength(line) <= width for line in lines)
+    if not any(ELLIPSIS in line for line in lines):
+        assert " ".join(" ".join(lines).split()) == " ".join(text.split())  # nothing lost
