@@ -43,7 +43,7 @@ def _print_part(part, title: str) -> None:
 def explain(text: str, steps: int, sampler: str | None, negative: str, tokenizer: str, as_json: bool) -> None:
     """Show how TEXT is read: schedule (which text runs at which steps), weighted fragments, token counts
     per 75-token chunk, extracted LoRA tags and warnings about anything A1111 silently ignores."""
-    from expressiongrid.prompts.explain import explain as explain_prompt
+    from expressiongrid.prompts.explanation import explain as explain_prompt
 
     result = explain_prompt(text, steps, sampler, negative_prompt=negative, tokenizer=tokenizer)
     if as_json:

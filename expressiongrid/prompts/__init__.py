@@ -15,8 +15,8 @@ from expressiongrid.prompts.warnings import PromptWarning
 
 
 def explain(prompt: str, steps: int, sampler: str | None = None, **kwargs):
-    """Everything the tool will do with ``prompt``: see :func:`expressiongrid.prompts.explain.explain`."""
-    from expressiongrid.prompts.explain import explain as _explain
+    """Everything the tool will do with ``prompt``: see :func:`expressiongrid.prompts.explanation.explain`."""
+    from expressiongrid.prompts.explanation import explain as _explain
 
     return _explain(prompt, steps, sampler, **kwargs)
 

@@ -121,11 +121,14 @@ def parse_attention_with_warnings(text: str) -> tuple[list[tuple[str, float]], l
     warnings: list[PromptWarning] = []
     parsed = [(t, w) for t, w in _parse(text, warnings)]
     for t, w in parsed:
-        if (t, w) != BREAK_MARKER and w != 1.0 and "BREAK" in re.findall(r"\bBREAK\b", t):
+        # A BREAK inside brackets is split off and then multiplied with the bracket's weight, so it is no
+        # longer the -1 marker: A1111 sends the word "BREAK" to the text encoder with that (negative) weight.
+        if t == "BREAK" and w != -1.0 and w <= 0:
             warnings.append(
                 PromptWarning(
                     "break-in-brackets",
-                    "BREAK inside brackets is not a chunk break; the word 'BREAK' is sent to the text encoder",
+                    f"BREAK inside brackets is not a chunk break; the word 'BREAK' is sent to the text encoder "
+                    f"with weight {-w:.4g} x -1 (move BREAK outside the brackets)",
                     text.find("BREAK"),
                 )
             )
