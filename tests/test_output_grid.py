@@ -84,8 +84,10 @@ def test_per_cell_batch_grid_uses_a1111_rows(case):
 
 
 def test_long_labels_wrap_then_shrink_then_ellipsize_but_never_vanish():
-    size, lines = fit_label("supercalifragilisticexpialidocious_lora_v3", 100, 3, 24, 10)
+    size, lines = fit_label("supercalifragilisticexpialidociousloraversionthree", 100, 3, 24, 10)
     assert size == 10 and len(lines) == 1 and lines[0].endswith(ELLIPSIS) and len(lines[0]) > 3
+    size, lines = fit_label("supercalifragilisticexpialidocious_lora_v3", 100, 3, 24, 10)
+    assert lines[0].endswith(ELLIPSIS) and lines[-1] == "lora_v3"  # the distinguishing tail survives
     size, lines = fit_label("word " * 40, 100, 2, 24, 10)
     assert size == 10 and len(lines) == 2 and lines[-1].endswith(ELLIPSIS)
     size, lines = fit_label("moderately long label text", 100, 3, 24, 10)
@@ -94,6 +96,12 @@ def test_long_labels_wrap_then_shrink_then_ellipsize_but_never_vanish():
     size, lines = fit_label("x" * 50, 3, 1, 20, 10)  # a sliver of space: still something visible
     assert lines and lines[0] and lines[0].endswith(ELLIPSIS)
     assert all(font.getlength(line) <= 100 for line in fit_label("y" * 80, 100, 2, 20, 10)[1])
+
+
+def test_file_like_names_wrap_at_underscores_before_shrinking():
+    size, lines = fit_label("Gal_Gadot_v3_by_someone_with_long_names", 512, 3, 40, 10)
+    assert size == 40 and len(lines) == 2 and "".join(lines) == "Gal_Gadot_v3_by_someone_with_long_names"
+    assert lines[0].endswith("_")
 
 
 def test_every_label_is_drawn_even_on_tiny_cells():
@@ -231,4 +239,4 @@ def test_fitted_labels_always_fit_and_never_vanish(text, width, max_lines, font_
     assert any(line.strip() for line in lines)
     assert all(font.getlength(line) <= width for line in lines)
     if not any(ELLIPSIS in line for line in lines):
-        assert " ".join(" ".join(lines).split()) == " ".join(text.split())  # nothing lost
+        assert "".join("".join(lines).split()) == "".join(text.split())  # nothing lost

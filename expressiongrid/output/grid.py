@@ -5,7 +5,8 @@ on the left ``cell_width * 3 // 4`` wide, font size ``(cell_width + cell_height)
 the font size, words wrapped to the space they have, header height = tallest column label + two line
 spacings. Where A1111 users complain it differs:
 
-* labels wrap, then shrink down to a minimum font size, then end in an ellipsis: never vanish, never spill;
+* labels wrap (long file-like names also after ``_ - . /``), then shrink down to a minimum font size,
+  then end in an ellipsis: never vanish, never spill;
 * small cells (the tiny model's 64 px) still get a readable minimum font size;
 * optional page titles, margins between cells and a border around the grid;
 * grids that would exceed what viewers and civitai accept (JPEG 65,535 px a side, WebP 16,383, Pillow's
@@ -19,6 +20,7 @@ font (``ImageFont.load_default(size=...)``) unless a TTF path is given.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -184,18 +186,28 @@ def _line_height(font: ImageFont.FreeTypeFont) -> int:
     return ascent + descent
 
 
-def _wrap(text: str, width: int, font) -> list[str]:
-    """Greedy word wrap (A1111's rule), explicit newlines kept, no empty first line for long words."""
+_SOFT_BREAK = re.compile(r"(?<=[_\-./])")
+
+
+def _wrap(text: str, width: int, font, soft: bool = False) -> list[str]:
+    """Greedy word wrap (A1111's rule), explicit newlines kept, no empty first line for long words.
+
+    With `soft`, a word may also break after ``_``, ``-``, ``.`` or ``/`` (file-like character names
+    such as ``Gal_Gadot_v3`` wrap instead of shrinking to a tiny font).
+    """
     lines: list[str] = []
     for paragraph in text.split("\n"):
         current = ""
         for word in paragraph.split():
-            candidate = f"{current} {word}".strip()
-            if font.getlength(candidate) <= width or not current:
-                current = candidate
-            else:
-                lines.append(current)
-                current = word
+            pieces = [p for p in _SOFT_BREAK.split(word) if p] if soft else [word]
+            for index, piece in enumerate(pieces):
+                joiner = " " if index == 0 and current else ""
+                candidate = f"{current}{joiner}{piece}"
+                if font.getlength(candidate) <= width or not current:
+                    current = candidate
+                else:
+                    lines.append(current)
+                    current = piece
         lines.append(current)
     while len(lines) > 1 and lines[-1] == "":
         lines.pop()
@@ -228,11 +240,12 @@ def fit_label(
     min_font_size = min(min_font_size, font_size)
     for size in range(font_size, min_font_size - 1, -1):
         font = _font(size, font_path)
-        lines = _wrap(text, width, font)
-        if len(lines) <= max_lines and all(font.getlength(line) <= width for line in lines):
-            return size, lines
+        for soft in (False, True):
+            lines = _wrap(text, width, font, soft)
+            if len(lines) <= max_lines and all(font.getlength(line) <= width for line in lines):
+                return size, lines
     font = _font(min_font_size, font_path)
-    lines = _wrap(text, width, font)
+    lines = _wrap(text, width, font, soft=True)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
         last = lines[-1]
