@@ -1,0 +1,196 @@
+"""The runner on the tiny model: crash safety, seeds per cell, pages, axes that reload the model, grids."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from expressiongrid.study.plan import plan
+from expressiongrid.study.runner import compose_grids, run_study
+from expressiongrid.study.store import Store, is_complete_png
+from expressiongrid.study.study import load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, body: str, name: str = "study.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+BASE = """
+    name = "{name}"
+    [model]
+    source = "tiny"
+    [sampling]
+    steps = {steps}
+    width = 64
+    height = 64
+    seed = 5
+    {sampling}
+    [prompt]
+    positive = "a woman, [face: {{expression}}: 0.2]"
+    negative = "blurry"
+    [rows]
+    axis = "expressions"
+    items = [{rows}]
+    [columns]
+    {columns}
+    {more}
+"""
+
+
+def _study(tmp_path, *, name="t", steps=2, sampling="", rows='"smiling", "sad"', columns='axis = "Nothing"', more="",
+           file="study.toml"):
+    return _write(tmp_path, BASE.format(name=name, steps=steps, sampling=sampling, rows=rows, columns=columns,
+                                        more=more), name=file)
+
+
+def test_sigkill_mid_run_leaves_only_complete_done_cells_and_resumes(tmp_path):
+    rows = ", ".join(f'"expression {i}"' for i in range(8))
+    study = _study(tmp_path, steps=12, rows=rows)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "expressiongrid", "run", str(study), "--out", str(out),
+                             "--batch-size", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "run.sqlite").exists():
+            try:
+                conn = sqlite3.connect(out / "run.sqlite", timeout=5)
+                done = conn.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0]
+                conn.close()
+            except sqlite3.OperationalError:
+                done = 0
+            if done >= 2:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    with Store.open_existing(out) as store:
+        cells = store.cells()
+        done_cells = [c for c in cells if c.status == "done"]
+        assert 2 <= len(done_cells) < 8
+        assert all(is_complete_png(out / c.file) for c in done_cells)  # done means a complete file
+        assert store.runs()[-1].status == "running"  # killed: it never got to record an end
+
+    summary = run_study(load_study(study), out)
+    assert summary.skipped == len(done_cells)
+    assert summary.made == 8 - len(done_cells)
+    assert summary.failed == 0
+    with Store.open_existing(out) as store:
+        assert store.counts() == {"pending": 0, "done": 8, "failed": 0}
+        for c in store.cells():
+            with Image.open(out / c.file) as im:
+                im.load()
+
+
+def test_resumed_cells_equal_a_fresh_run(tmp_path):
+    """A cell made in a second run is the same image a single uninterrupted run makes."""
+    study = _study(tmp_path, rows='"smiling", "sad", "angry"')
+    one = run_study(load_study(study), tmp_path / "a")
+    assert one.made == 3
+    partial = _study(tmp_path, rows='"smiling"', file="partial.toml")
+    run_study(load_study(partial), tmp_path / "b")
+    second = run_study(load_study(study), tmp_path / "b")
+    assert (second.made, second.skipped) == (2, 1)
+    with Store.open_existing(tmp_path / "a") as a, Store.open_existing(tmp_path / "b") as b:
+        files_a = {c.key: c.file for c in a.cells()}
+        files_b = {c.key: c.file for c in b.cells()}
+    assert files_a.keys() == files_b.keys()
+    for key in files_a:
+        ia = Image.open(tmp_path / "a" / files_a[key]).convert("RGB")
+        ib = Image.open(tmp_path / "b" / files_b[key]).convert("RGB")
+        diff = max(abs(x - y) for pa, pb in zip(ia.getdata(), ib.getdata()) for x, y in zip(pa, pb))
+        assert diff <= 2  # batched vs single CPU kernels differ by ~1e-6 before quantisation
+
+
+def test_several_seeds_per_cell_and_pages(tmp_path):
+    study = _study(tmp_path, name="multi", sampling='seed_policy = "per-cell"\nseeds_per_cell = 2',
+                   columns='axis = "CFG Scale"\nvalues = "5,9"', more='[pages]\naxis = "Steps"\nvalues = "1,2"')
+    s = load_study(study)
+    summary = run_study(s, tmp_path / "out")
+    assert summary.made == 2 * 2 * 2 * 2  # rows x columns x pages x seeds
+    names = sorted(p.name for p in summary.grids)
+    assert names == ["multi-page1.png", "multi-page2.png"]
+    with Store.open_existing(tmp_path / "out") as store:
+        seeds = sorted({c.seed for c in store.cells()})
+        steps = sorted({c.steps for c in store.cells()})
+    assert seeds == [5, 6] and steps == [1, 2]
+    with Image.open(summary.grids[0]) as page1:
+        # each cell holds its two samples side by side: wider than two plain 64 px columns
+        assert page1.width > 2 * 2 * 64
+        assert "Z Type: Steps" in page1.info["parameters"]
+
+
+def test_clip_skip_axis_loads_each_model_once_and_changes_the_image(tmp_path, monkeypatch):
+    import expressiongrid.engine.loading as loading
+
+    loads = []
+    real = loading.load_model
+
+    def counting(spec):
+        loads.append(spec.clip_skip)
+        return real(spec)
+
+    monkeypatch.setattr(loading, "load_model", counting)
+    study = _study(tmp_path, columns='axis = "Clip skip"\nvalues = "1,2"')
+    summary = run_study(load_study(study), tmp_path / "out")
+    assert summary.made == 4
+    assert sorted(loads) == [1, 2]  # the model axis is the outer loop: one load per value
+    with Store.open_existing(tmp_path / "out") as store:
+        by_col = {}
+        for c in store.cells():
+            by_col.setdefault(c.col_index, []).append(Image.open(tmp_path / "out" / c.file).tobytes())
+            assert ("Clip skip: 2" in c.parameters) == (c.col_index == 1)
+    assert by_col[0][0] != by_col[1][0]
+
+
+def test_compose_grids_alone_rebuilds_the_grid(tmp_path):
+    study = _study(tmp_path, name="g")
+    summary = run_study(load_study(study), tmp_path / "out")
+    grid = summary.grids[0]
+    first = Image.open(grid).tobytes()
+    grid.unlink()
+    grids, copies = compose_grids(tmp_path / "out")
+    assert grids == [grid] and Image.open(grid).tobytes() == first
+    assert copies and copies[0].suffix == ".jpg"
+
+
+def test_plan_order_is_columns_outermost_for_characters(tmp_path):
+    """Characters are the costly axis after checkpoints: each column is made in one go."""
+    study = _write(tmp_path, """
+        [prompt]
+        positive = "{expression}, {character}"
+        reference = "1girl"
+        [sampling]
+        width = 64
+        height = 64
+        [rows]
+        axis = "expressions"
+        items = ["a", "b", "c"]
+        [columns]
+        axis = "characters"
+        reference = true
+        files = ["chars/*.toml"]
+    """)
+    chars = tmp_path / "chars"
+    chars.mkdir()
+    (chars / "plain.toml").write_text('label = "plain"\ntext = "a plain woman"\n')
+    (chars / "tall.toml").write_text('label = "tall"\ntext = "a tall woman"\n')
+    p = plan(load_study(study))
+    cols = [c.col_index for c in p.cells]
+    assert cols == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # all of column 0, then all of column 1, ...
+    assert [c.spec.prompt for c in p.cells[3:6]] == ["a, a plain woman", "b, a plain woman", "c, a plain woman"]
