@@ -144,6 +144,15 @@ def test_explain_reports_syntax_errors_instead_of_raising():
     assert any(w.kind == "syntax-error" for w in result.warnings)
 
 
+def test_explain_strict_raises_the_first_syntax_error():
+    assert explain("a (b:1.2.3)", 10, tokenizer="tiny").errors
+    with pytest.raises(PromptSyntaxError, match="1.2.3"):
+        explain("a (b:1.2.3)", 10, tokenizer="tiny", strict=True)
+    with pytest.raises(PromptSyntaxError):
+        explain("a <lora:x:heavy>", 10, tokenizer="tiny", strict=True)
+    assert explain("a (b:1.2)", 10, tokenizer="tiny", strict=True).errors == []
+
+
 def test_explain_maps_positions_back_past_removed_tags():
     prompt = "<lora:abc:0.5> x | y"
     result = explain(prompt, 10, tokenizer="tiny")

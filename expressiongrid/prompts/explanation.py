@@ -56,6 +56,11 @@ class Explanation:
     negative: PartExplanation | None
     warnings: list[PromptWarning] = field(default_factory=list)
 
+    @property
+    def errors(self) -> list[PromptWarning]:
+        """The ``syntax-error`` warnings: constructs A1111 stops on (e.g. ``(a:1.2.3)``)."""
+        return [w for w in self.warnings if w.kind == "syntax-error"]
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -154,12 +159,14 @@ def explain(
     sampler: str | None = None,
     negative_prompt: str = "",
     tokenizer: str = "sd15",
+    strict: bool = False,
 ) -> Explanation:
     """Explain how ``prompt`` is read for ``steps`` sampler steps: LoRA tags, ``AND`` parts, the schedule
     (which text runs at which steps), weighted fragments, token counts per chunk and every warning.
 
-    Never raises for prompt content: emphasis syntax errors A1111 would stop on are reported as
-    ``syntax-error`` warnings (and on the entry's ``error``). An unknown ``sampler`` raises ``SamplerError``.
+    Emphasis syntax errors A1111 would stop on are reported as ``syntax-error`` warnings (and on the
+    entry's ``error``); with ``strict=True`` the first one is raised as ``PromptSyntaxError`` instead
+    (for validating a study before any work). An unknown ``sampler`` raises ``SamplerError``.
     """
     from expressiongrid.prompts.tokens import load_tokenizer
 
@@ -206,7 +213,7 @@ def explain(
             warnings.append(
                 PromptWarning("and-in-negative", "AND in the negative prompt is not a split: it is sent to the text encoder as a word", None)
             )
-    return Explanation(
+    result = Explanation(
         prompt=prompt,
         negative_prompt=negative_prompt,
         steps=steps,
@@ -219,3 +226,7 @@ def explain(
         negative=negative,
         warnings=warnings,
     )
+    if strict and result.errors:
+        first = result.errors[0]
+        raise PromptSyntaxError(first.message.removesuffix(" (A1111 stops with an error here)"), position=first.position, text=prompt)
+    return result
