@@ -34,6 +34,8 @@ def test_matches_a1111_corpus(case):
         message = str(info.value)
         assert case["axis"] in message
         assert isinstance(info.value, UsageError)
+        # The message quotes the offending value as the user typed it.
+        assert any(repr(item) in message for item in split_values(case["values"]) if item), message
         return
     result = parse_axis(case["axis"], case["values"], fix_seeds=not case.get("no_fixed_seeds", False))
     expected = case["expected"]
