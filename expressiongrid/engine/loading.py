@@ -131,7 +131,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     if spec.vae:
         pipe.vae, vae_name, vae_hash = _load_vae(spec.vae, spec, dtype)
 
-    pipe.to(device=device, dtype=dtype)
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        # Only cast what differs: a same-dtype .to() makes diffusers warn about fp32-kept modules.
+        part.to(device=device, dtype=None if part.dtype == dtype else dtype)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe=pipe, name=name, hash=model_hash, vae_name=vae_name, vae_hash=vae_hash,
                        family="sd15", device=device, dtype=dtype, clip_skip=spec.clip_skip, spec=spec)
