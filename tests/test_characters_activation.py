@@ -387,3 +387,17 @@ def test_demo_characters_change_the_images(pipe, tmp_path):
             text = f"closeup of woman, {ch.text.split('>, ')[-1]}"
             img = image(pipe, prompt_embeds=_encode(pipe, active, text))
         assert np.abs(img - base).mean() > 0.01, ch.id
+
+
+def test_kohya_names_resolve_the_same_through_diffusers_converter_and_kohyas_rule(pipe, files):
+    """Module paths from diffusers' kohya converter agree with kohya's own naming rule for every module it
+    converts (LoCon convs and text-encoder MLPs included)."""
+    from expressiongrid.characters.lora import load_lora
+
+    lora = load_lora(files["varied"])
+    act = CharacterActivator(Loaded(pipe))
+    layers = act._layer_maps()
+    converted = [m for m in lora.modules if m.converted]
+    assert len(converted) == len(lora.modules)
+    for m in converted:
+        assert layers[m.converted] is layers[layers[m.name]], m.name

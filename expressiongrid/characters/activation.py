@@ -104,7 +104,12 @@ class CharacterActivator:
             raise CharacterError(problem)
         bound, missing = [], []
         for m in lora.modules:
-            key = f"{m.target}:{m.name}" if m.dotted else layers.get(m.name)
+            if m.dotted:
+                key = f"{m.target}:{m.name}"
+            elif m.converted in layers and _fits(m, layers[m.converted]):
+                key = m.converted  # diffusers' converter named it and the layer agrees
+            else:
+                key = layers.get(m.name)  # kohya's rule: the module path with '.' -> '_'
             layer = layers.get(key) if isinstance(key, str) else None
             if layer is None:
                 missing.append(m.name)
@@ -295,6 +300,14 @@ class CharacterActivator:
             self._restore(touched)
             self._remove_embeddings(state)
             self._active = None
+
+
+def _fits(module, layer) -> bool:
+    try:
+        lora_delta(module, layer.weight.shape)
+        return True
+    except ValueError:
+        return False
 
 
 def _copy(value):

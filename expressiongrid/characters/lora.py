@@ -222,6 +222,45 @@ class LoraModule:
     alpha: float | None
     rank: int
     scale: float
+    converted: str | None = None  # "unet:<path>"/"te:<path>" from diffusers' kohya converter, if it could
+
+
+def diffusers_module_paths(tensors: dict, layout: LoraLayout) -> dict[str, str]:
+    """kohya module name -> ``"unet:<path>"``/``"te:<path>"`` using diffusers' own kohya key converter.
+
+    Only the names are taken from diffusers: its alpha bookkeeping is not used (it keys some alphas under names
+    its loader never looks up, which is how per-module alphas get lost; see DESIGN.md). Returns ``{}`` when
+    the converter is unavailable or refuses the file; callers then resolve names against the model.
+    """
+    try:
+        from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+    except ImportError:
+        return {}
+    owner: dict[int, str] = {}
+    subset = {}
+    for spec in layout.modules:
+        if spec.target not in ("unet", "te") or "mid" in spec.keys:
+            continue  # the converter knows no lora_mid (Tucker) keys
+        for role in ("down", "up"):
+            key = spec.keys[role]
+            subset[key] = tensors[key]
+            owner[id(tensors[key])] = spec.name
+    try:
+        converted, _ = _convert_non_diffusers_lora_to_diffusers(dict(subset))
+    except Exception:  # a private helper: any refusal just means "resolve against the model instead"
+        return {}
+    out: dict[str, str] = {}
+    for key, tensor in converted.items():
+        stem = owner.get(id(tensor))
+        if stem is None:
+            continue
+        target = "unet" if key.startswith("unet.") else "te"
+        body = key.split(".", 1)[1]
+        for suffix, _role in _DIFFUSERS_SUFFIXES:
+            if body.endswith(suffix):
+                out[stem] = f"{target}:{_normalise_path(target, body[: -len(suffix)])}"
+                break
+    return out
 
 
 @dataclass
@@ -275,6 +314,7 @@ def load_lora(path: str | Path) -> LoraFile:
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     family, width, _ = detect_family(layout, shapes)
     peft_cfg = _peft_config(path) if layout.format == "peft" else {}
+    converted = diffusers_module_paths(tensors, layout) if layout.format == "kohya" else {}
     modules = []
     for spec in layout.modules:
         down = tensors[spec.keys["down"]]
@@ -304,7 +344,8 @@ def load_lora(path: str | Path) -> LoraFile:
             scale = alpha / math.sqrt(rank)
         else:
             scale = alpha / rank
-        modules.append(LoraModule(spec.target, spec.name, spec.dotted, down, up, mid, alpha, rank, scale))
+        modules.append(LoraModule(spec.target, spec.name, spec.dotted, down, up, mid, alpha, rank, scale,
+                                  converted.get(spec.name)))
     return LoraFile(path, layout.format, modules, metadata, family, width)
 
 
