@@ -236,3 +236,18 @@ def test_bad_requests_fail_before_any_model_work(model):
         with pytest.raises(UsageError, match="noise source"):
             generate(model, [request(seed=1, noise_source="nv")])
     assert rec.calls == []
+
+
+def test_clip_skip_reaches_the_prompt_encoder():
+    skip1 = load_model(ModelSpec("tiny"))
+    skip2 = load_model(ModelSpec("tiny", clip_skip=2))
+    req = request("smiling", seed=3)
+    with UnetRecorder(skip2.pipe.unet) as rec:
+        a = generate(skip2, [req], batch_size=1)[0]
+    b = generate(skip1, [req], batch_size=1)[0]
+    from expressiongrid.prompts.conditioning import PromptEncoder
+
+    expected = PromptEncoder(skip2.pipe.tokenizer, skip2.pipe.text_encoder, clip_skip=2).encode(
+        ["closeup of woman facing viewer, hair, neck, eyes, lips, RAW photo, 1girl"])[0]
+    assert torch.equal(rec.calls[0][1], expected)
+    assert np.asarray(a.image).tobytes() != np.asarray(b.image).tobytes()

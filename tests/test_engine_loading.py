@@ -225,3 +225,20 @@ def test_dtype_and_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_separate_single_file_vae_as_civitai_ships_it(tiny_pipeline, tiny_config_dir, tmp_path):
+    """A standalone VAE file (LDM keys without the first_stage_model. prefix, like vae-ft-mse-840000)."""
+    other_vae = tiny.build_vae()
+    with torch.no_grad():
+        for p in other_vae.parameters():
+            p.mul_(0.75)
+    keys = vae_to_ldm(other_vae.state_dict(), tiny.VAE_CONFIG["layers_per_block"])
+    path = tmp_path / "my-vae.safetensors"
+    save_file({k.removeprefix("first_stage_model."): v.contiguous() for k, v in keys.items()}, str(path))
+    model = load_model(ModelSpec("tiny", vae=str(path), config=str(tiny_config_dir)))
+    assert_same_weights(model.pipe.vae, other_vae)
+    assert model.vae_name == "my-vae.safetensors"  # A1111 "VAE": file name with extension
+    import hashlib
+
+    assert model.vae_hash == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
