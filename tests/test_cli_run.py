@@ -70,7 +70,7 @@ def test_run_makes_cells_and_grid_then_resumes_with_nothing_new(tmp_path, demo_c
     result = runner.invoke(main, ["run", str(study), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "plan: 2 rows x 3 columns = 6 cells" in result.output
-    assert "grid: about" in result.output  # estimated pixel size before generating
+    assert "grid: 1 grid page of " in result.output  # the grid's pixel size, known before generating
     assert "made 6, skipped 0 (already done), failed 0" in result.output
     grid = out / "grids" / "mini.png"
     assert f"grid: {grid}" in result.output and grid.is_file()

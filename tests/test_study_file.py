@@ -239,3 +239,27 @@ def test_describe_reports_cells_pages_and_grid_size(tmp_path):
     assert (d["cells"], d["rows"], d["columns"], d["pages"]) == (4, 2, 1, 2)
     w, h = d["grid_size"]
     assert w > 64 and h > 2 * 64
+    assert d["grid_parts_per_page"] == 1 and d["grid"].startswith(f"1 grid page of {w}x{h} px")
+
+
+def test_huge_grids_are_planned_as_parts_not_refused(tmp_path):
+    """A1111 refuses grids over 200 MP; here the grid is split into viewable parts and the run goes on."""
+    path = _write(tmp_path, """
+        [sampling]
+        width = 1024
+        height = 1024
+        [prompt]
+        positive = "a face"
+        [rows]
+        axis = "Seed"
+        values = "1-150"
+        [columns]
+        axis = "CFG Scale"
+        values = "1-15 [150]"
+    """)
+    p = plan(load_study(path))
+    d = p.describe()
+    assert d["cells"] == 150 * 150
+    assert d["grid_megapixels"] > 200  # beyond A1111's img_max_size_mp
+    assert d["grid_parts_per_page"] > 1
+    assert "grid pages" in d["grid"] and "instead of one" in d["grid"]

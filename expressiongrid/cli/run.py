@@ -42,9 +42,8 @@ def _describe(plan, out_dir: Path, xyz: bool = False) -> None:
     pages = f" on {d['pages']} pages" if d["pages"] > 1 else ""
     click.echo(f"plan: {d['rows']} rows x {d['columns']} columns{pages} = {d['cells']} cells{seeds}; "
                f"{d['unique_images']} images, {done} already done in {out_dir}")
-    w, h = d["grid_size"]
-    click.echo(f"grid: about {w}x{h} px per page ({d['grid_megapixels']} MP), cells {d['cell_size'][0]}x"
-               f"{d['cell_size'][1]}; grids too large for PNG/JPEG viewers or civitai are split into parts")
+    per = " for each of the pages" if d["pages"] > 1 else ""
+    click.echo(f"grid: {d['grid']}{per} ({d['grid_megapixels']} MP), cells {d['cell_size'][0]}x{d['cell_size'][1]}")
     if xyz:
         nz = d["pages"]
         plural = "s" if nz > 1 else ""

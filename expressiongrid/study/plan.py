@@ -107,10 +107,10 @@ class Plan:
         return sum(c.spec.steps for c in self.cells)
 
     def describe(self) -> dict:
-        """What will be made: counts, pages and the estimated pixel size of each page's grid."""
+        """What will be made: counts, pages and each page's grid size (split into parts where too large)."""
         s = self.study.sampling
-        w, h = estimate_grid_size(self.n_rows, self.n_cols, s.width * s.seeds_per_cell, s.height,
-                                  margin=self.study.output.margin)
+        grid = self.grid_plan()
+        w, h = grid.unsplit_size
         return {
             "cells": self.n_rows * self.n_cols * self.n_pages,
             "images": len(self.cells),
@@ -122,17 +122,20 @@ class Plan:
             "cell_size": [s.width, s.height],
             "grid_size": [w, h],
             "grid_megapixels": round(w * h / 1e6, 2),
+            "grid_parts_per_page": grid.page_count,
+            "grid": grid.describe(),
             "total_steps": self.total_steps(),
         }
 
+    def grid_plan(self):
+        """The compositor's layout for one page of this plan (``output.grid.plan_grid``), before drawing."""
+        from expressiongrid.output.grid import GridStyle, plan_grid
 
-def estimate_grid_size(n_rows: int, n_cols: int, cell_w: int, cell_h: int, margin: int = 0) -> tuple[int, int]:
-    """A1111's grid geometry without drawing: a row-label column 3/4 of a cell wide, two label lines on top."""
-    font = (cell_w + cell_h) // 25
-    pad_left = cell_w * 3 // 4
-    pad_top = 2 * (font + font // 2) + 2 * (font // 2)
-    return (pad_left + n_cols * cell_w + margin * (n_cols - 1),
-            pad_top + n_rows * cell_h + margin * (n_rows - 1))
+        study, s = self.study, self.study.sampling
+        return plan_grid(self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
+                         [v.label for v in study.rows.values], [v.label for v in study.columns.values],
+                         study.output.title, fmt=study.output.grid_formats[0],
+                         style=GridStyle(margin=study.output.margin))
 
 
 # ----------------------------------------------------------------------------------------------------
