@@ -251,3 +251,22 @@ def test_clip_skip_reaches_the_prompt_encoder():
         ["closeup of woman facing viewer, hair, neck, eyes, lips, RAW photo, 1girl"])[0]
     assert torch.equal(rec.calls[0][1], expected)
     assert np.asarray(a.image).tobytes() != np.asarray(b.image).tobytes()
+
+
+def test_out_of_memory_is_recognised_in_its_forms():
+    from expressiongrid.engine.generation import is_out_of_memory
+
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 17.00 GB)"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_tiny_model_by_name_makes_a_64px_image_quickly(model):
+    import time
+
+    generate(model, [request(seed=1, steps=2)], batch_size=1)  # warm-up
+    start = time.perf_counter()
+    result = generate(model, [request(seed=2, steps=20)], batch_size=1)[0]
+    assert result.ok and result.image.size == (64, 64)
+    assert time.perf_counter() - start < 10  # typically ~0.3 s; generous for a loaded 2-core CI box

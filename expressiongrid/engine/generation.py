@@ -102,7 +102,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    # MPS raises RuntimeError("MPS backend out of memory ..."); the CPU allocator "can't allocate memory".
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def _default_encoder(model, embeddings):
