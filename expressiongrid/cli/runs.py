@@ -82,6 +82,8 @@ def show_run(run_dir: Path, as_json: bool) -> None:
     click.echo(f"cells: {sum(counts.values())} ({counts['done']} done, {counts['failed']} failed, "
                f"{counts['pending']} pending)")
     for r in runs_:
+        if r.status == "running" and r is not runs_[-1]:
+            r.status = "interrupted"  # a later run started: this one was killed before it could finish
         s = r.summary or {}
         extra = (f": made {s.get('made', 0)}, skipped {s.get('skipped', 0)}, failed {s.get('failed', 0)} "
                  f"in {s.get('seconds', 0):.1f} s") if s else ""
