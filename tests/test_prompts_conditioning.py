@@ -200,3 +200,12 @@ def test_oversized_embedding_is_a_clear_error(tiny_tokenizer, text_encoder):
     enc = PromptEncoder(tiny_tokenizer, text_encoder, embeddings={trigger: [trigger] * 80})
     with pytest.raises(UsageError, match="more than 75 vectors"):
         enc.encode(["happy"])
+
+
+def test_bad_arguments_are_usage_errors(encoder):
+    with pytest.raises(UsageError):
+        encoder.encode_schedules([], num_calls=10)
+    with pytest.raises(UsageError):
+        encoder.encode_schedules(["a"], num_calls=0)
+    with pytest.raises(UsageError):
+        PromptEncoder(encoder.tokenizer, encoder.text_encoder, emphasis="Loud")

@@ -237,6 +237,22 @@ def test_prompt_explain_starts_fast_without_torch():
     assert total < 3.0  # interpreter start included; generous for a loaded CI machine
 
 
+def test_prompt_language_imports_no_torch():
+    code = (
+        "import sys\n"
+        "import expressiongrid.prompts as p\n"
+        "from expressiongrid.prompts import attention, calls, chunking, emphasis, explanation, multicond, networks, schedule, tokens\n"
+        "names = ['get_schedule', 'get_hires_schedule', 'is_second_order', 'total_model_calls', 'schedule_index_for_call',\n"
+        "         'parse_attention', 'split_and', 'extract_networks', 'NetworkRef', 'explain', 'PromptWarning']\n"
+        "assert all(callable(getattr(p, n)) for n in names)\n"
+        "p.explain('a', 3); p.explain('b', 3)\n"
+        "assert callable(p.explain), 'the explain function was replaced by a module'\n"
+        "bad = [m for m in ('torch', 'transformers', 'diffusers', 'numpy') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
 def test_pure_token_counter_matches_transformers_tokenizer(tiny_tokenizer):
     from expressiongrid.prompts.tokens import load_tokenizer
 

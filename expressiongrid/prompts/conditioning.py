@@ -230,6 +230,8 @@ class PromptEncoder:
 
         if num_calls < 1:
             raise UsageError(f"num_calls must be at least 1 (got {num_calls})")
+        if len(prompts) == 0:
+            raise UsageError("encode_schedules needs at least one prompt (one per image row)")
         row_parts: list[list[tuple[str, float]]] = []
         for prompt in prompts:
             if split_and:
@@ -274,8 +276,8 @@ class PromptEncoder:
             part_index.append(rows_idx)
             part_weights.append(weights)
 
-        table = _pad_stack(entries) if entries else None
-        device = table.device if table is not None else None
+        table = _pad_stack(entries)
+        device = table.device
         part_index_t = torch.tensor(part_index, dtype=torch.long, device=device).reshape(len(prompts), n_parts, num_calls)
         result = ScheduledConditioning(
             table=table,
