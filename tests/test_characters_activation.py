@@ -386,7 +386,7 @@ def test_demo_characters_change_the_images(pipe, tmp_path):
         with act.activate(ch) as active:
             text = f"closeup of woman, {ch.text.split('>, ')[-1]}"
             img = image(pipe, prompt_embeds=_encode(pipe, active, text))
-        assert np.abs(img - base).mean() > 0.01, ch.id
+        assert np.abs(img - base).mean() > 0.02, ch.id
 
 
 def test_kohya_names_resolve_the_same_through_diffusers_converter_and_kohyas_rule(pipe, files):

@@ -82,13 +82,14 @@ class CharacterActivator:
             layers: dict[str, object] = {}
             kinds = (torch.nn.Linear, torch.nn.Conv2d)
             for name, mod in self.pipe.unet.named_modules():
+                name = name.removeprefix("_orig_mod.")  # a torch.compile'd UNet wraps the original
                 if isinstance(mod, kinds):
                     layers[f"unet:{name}"] = mod
                     layers["lora_unet_" + name.replace(".", "_")] = f"unet:{name}"
             for name, mod in self.pipe.text_encoder.named_modules():
                 if isinstance(mod, kinds):
                     # transformers 5 flattened CLIPTextModel (no .text_model); kohya names keep "text_model_"
-                    path = name.removeprefix("text_model.")
+                    path = name.removeprefix("_orig_mod.").removeprefix("text_model.")
                     layers[f"te:{path}"] = mod
                     layers["lora_te_text_model_" + path.replace(".", "_")] = f"te:{path}"
             self._layers = layers

@@ -175,8 +175,9 @@ def save_peft_lora(pipe, directory, *, rank: int = 4, alpha: float = 8.0, seed: 
     return directory / "adapter_model.safetensors"
 
 
-def embedding_vectors(pipe, n_vectors: int = 2, seed: int = 0, words: tuple[str, ...] = ("angry", "crying", "smile")):
-    """Vectors that mean something to the model: strong mixes of the token vectors of ``words``."""
+def embedding_vectors(pipe, n_vectors: int = 2, seed: int = 0, words: tuple[str, ...] = ("angry", "crying", "smile"),
+                      scale: float = 3.0):
+    """Vectors that mean something to the model: strong mixes (``scale`` times) of the token vectors of ``words``."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
@@ -184,7 +185,7 @@ def embedding_vectors(pipe, n_vectors: int = 2, seed: int = 0, words: tuple[str,
     ids = [pipe.tokenizer.convert_tokens_to_ids(w + "</w>") for w in words]
     base = table[ids].float()
     mix = torch.softmax(torch.randn((n_vectors, len(ids)), generator=gen) * 2, dim=1)
-    return (mix @ base) * 3.0 + torch.randn((n_vectors, table.shape[1]), generator=gen) * table.std()
+    return (mix @ base) * scale + torch.randn((n_vectors, table.shape[1]), generator=gen) * table.std()
 
 
 def save_a1111_embedding(path, vectors, *, parameter_dict: bool = False, name: str | None = None) -> Path:
@@ -267,7 +268,7 @@ def make_demo_characters(pipe, out_dir) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     lora = save_kohya_lora(pipe, out_dir / "demo_lora.safetensors", rank=4, varied_alphas=True, seed=7,
                            strength=1.5, metadata={"modelspec.trigger_phrase": "demochar"})
-    emb = save_a1111_embedding(out_dir / "demo_embedding.pt", embedding_vectors(pipe, n_vectors=2, seed=3))
+    emb = save_a1111_embedding(out_dir / "demo_embedding.pt", embedding_vectors(pipe, n_vectors=6, seed=3, scale=8.0))
     lora_toml = out_dir / "demo-lora.toml"
     lora_toml.write_text(
         "# Demo character: a LoRA generated for the built-in tiny model.\n"
@@ -280,7 +281,7 @@ def make_demo_characters(pipe, out_dir) -> list[Path]:
     )
     emb_toml = out_dir / "demo-embedding.toml"
     emb_toml.write_text(
-        "# Demo character: a two-vector textual-inversion embedding for the built-in tiny model.\n"
+        "# Demo character: a six-vector textual-inversion embedding for the built-in tiny model.\n"
         'label = "demo embedding"\n'
         f'text = "{DEMO_EMBEDDING_TOKEN}"\n\n'
         "[[embedding]]\n"
