@@ -20,15 +20,20 @@ def _steps_label(first: int, last: int) -> str:
 
 def _print_part(part, title: str) -> None:
     click.echo(title)
+    shown: set[str] = set()
     for entry in part.schedule:
         calls = "no calls" if entry.first_call < 0 else f"calls {entry.first_call}-{entry.last_call}"
         click.echo(f"  {_steps_label(entry.first_step, entry.last_step)} ({calls}): {entry.text!r}")
+        if entry.text in shown:  # alternation repeats texts: details once is enough
+            continue
+        shown.add(entry.text)
         weighted = ", ".join(
             "BREAK" if (t, w) == ("BREAK", -1.0) else (f"{t!r}" if w == 1.0 else f"{t!r} x{w:.4g}") for t, w in entry.fragments
         )
         click.echo(f"      fragments: {weighted}")
         chunks = ", ".join(f"{n}/75" for n in entry.chunk_tokens)
-        click.echo(f"      tokens: {entry.token_count}/{entry.target_token_count} ({len(entry.chunk_tokens)} chunk{'s' if len(entry.chunk_tokens) != 1 else ''}: {chunks})")
+        plural = "s" if len(entry.chunk_tokens) != 1 else ""
+        click.echo(f"      tokens: {entry.token_count}/{entry.target_token_count} ({len(entry.chunk_tokens)} chunk{plural}: {chunks})")
         if entry.error:
             click.echo(f"      error: {entry.error}")
 

@@ -6,15 +6,26 @@ Pure Python: token counts come from :mod:`expressiongrid.prompts.tokens`, so no 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
-from expressiongrid.errors import PromptSyntaxError
+from expressiongrid.errors import PromptSyntaxError, UsageError
 from expressiongrid.prompts.attention import is_break, parse_attention_with_warnings
 from expressiongrid.prompts.calls import calls_for_entries, is_second_order
 from expressiongrid.prompts.chunking import chunk_fragments, target_token_count
 from expressiongrid.prompts.multicond import split_and
-from expressiongrid.prompts.networks import NetworkRef, extract_networks, network_warnings
-from expressiongrid.prompts.schedule import Scheduled, _walk, parse_schedule_tree, schedule_from_tree, when_to_step
+from expressiongrid.prompts.networks import (
+    NetworkRef,
+    extract_networks,
+    network_warnings,
+)
+from expressiongrid.prompts.schedule import (
+    Scheduled,
+    parse_schedule_tree,
+    schedule_from_tree,
+    walk_constructs,
+    when_to_step,
+)
 from expressiongrid.prompts.warnings import PromptWarning
 
 
@@ -101,7 +112,7 @@ def _timing_warnings(tree, calls: int) -> list[PromptWarning]:
                 )
             )
 
-    _walk(tree, visit)
+    walk_constructs(tree, visit)
     return found
 
 
@@ -170,6 +181,8 @@ def explain(
     """
     from expressiongrid.prompts.tokens import load_tokenizer
 
+    if steps < 1:
+        raise UsageError(f"steps must be at least 1 (got {steps})")
     tok = load_tokenizer(tokenizer)
     per_step = 2 if sampler is not None and is_second_order(sampler) else 1
     calls = steps * per_step
@@ -180,9 +193,8 @@ def explain(
         warnings.append(PromptWarning("syntax-error", f"{exc} (A1111 stops with an error here)", exc.position))
         clean, networks = prompt, []
     warnings.extend(network_warnings(prompt, negative_prompt))
-    import re
 
-    removed = [(m.start(), len(m.group(0))) for m in re.finditer(r"<(\w+):([^>]+)>", prompt)] if networks else []
+    removed = [(ref.position, len(ref.raw)) for ref in networks]
     # Offsets of removed tags in the clean prompt's coordinates, for mapping positions back.
     clean_removed = []
     shift = 0

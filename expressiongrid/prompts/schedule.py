@@ -276,21 +276,21 @@ def when_to_step(number: str, steps: int, base_steps: int | None = None, old: bo
     return min(steps, int(value))
 
 
-def _walk(node, visit) -> None:
+def walk_constructs(node, visit) -> None:
     """Call ``visit`` on every Scheduled/Alternate node, branches not taken included."""
     if isinstance(node, Seq):
         for item in node.items:
-            _walk(item, visit)
+            walk_constructs(item, visit)
     elif isinstance(node, Scheduled):
         visit(node)
         if node.before is not None:
-            _walk(node.before, visit)
-        _walk(node.after, visit)
+            walk_constructs(node.before, visit)
+        walk_constructs(node.after, visit)
     elif isinstance(node, Alternate):
         visit(node)
         for option in node.options:
             if option is not None:
-                _walk(option, visit)
+                walk_constructs(option, visit)
 
 
 def _text_at(node, step: int, whens: dict[int, int], out: list[str]) -> None:
@@ -325,7 +325,7 @@ def schedule_from_tree(tree: Seq, steps: int, base_steps: int | None = None, old
         else:
             has_alternate = True
 
-    _walk(tree, visit)
+    walk_constructs(tree, visit)
     if has_alternate:
         boundaries.update(range(1, steps + 1))
     schedule = []
