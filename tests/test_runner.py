@@ -194,3 +194,78 @@ def test_plan_order_is_columns_outermost_for_characters(tmp_path):
     cols = [c.col_index for c in p.cells]
     assert cols == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # all of column 0, then all of column 1, ...
     assert [c.spec.prompt for c in p.cells[3:6]] == ["a, a plain woman", "b, a plain woman", "c, a plain woman"]
+
+
+def test_checkpoint_axis_loads_each_model_once(tmp_path, monkeypatch):
+    """Two diffusers folders on the columns: outermost loop, one load each, names in the metadata."""
+    import torch
+
+    import expressiongrid.engine.loading as loading
+    from expressiongrid.engine.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "model_a")
+    with torch.no_grad():
+        for param in pipe.unet.parameters():
+            param.mul_(1.05)
+    pipe.save_pretrained(tmp_path / "model_b")
+
+    loads = []
+    real = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda spec: loads.append(Path(spec.source).name) or real(spec))
+    study = _study(tmp_path, columns='axis = "Checkpoint name"\nvalues = "model_a, model_b"',
+                   rows='"smiling", "sad", "angry"')
+    s = load_study(study)
+    p = plan(s)
+    assert p.loop_order[0] == "x"  # the checkpoint axis (cost 1.0) is the outer loop
+    assert [v.label for v in s.columns.values] == ["model_a", "model_b"]
+    summary = run_study(s, tmp_path / "out", plan=p)
+    assert summary.made == 6 and loads == ["model_a", "model_b"]
+    with Store.open_existing(tmp_path / "out") as store:
+        cells = store.cells()
+    for c in cells:
+        assert f"Model: model_{'ab'[c.col_index]}" in c.parameters
+    first = {c.col_index: Image.open(tmp_path / "out" / c.file).tobytes() for c in cells if c.row_index == 0}
+    assert first[0] != first[1]
+
+
+def test_lora_weight_axis_scales_the_characters_lora(tmp_path):
+    from expressiongrid.characters.demo import make_demo_characters
+    from expressiongrid.engine.tiny import build_tiny_pipeline
+
+    make_demo_characters(build_tiny_pipeline(), tmp_path / "chars")
+    study = _write(tmp_path, """
+        [model]
+        source = "tiny"
+        [sampling]
+        steps = 2
+        width = 64
+        height = 64
+        seed = 9
+        [prompt]
+        positive = "a woman, {character}"
+        [rows]
+        axis = "characters"
+        files = ["chars/demo-lora.toml"]
+        [columns]
+        axis = "LoRA weight"
+        values = "0, 0.5, 1"
+    """)
+    s = load_study(study)
+    assert [v.label for v in s.columns.values] == ["LoRA weight: 0.0", "LoRA weight: 0.5", "LoRA weight: 1.0"]
+    p = plan(s)
+    weights = [c.key_inputs["character"]["loras"][0][1] for c in p.cells]
+    assert weights == [0.0, 0.5, 1.0]
+    assert len({c.key for c in p.cells}) == 3
+    seen = []
+
+    def progress(done, total, note):
+        seen.append((done, total))
+
+    summary = run_study(s, tmp_path / "out", progress, plan=p)
+    assert summary.made == 3
+    assert seen[-1] == (3, 3) and all(d <= t for d, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)  # progress only moves forward
+    with Store.open_existing(tmp_path / "out") as store:
+        images = [Image.open(tmp_path / "out" / c.file).tobytes() for c in sorted(store.cells(), key=lambda c: c.col_index)]
+    assert len(set(images)) == 3  # each weight changes the picture

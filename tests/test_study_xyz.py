@@ -24,6 +24,10 @@ def _study(case):
             kwargs[slot] = tuple(inp[slot])
     if "vary" in inp:
         kwargs["vary_seeds"] = tuple(inp["vary"])
+    if any(inp.get(slot, [""])[0] == "Schedule type" for slot in "xyz"):
+        # A1111 pairs any sampler with any schedule type; the engine has no "Euler a" + Karras, so these
+        # cases use Euler (nothing the case expects depends on the sampler).
+        kwargs["sampler"] = "Euler"
     return xyz_study(check_files=False, **kwargs)
 
 
@@ -97,3 +101,34 @@ def test_bad_axis_values_are_reported_with_the_flag():
         xyz_study(check_files=False, prompt="x", x=("Steps", "1-5 (2)"), y=("Bogus", "1"))
     joined = "\n".join(err.value.problems)
     assert "--x values" in joined and "--y axis" in joined
+
+
+def test_seed_axis_with_vary_adds_offsets_like_a1111():
+    # A1111: Seed axis 1,2,3 with "Vary seeds for X" -> 1, 3, 5 (the offset goes on top of the value)
+    p = plan(xyz_study(check_files=False, prompt="a cat", x=("Seed", "1,2,3"), vary_seeds=(True, False, False)))
+    assert [c.spec.seed for c in p.cells] == [1, 3, 5]
+    p = plan(xyz_study(check_files=False, prompt="a cat", x=("Steps", "2,3"), y=("CFG Scale", "5,6"), seed=10,
+                       vary_seeds=(True, True, False)))
+    assert {(c.col_index, c.row_index): c.spec.seed for c in p.cells} == {(0, 0): 10, (1, 0): 11, (0, 1): 12,
+                                                                          (1, 1): 13}
+
+
+def test_size_sampler_and_clip_skip_axes_set_the_cell():
+    p = plan(xyz_study(check_files=False, prompt="a cat", x=("Size", "64x64, 64x96"),
+                       y=("Sampler", "Euler a, DPM++ 2M"), z=("Clip skip", "1,2")))
+    cells = {(c.col_index, c.row_index, c.page): c.spec for c in p.cells}
+    assert (cells[(1, 0, 0)].width, cells[(1, 0, 0)].height) == (64, 96)
+    assert cells[(0, 1, 0)].sampler == "DPM++ 2M"
+    assert cells[(0, 0, 1)].model.clip_skip == 2
+    assert len({c.key for c in p.cells}) == 8
+    with pytest.raises(StudyError, match="Size"):
+        plan(xyz_study(check_files=False, prompt="a cat", x=("Size", "64x65")))
+
+
+def test_sampler_the_engine_lacks_is_an_error_before_running():
+    with pytest.raises(StudyError) as err:
+        plan(xyz_study(check_files=False, prompt="a cat", x=("Sampler", "Euler a, DPM adaptive")))
+    assert "DPM adaptive" in str(err.value)
+    p = plan(xyz_study(check_files=False, prompt="a cat", x=("Schedule type", "Automatic, Karras"),
+                       sampler="DPM++ 2M"))
+    assert [c.spec.schedule_type for c in p.cells] == ["Automatic", "Karras"]

@@ -233,7 +233,19 @@ def _resolve_cell(study: Study, base_seed: int, *axes: tuple[Axis, AxisValue]) -
     spec.negative_prompt = _fill_placeholders(spec.negative_prompt, fills)
     for axis, value in axes:  # X, then Y, then Z, as A1111 applies them
         apply_axis_value(spec, axis, value)
+    _check_sampler(spec)
     return spec
+
+
+def _check_sampler(spec: CellSpec) -> None:
+    """A sampler A1111 knows but the engine does not implement is an error now, not a failed cell later."""
+    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.errors import ExpressionGridError
+
+    try:
+        get_sampler(spec.sampler, spec.schedule_type)
+    except ExpressionGridError as exc:
+        raise StudyError(str(exc)) from None
 
 
 def apply_axis_value(spec: CellSpec, axis: Axis, value: AxisValue) -> None:
