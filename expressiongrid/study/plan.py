@@ -295,7 +295,10 @@ def apply_axis_value(spec: CellSpec, axis: Axis, value: AxisValue) -> None:
 def _file_identity(path: str) -> str:
     """sha256 of a local file (cached by the characters area), or the source text for hub ids / tiny."""
     if path == "tiny":
-        return TINY_IDENTITY
+        # The tiny model is built from code: its identity is that code, so a changed builder means new cells.
+        from expressiongrid.engine import tiny
+
+        return f"{TINY_IDENTITY}:{_sha256_file(Path(tiny.__file__))[:16]}"
     p = Path(path)
     if p.is_file():
         try:
