@@ -26,9 +26,27 @@ def home(tmp_path, monkeypatch):
     return h
 
 
+_VALID_STUDY = """
+name = "{name}"
+[sampling]
+steps = 2
+width = 64
+height = 64
+seed = 1
+[prompt]
+positive = "a photo of a woman, {{expression}}"
+[rows]
+axis = "expressions"
+values = ["neutral", "smiling"]
+[columns]
+axis = "CFG Scale"
+values = "5,7"
+"""
+
+
 def _study(tmp_path: Path, name: str) -> Path:
     p = tmp_path / f"{name}.toml"
-    p.write_text("# placeholder study file for queue bookkeeping tests\n")
+    p.write_text(_VALID_STUDY.format(name=name))
     return p
 
 
@@ -60,6 +78,19 @@ def test_add_list_remove_through_cli_and_persisted_on_disk(tmp_path, home):
     missing = runner.invoke(main, ["queue", "remove", "99"])
     assert missing.exit_code == 2
     assert "no queue entry 99" in missing.output
+
+
+def test_add_validates_the_study_now_and_fixes_the_default_output_folder(tmp_path, home, monkeypatch):
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[sampling]\nsteps = "many"\n')
+    runner = CliRunner()
+    result = runner.invoke(main, ["queue", "add", str(broken)])
+    assert result.exit_code == 2 and "sampling.steps" in result.output
+    assert StudyQueue().entries() == []  # nothing queued that would only fail at night
+    # Without --out the run's default folder (out/<name>) is fixed against today's directory.
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(main, ["queue", "add", str(_study(tmp_path, "night"))]).exit_code == 0
+    assert StudyQueue().entries()[0].out_dir == str(tmp_path.resolve() / "out" / "night")
 
 
 def test_add_rejects_missing_file_and_bad_notify_url(tmp_path, home):

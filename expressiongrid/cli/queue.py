@@ -48,14 +48,20 @@ def add(studies: tuple[str, ...], out: str | None, notify_url: str | None) -> No
 
       expressiongrid queue add studies/night1.toml studies/night2.toml --out runs
     """
+    from expressiongrid.cli.run import _default_out
     from expressiongrid.study.queue import StudyQueue
+    from expressiongrid.study.study import load_study
 
     q = StudyQueue()
     extra = ["--notify", notify_url] if notify_url else []
     for study in studies:
-        out_dir = None
+        # Validate now, while the user is at the keyboard, not at 3 a.m.; and fix the output folder now,
+        # because `queue run` may be started from another directory.
+        loaded = load_study(study)
         if out is not None:
             out_dir = Path(out) / Path(study).stem if len(studies) > 1 else Path(out)
+        else:
+            out_dir = _default_out(loaded, None)
         entry = q.add(study, out_dir=out_dir, args=extra)
         click.echo(f"queued #{entry.id}: {entry.study}" + (f" -> {entry.out_dir}" if entry.out_dir else ""))
 

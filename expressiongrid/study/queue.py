@@ -309,17 +309,41 @@ def run_command(entry: QueueEntry) -> list[str]:
     return cmd + list(entry.args)
 
 
-def classify(exit_code: int, tail: Sequence[str]) -> tuple[str, str]:
-    """Turn a finished `run` child into (state, one-line outcome) from its exit code and last output lines."""
+def classify(exit_code: int, tail: Sequence[str], out_dir: str | None = None) -> tuple[str, str]:
+    """Turn a finished `run` child into (state, one-line outcome).
+
+    The run store in `out_dir` says best what happened (cells done, failed and why); the exit code and the
+    child's last output lines decide when there is no store (the study never started).
+    """
     last = next((line.strip() for line in reversed(tail) if line.strip()), "")
-    if exit_code == 0:
-        return "done", last or "finished"
     if exit_code < 0:
         return "failed", f"killed by signal {-exit_code}" + (f"; last output: {last}" if last else "")
+    report = _store_report(out_dir) if exit_code in (0, EXIT_INCOMPLETE) else None
+    if report is not None and report.get("cells_total"):
+        counts = f"{report['cells_done']} of {report['cells_total']} cells done"
+        if exit_code == 0:
+            return "done", counts
+        if report.get("cells_failed") and not report.get("cells_pending"):
+            why = "; ".join(f"column {f['column']}: {f['error']}" for f in report["failures"][:3])
+            return "incomplete", f"{counts}, {report['cells_failed']} failed ({why})"
+    if exit_code == 0:
+        return "done", last or "finished"
     incomplete = [line.strip() for line in tail if "incomplete" in line.lower()]
     if exit_code == EXIT_INCOMPLETE and incomplete:
         return "incomplete", incomplete[-1]
     return "failed", last or f"exit code {exit_code}"
+
+
+def _store_report(out_dir: str | None) -> dict | None:
+    if not out_dir:
+        return None
+    from expressiongrid.errors import ExpressionGridError
+    from expressiongrid.study.distributed import study_report
+
+    try:
+        return study_report(out_dir, name=Path(out_dir).name)
+    except ExpressionGridError:
+        return None
 
 
 def execute_entry(entry: QueueEntry, echo: Callable[[str], None] | None = None,
@@ -360,7 +384,7 @@ def run_queue(queue: StudyQueue, *, execute: Callable[[QueueEntry], tuple[int, l
             if on_start is not None:
                 on_start(entry)
             exit_code, tail = execute(entry)
-            state, outcome = classify(exit_code, tail)
+            state, outcome = classify(exit_code, tail, entry.out_dir)
             entry = queue.mark_finished(entry.id, state, outcome, exit_code)
             result = QueueRunResult(entry=entry, state=state, outcome=outcome, exit_code=exit_code, log_tail=tail)
             results.append(result)
