@@ -302,3 +302,17 @@ def test_corrupt_character_file_fails_its_own_column(tmp_path, demo_chars):
         rgb = im.convert("RGB")
         grey = sum(1 for px in rgb.getdata() if px == (0x9A, 0x9A, 0x9A))  # the failed-cell background
     assert grey > 2 * 64 * 64 // 2
+
+
+def test_xyz_with_expression_and_character_axes(tmp_path, demo_chars):
+    out = tmp_path / "xyz"
+    result = CliRunner().invoke(main, [
+        "xyz", "--prompt", SEED_PROMPT, "--reference", "1girl", "--steps", "2", "--width", "64", "--height", "64",
+        "--x", f"Character: reference, {demo_chars / 'demo-embedding.toml'}", "--y", "Expression: smiling, sad",
+        "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _rows(out, "SELECT col_label, row_label, prompt FROM cells ORDER BY col_index, row_index")
+    assert [(r[0], r[1]) for r in rows] == [("reference", "smiling"), ("reference", "sad"),
+                                           ("demo embedding", "smiling"), ("demo embedding", "sad")]
+    assert rows[0][2].endswith("lips: smiling: 0.2], RAW photo, 1girl")
+    assert "TI hashes" in _rows(out, "SELECT parameters FROM cells WHERE col_index = 1")[0][0]

@@ -132,3 +132,16 @@ def test_sampler_the_engine_lacks_is_an_error_before_running():
     p = plan(xyz_study(check_files=False, prompt="a cat", x=("Schedule type", "Automatic, Karras"),
                        sampler="DPM++ 2M"))
     assert [c.spec.schedule_type for c in p.cells] == ["Automatic", "Karras"]
+
+
+def test_expression_and_character_axes_from_flags(tmp_path):
+    (tmp_path / "plain.toml").write_text('label = "plain"\ntext = "a plain woman"\n')
+    study = xyz_study(base_dir=tmp_path, prompt="{character}, [face: {expression}: 0.2]",
+                      x=("Character", "reference, plain.toml"), y=("Expression", "seed-study"), width=64, height=64)
+    assert [v.label for v in study.columns.values] == ["reference", "plain"]
+    assert len(study.rows.values) == 9 and study.rows.values[0].id == "neutral"
+    p = plan(study)
+    assert p.cells[0].spec.prompt == ", [face: neutral face expression: 0.2]"  # no --reference text: empty
+    assert p.cells[-1].spec.prompt == "a plain woman, [face: " + study.rows.values[-1].value + ": 0.2]"
+    inline = xyz_study(check_files=False, prompt="[face: {expression}: 0.2]", y=("Expression", "smiling, sad"))
+    assert [v.value for v in inline.rows.values] == ["smiling", "sad"]

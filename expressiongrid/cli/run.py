@@ -198,6 +198,8 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
 @click.option("--z", "z", type=AxisFlag(), default=None, help='Z axis (pages), e.g. "Prompt S/R: cat, dog".')
 @click.option("--prompt", required=True, help="The prompt (A1111 syntax).")
 @click.option("--negative-prompt", default="", help="The negative prompt.")
+@click.option("--reference", "reference_text", default="",
+              help='What {character} becomes in a Character axis\' reference column, e.g. "1girl".')
 @click.option("--seed", type=int, default=-1, show_default=True, help="-1 draws one random seed for the grid.")
 @click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--cfg-scale", type=float, default=7.0, show_default=True)
@@ -216,13 +218,15 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--dry-run", is_flag=True, help="Show the plan; generate nothing.")
 @click.pass_context
-def xyz(ctx: click.Context, x, y, z, prompt, negative_prompt, seed, steps, cfg_scale, sampler, width, height,
+def xyz(ctx: click.Context, x, y, z, prompt, negative_prompt, reference_text, seed, steps, cfg_scale, sampler, width, height,
         model, vae, clip_skip, dtype, vary_seeds, seeds_per_cell, margin, out, batch_size, dry_run) -> None:
     """An ad-hoc X/Y/Z plot from flags, the way A1111's script makes it.
 
     Columns are X, rows Y, pages Z; values use A1111's syntax (CSV quoting, 1-5 (+2), 1-10 [4]). Prompt
-    S/R replaces its first value in the prompt and the negative prompt. Cells are stored like a study's,
-    so the same command again makes nothing new.
+    S/R replaces its first value in the prompt and the negative prompt. Besides A1111's axes there are
+    "Expression: seed-study" (a set, or inline texts for {expression}) and "Character: reference,
+    chars/anna.toml" (for {character}). Cells are stored like a study's, so the same command again makes
+    nothing new.
     """
     from expressiongrid.study.xyz import xyz_study
 
@@ -230,6 +234,7 @@ def xyz(ctx: click.Context, x, y, z, prompt, negative_prompt, seed, steps, cfg_s
         raise click.UsageError('give at least one axis, e.g. --x "Steps: 10,20"')
     vary = tuple(letter in vary_seeds for letter in "xyz")
     study = xyz_study(base_dir=Path.cwd(), x=x, y=y, z=z, prompt=prompt, negative_prompt=negative_prompt,
+                      reference=reference_text,
                       seed=seed, steps=steps, cfg_scale=cfg_scale, sampler=sampler, width=width, height=height,
                       model=model, vae=vae, clip_skip=clip_skip, dtype=dtype, vary_seeds=vary,
                       seeds_per_cell=seeds_per_cell, margin=margin)

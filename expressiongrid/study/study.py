@@ -493,8 +493,12 @@ def _expressions_axis(t: dict, p: str, base_dir: Path, problems: _Problems, chec
         problems.add(p + "items", f"expected a list, got {t['items']!r}")
     if "values" in t:
         raw = t["values"]
-        texts = _split_values(raw, p + "values", problems)
-        values.extend(AxisValue(_slug(x), x, x) for x in texts)
+        texts = [x for x in _split_values(raw, p + "values", problems) if x]
+        if len(texts) == 1 and _names_expression_set(texts[0], base_dir):
+            # A1111-style value text naming a set, e.g. --y "Expression: seed-study"
+            values.extend(_load_expression_set(texts[0], base_dir, p + "values", problems, check_files))
+        else:
+            values.extend(AxisValue(_slug(x), x, x) for x in texts)
     if "set" not in t and "items" not in t and "values" not in t:
         problems.add(p + "set", "expected an expression set file (set = \"expressions/seed-study.toml\"), "
                                 "or inline items = [...]")
@@ -550,6 +554,13 @@ def _load_expression_set(set_name: str, base_dir: Path, key: str, problems: _Pro
             for e in expression_set.expressions]
 
 
+def _names_expression_set(text: str, base_dir: Path) -> bool:
+    from expressiongrid.study.expressions import find_expression_set
+
+    found = find_expression_set(text, base_dir=base_dir)
+    return found is not None and Path(found).is_file()
+
+
 def _project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
@@ -558,12 +569,17 @@ def _characters_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check
                      reference_text: str) -> Axis:
     values: list[AxisValue] = []
     reference = _get(t, "reference", bool, False, p, problems)
-    if reference:
-        label = _get(t, "reference_label", str, "reference", p, problems)
-        values.append(AxisValue("reference", label, None, {"reference": True}))
     files = t.get("files", [])
     if isinstance(files, str):
         files = [files]
+    if "values" in t:
+        # A1111-style value text (the xyz command): "reference, chars/anna.toml, loras/bob.safetensors"
+        items = [x for x in _split_values(t["values"], p + "values", problems) if x]
+        reference = reference or any(x.lower() == "reference" for x in items)
+        files = list(files) + [x for x in items if x.lower() != "reference"]
+    if reference:
+        label = _get(t, "reference_label", str, "reference", p, problems)
+        values.append(AxisValue("reference", label, None, {"reference": True}))
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         problems.add(p + "files", f"expected a list of character files (.toml, .safetensors, .pt), got {files!r}")
         files = []

@@ -30,6 +30,7 @@ def xyz_study_dict(
     z: tuple[str, str] | None = None,
     prompt: str,
     negative_prompt: str = "",
+    reference: str = "",
     seed: int = -1,
     steps: int = 20,
     cfg_scale: float = 7.0,
@@ -56,7 +57,7 @@ def xyz_study_dict(
         "sampling": {"sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "width": width, "height": height,
                      "seed": seed, "seed_policy": policy, "seeds_per_cell": seeds_per_cell,
                      **({"vary": vary} if vary else {})},
-        "prompt": {"positive": prompt, "negative": negative_prompt},
+        "prompt": {"positive": prompt, "negative": negative_prompt, "reference": reference},
         "output": {"margin": margin, **({"title": title} if title else {})},
     }
     if seeds_per_cell > 1 and vary:
