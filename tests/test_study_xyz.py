@@ -145,3 +145,25 @@ def test_expression_and_character_axes_from_flags(tmp_path):
     assert p.cells[-1].spec.prompt == "a plain woman, [face: " + study.rows.values[-1].value + ": 0.2]"
     inline = xyz_study(check_files=False, prompt="[face: {expression}: 0.2]", y=("Expression", "smiling, sad"))
     assert [v.value for v in inline.rows.values] == ["smiling", "sad"]
+
+
+@pytest.mark.parametrize("case", [c for c in RUNS if "expected" in c and "z" not in c["input"]], ids=lambda c: c["name"])
+def test_xyz_grid_geometry_matches_a1111_with_its_font_sizes(case):
+    """With A1111's font sizing (no readability minimum) the grid of the planned cells has A1111's width and,
+    up to the font's own metrics (Roboto vs Pillow's bundled font), its height."""
+    from PIL import Image
+
+    from expressiongrid.output.grid import GridStyle, compose_grid
+
+    exp = case["expected"]
+    study = _study(case)
+    p = plan(study)
+    w, h = study.sampling.width, study.sampling.height
+    cells = [[Image.new("RGB", (w, h)) for _ in study.columns.values] for _ in study.rows.values]
+    assert len(p.cells) == len(cells) * len(cells[0])
+    grid = compose_grid(cells, [v.label for v in study.rows.values], [v.label for v in study.columns.values],
+                        style=GridStyle(min_font_size=1, margin=study.output.margin))
+    assert len(grid) == 1
+    expected_w, expected_h = exp["result_images"][0]
+    assert grid[0].width == expected_w
+    assert abs(grid[0].height - expected_h) <= 2
