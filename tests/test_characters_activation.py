@@ -401,3 +401,13 @@ def test_kohya_names_resolve_the_same_through_diffusers_converter_and_kohyas_rul
     assert len(converted) == len(lora.modules)
     for m in converted:
         assert layers[m.converted] is layers[layers[m.name]], m.name
+
+
+def test_activation_does_not_touch_the_global_rng(pipe, files):
+    ch = Character("g", "g", loras=[LoraRef(files["varied"])], embeddings=[EmbeddingRef(files["emb_pt"], "rngchar")])
+    act = CharacterActivator(Loaded(pipe))
+    act.prepare([ch])
+    state = torch.random.get_rng_state()
+    with act.activate(ch):
+        pass
+    assert torch.equal(torch.random.get_rng_state(), state)

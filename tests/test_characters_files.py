@@ -238,3 +238,10 @@ def test_list_characters_shows_files_kinds_and_labels(models, tmp_path):
     assert (entries["anna.safetensors"].kind, entries["anna.safetensors"].label) == ("lora", "anna")
     assert entries["face.pt"].kind == "embedding"
     assert entries["broken.toml"].kind == "invalid" and "invalid TOML" in entries["broken.toml"].detail
+
+
+def test_a_file_that_is_not_a_pickle_is_called_corrupt_not_hostile(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("this is not a model")
+    (problem,) = check_characters([Character("n", "n", embeddings=[EmbeddingRef(path, "nn")])])
+    assert "corrupt" in problem and "refused" not in problem

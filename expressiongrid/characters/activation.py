@@ -20,7 +20,7 @@ from pathlib import Path
 from expressiongrid.characters import hashes
 from expressiongrid.characters.check import family_problem
 from expressiongrid.characters.embeddings import EmbeddingFile, load_embedding
-from expressiongrid.characters.lora import FAMILY_NAMES, LoraFile, load_lora, lora_delta
+from expressiongrid.characters.lora import FAMILY_NAMES, LoraFile, delta_shape, fits, load_lora, lora_delta
 from expressiongrid.characters.model import Character
 from expressiongrid.characters.tokens import token_problems
 from expressiongrid.errors import CharacterError
@@ -107,7 +107,7 @@ class CharacterActivator:
         for m in lora.modules:
             if m.dotted:
                 key = f"{m.target}:{m.name}"
-            elif m.converted in layers and _fits(m, layers[m.converted]):
+            elif m.converted in layers and fits(m, layers[m.converted].weight.shape):
                 key = m.converted  # diffusers' converter named it and the layer agrees
             else:
                 key = layers.get(m.name)  # kohya's rule: the module path with '.' -> '_'
@@ -115,13 +115,12 @@ class CharacterActivator:
             if layer is None:
                 missing.append(m.name)
                 continue
-            try:
-                lora_delta(m, layer.weight.shape)
-            except ValueError as exc:
+            if not fits(m, layer.weight.shape):
                 raise CharacterError(
-                    f"{lora.path}: module {m.name} does not fit the model's layer ({exc}); "
-                    f"this LoRA was made for another model than this {FAMILY_NAMES.get(self.family, self.family)} one"
-                ) from exc
+                    f"{lora.path}: module {m.name} (weight change {delta_shape(m)}) does not fit the model's layer "
+                    f"{tuple(layer.weight.shape)}; this LoRA was made for another model than this "
+                    f"{FAMILY_NAMES.get(self.family, self.family)} one"
+                )
             bound.append(_BoundModule(layer, key, m))
         if missing:
             raise CharacterError(
@@ -191,10 +190,10 @@ class CharacterActivator:
                     self._base[key] = layer.weight.detach().clone()
                 base = self._base[key]
                 touched.append(key)
-                total = base.float()
+                total = base.to(torch.float32, copy=True)
                 for weight, module in items:
-                    total = total + weight * lora_delta(module, base.shape)
-                layer.weight.copy_(total.to(base.dtype))
+                    total.add_(lora_delta(module, base.shape), alpha=weight)
+                layer.weight.copy_(total)  # copy_ casts to the layer's dtype
         return te_changed
 
     def _restore(self, keys: list[str]) -> None:
@@ -224,8 +223,10 @@ class CharacterActivator:
         rows = old_embedding.weight.shape[0]
         start = max(rows, max(trigger_ids) + 1)
         extra = sum(self._embeddings[Path(e.path)].n_vectors - 1 for e in ch.embeddings)
-        new = torch.nn.Embedding(start + extra, old_embedding.weight.shape[1],
-                                 device=old_embedding.weight.device, dtype=old_embedding.weight.dtype)
+        # Built from an explicit tensor: nn.Embedding's own init would draw from the global RNG.
+        table = torch.zeros(start + extra, old_embedding.weight.shape[1],
+                            device=old_embedding.weight.device, dtype=old_embedding.weight.dtype)
+        new = torch.nn.Embedding(table.shape[0], table.shape[1], _weight=table).requires_grad_(False)
         trigger_map: dict[int, list[int]] = {}
         token_map: dict[str, list[int]] = {}
         with torch.no_grad():
@@ -301,14 +302,6 @@ class CharacterActivator:
             self._restore(touched)
             self._remove_embeddings(state)
             self._active = None
-
-
-def _fits(module, layer) -> bool:
-    try:
-        lora_delta(module, layer.weight.shape)
-        return True
-    except ValueError:
-        return False
 
 
 def _copy(value):

@@ -74,7 +74,7 @@ def describe_file(path: str | Path) -> dict:
         shape, fmt = tuple(values[0].shape), "a1111"
     elif "clip_l" in shapes and "clip_g" in shapes:
         shape, fmt = shapes["clip_g"], "sdxl"
-    elif len(shapes) == 1 and (data is None or len(data) == 1 or "string_to_param" not in data):
+    elif len(shapes) == 1:  # diffusers {token: vector}, civitai {"emb_params": ...}
         key = next(iter(shapes))
         shape = shapes[key]
         fmt = "safetensors" if suffix == ".safetensors" else "diffusers"

@@ -70,7 +70,7 @@ def parse_embedding(data: dict, path, metadata: dict | None = None) -> Embedding
         fmt = "sdxl"
     else:
         tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-        if len(tensors) != 1 or len(data) != 1:
+        if len(tensors) != 1:
             raise CharacterError(
                 f"{path}: not an embedding (expected string_to_param, emb_params or one token tensor; "
                 f"found keys {sorted(data)[:5]})"

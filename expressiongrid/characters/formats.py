@@ -108,6 +108,8 @@ def load_pickle(path: str | os.PathLike):
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():  # not a refusal: the bytes are simply not a pickle
+            raise CharacterError(f"{path}: corrupt or not a PyTorch file ({exc}); download it again") from exc
         first = str(exc).strip().splitlines()
         detail = next((line.strip() for line in first if "Unsupported global" in line or "GLOBAL" in line), "")
         raise CharacterError(
@@ -115,7 +117,8 @@ def load_pickle(path: str | os.PathLike):
             f"(ParameterDict, Parameter, tensors){': ' + detail if detail else ''}. "
             "Ask for a .safetensors version of this file"
         ) from exc
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError, TypeError,
+            AttributeError, MemoryError) as exc:  # what torch's reader raises for bytes that are not a model
         raise CharacterError(f"{path}: corrupt or truncated file ({exc.__class__.__name__}: {exc}); download it again") from exc
 
 

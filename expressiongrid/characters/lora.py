@@ -349,6 +349,23 @@ def load_lora(path: str | Path) -> LoraFile:
     return LoraFile(path, layout.format, modules, metadata, family, width)
 
 
+def delta_shape(module: LoraModule) -> tuple[int, ...]:
+    """The shape of ``lora_delta`` before reshaping, from the factors' shapes alone (no arithmetic)."""
+    up, down = tuple(module.up.shape), tuple(module.down.shape)
+    if module.mid is not None:
+        return (up[0], down[1], *tuple(module.mid.shape)[2:])
+    if len(down) == 4 and down[2:] != (1, 1):
+        return (up[0], *down[1:])
+    return (up[0], down[1])
+
+
+def fits(module: LoraModule, weight_shape) -> bool:
+    """True if the module's weight change can be written into a layer of ``weight_shape``."""
+    shape = delta_shape(module)
+    return tuple(shape) == tuple(weight_shape) or math.prod(shape) == math.prod(weight_shape) and (
+        shape[:2] == tuple(weight_shape)[:2])
+
+
 def lora_delta(module: LoraModule, weight_shape, dtype=None):
     """The weight change ``scale * up @ down`` (float32), shaped like the target layer's weight."""
     import torch
@@ -362,9 +379,9 @@ def lora_delta(module: LoraModule, weight_shape, dtype=None):
         delta = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
     else:
         delta = up.flatten(1) @ down.flatten(1)
-    delta = delta * module.scale
     if tuple(delta.shape) != tuple(weight_shape):
-        if delta.numel() != math.prod(weight_shape):
+        if not fits(module, weight_shape):
             raise ValueError(f"delta {tuple(delta.shape)} does not fit weight {tuple(weight_shape)}")
         delta = delta.reshape(weight_shape)  # 1x1 conv LoRA on a linear layer (or the reverse)
+    delta = delta.mul_(module.scale)
     return delta if dtype is None else delta.to(dtype)
