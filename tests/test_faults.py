@@ -60,8 +60,11 @@ class _Hook:
 
 def test_broken_character_fails_its_column_the_rest_completes_and_everyone_is_told(tmp_path, characters):
     make_misfit_lora(characters)
+    # A download cut short: the header promises more bytes than the file has.
+    (characters / "cut_lora.safetensors").write_bytes((characters / "demo_lora.safetensors").read_bytes()[:5000])
     study = write_study(tmp_path, "faults", characters,
-                        files=("demo-lora.toml", "misfit_lora.safetensors", "demo-embedding.toml"),
+                        files=("demo-lora.toml", "misfit_lora.safetensors", "cut_lora.safetensors",
+                               "demo-embedding.toml"),
                         rows=("neutral", "angry"))
     out = tmp_path / "out"
     hook = _Hook()
@@ -74,35 +77,39 @@ def test_broken_character_fails_its_column_the_rest_completes_and_everyone_is_to
     assert result.returncode == 1, result.stderr[-2000:]
     assert "failed: misfit_lora / neutral: character 'misfit_lora'" in result.stderr
     assert "does not fit the model's layer" in result.stderr
-    assert "run incomplete: 2 of 8 images failed" in result.stderr
+    assert "failed: cut_lora / angry: character 'cut_lora'" in result.stderr and "truncated" in result.stderr
+    assert "run incomplete: 4 of 10 images failed" in result.stderr
 
     # Recorded: the broken column's cells failed with the reason; every other cell is done.
     by_column: dict[str, set[str]] = {}
     for c in cells(out):
         by_column.setdefault(c["col_label"], set()).add(c["status"])
         if c["status"] == "failed":
-            assert "does not fit" in c["error"] and c["file"] is None
+            assert ("does not fit" in c["error"] or "truncated" in c["error"]) and c["file"] is None
     assert by_column == {"reference": {"done"}, "demo LoRA": {"done"}, "misfit_lora": {"failed"},
-                         "demo embedding": {"done"}}
+                         "cut_lora": {"failed"}, "demo embedding": {"done"}}
     assert len(done_images(out)) == 6
 
-    # Shown: the grid has the two failed cells as marked placeholders, not missing or black cells.
+    # Shown: the grid has the four failed cells as marked placeholders, not missing or black cells.
     grid = open_verified(out / "grids" / "faults.png")
-    assert grey_pixels(grid) == pytest.approx(2 * failed_marker_pixels(), abs=20)
+    assert grey_pixels(grid) == pytest.approx(4 * failed_marker_pixels(), abs=40)
 
     # Logged: versions, the resolved study, and each failure at ERROR level.
     log = (out / "run.log").read_text()
     assert "version torch: " in log and "version diffusers: " in log and "version gpu: " in log
     assert "resolved study: " in log and "misfit_lora.safetensors" in log
     assert log.count("ERROR   expressiongrid: cell misfit_lora /") == 2
+    assert log.count("ERROR   expressiongrid: cell cut_lora /") == 2
+    assert "WARNING expressiongrid: column 'cut_lora' will fail: " in log  # known before the first image
 
     # Notified: one JSON summary naming what failed and why.
     (body,) = hook.bodies
     assert body["status"] == "incomplete" and body["exit_code"] == 1
-    assert (body["cells_total"], body["cells_done"], body["cells_failed"]) == (8, 6, 2)
-    (failure,) = body["failures"]
-    assert failure["column"] == "misfit_lora" and sorted(failure["rows"]) == ["angry", "neutral"]
-    assert "does not fit" in failure["error"]
+    assert (body["cells_total"], body["cells_done"], body["cells_failed"]) == (10, 6, 4)
+    misfit, cut = sorted(body["failures"], key=lambda f: f["column"], reverse=True)
+    assert misfit["column"] == "misfit_lora" and sorted(misfit["rows"]) == ["angry", "neutral"]
+    assert "does not fit" in misfit["error"]
+    assert cut["column"] == "cut_lora" and "truncated" in cut["error"]
     assert "notification sent to http://127.0.0.1" in log
 
 
