@@ -72,6 +72,7 @@ def test_run_makes_cells_and_grid_then_resumes_with_nothing_new(tmp_path, demo_c
     assert "plan: 2 rows x 3 columns = 6 cells" in result.output
     assert "grid: 1 grid page of " in result.output  # the grid's pixel size, known before generating
     assert "made 6, skipped 0 (already done), failed 0" in result.output
+    assert "6/6" in result.stderr and "img/s" in result.stderr  # the progress bar: done, rate, ETA
     grid = out / "grids" / "mini.png"
     assert f"grid: {grid}" in result.output and grid.is_file()
     assert f"database: {out / 'run.sqlite'}" in result.output

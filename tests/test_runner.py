@@ -269,3 +269,26 @@ def test_lora_weight_axis_scales_the_characters_lora(tmp_path):
     with Store.open_existing(tmp_path / "out") as store:
         images = [Image.open(tmp_path / "out" / c.file).tobytes() for c in sorted(store.cells(), key=lambda c: c.col_index)]
     assert len(set(images)) == 3  # each weight changes the picture
+
+
+def test_rows_of_a_column_go_through_the_engine_together(tmp_path, monkeypatch):
+    import expressiongrid.engine.generation as generation
+
+    calls = []
+    real = generation.generate
+
+    def recording(model, requests, *args, **kwargs):
+        calls.append([(r.prompt, r.seed) for r in requests])
+        return real(model, requests, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", recording)
+    study = _study(tmp_path, rows='"a", "b", "c", "d"', columns='axis = "CFG Scale"\nvalues = "5, 9"')
+    summary = run_study(load_study(study), tmp_path / "out", batch_size=8)
+    assert summary.made == 8
+    # no cost difference between the axes: A1111 nests rows outside columns, and the runner batches the
+    # whole plan of one model/character activation: all 8 images in one engine call
+    assert len(calls) == 1 and len(calls[0]) == 8
+    calls.clear()
+    run_study(load_study(_study(tmp_path, rows='"a", "b", "c", "d", "e"', columns='axis = "CFG Scale"\nvalues = "5, 9"',
+                                file="more.toml")), tmp_path / "out", batch_size=8)
+    assert [len(c) for c in calls] == [2]  # only the new row's two cells
