@@ -92,9 +92,13 @@ def test_a_b_a_is_bit_identical_and_base_weights_come_back(pipe, files):
     b = Character("b", "b", loras=[LoraRef(files["other"], 0.7, 0.7), LoraRef(files["unet_only"], 1.0, 1.0)])
     act = CharacterActivator(Loaded(pipe))
     act.prepare([a, b])
+    modules_before = [(name, id(m), type(m)) for name, m in pipe.unet.named_modules()]
     with act.activate(a):
         first = image(pipe, PROMPT)
         during = weights(pipe)
+        # written into the weights: no adapter layers, hooks or replaced modules (nothing runs per step)
+        assert [(name, id(m), type(m)) for name, m in pipe.unet.named_modules()] == modules_before
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in pipe.unet.modules())
     with act.activate(b):
         other = image(pipe, PROMPT)
     with act.activate(a):

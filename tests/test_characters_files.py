@@ -245,3 +245,10 @@ def test_a_file_that_is_not_a_pickle_is_called_corrupt_not_hostile(tmp_path):
     path.write_text("this is not a model")
     (problem,) = check_characters([Character("n", "n", embeddings=[EmbeddingRef(path, "nn")])])
     assert "corrupt" in problem and "refused" not in problem
+
+
+def test_a_folder_in_place_of_a_file_is_reported(tmp_path):
+    folder = tmp_path / "looks_like.safetensors"
+    folder.mkdir()
+    (problem,) = check_characters([Character("f", "f", loras=[LoraRef(folder)])])
+    assert "not a readable file" in problem and str(folder) in problem
