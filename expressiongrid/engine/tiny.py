@@ -166,9 +166,26 @@ def _seeded(seed: int):
 def build_text_encoder():
     from transformers import CLIPTextModel
 
+    import torch
+
     _seeded(TINY_SEED + 1)
     model = CLIPTextModel(text_encoder_config())
+    # A fresh LayerNorm has bias 0, so every output would have mean ~0 and A1111's "Original" emphasis
+    # (which rescales by the ratio of means) would divide rounding noise by rounding noise. Real CLIP's final
+    # norm has a clearly non-zero bias; give the tiny one a seeded one too.
+    norm = model.get_submodule(_final_norm_path(model))
+    with torch.no_grad():
+        norm.bias.copy_(0.5 + 0.2 * torch.randn(norm.bias.shape))
+        norm.weight.copy_(1.0 + 0.1 * torch.randn(norm.weight.shape))
     return model.eval()
+
+
+def _final_norm_path(model) -> str:
+    """Name of the text encoder's final LayerNorm (transformers 5 flattens CLIPTextModel; older ones do not)."""
+    names = [name for name, _ in model.named_modules() if name.endswith("final_layer_norm")]
+    if len(names) != 1:
+        raise RuntimeError(f"cannot find the final layer norm of {type(model).__name__}: {names}")
+    return names[0]
 
 
 def build_unet():
