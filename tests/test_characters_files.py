@@ -252,3 +252,33 @@ def test_a_folder_in_place_of_a_file_is_reported(tmp_path):
     folder.mkdir()
     (problem,) = check_characters([Character("f", "f", loras=[LoraRef(folder)])])
     assert "not a readable file" in problem and str(folder) in problem
+
+
+def _lora_keys(path, modules: dict[str, tuple[int, int]]):
+    from safetensors.torch import save_file
+
+    state = {}
+    for name, (out_f, in_f) in modules.items():
+        state[f"{name}.lora_down.weight"] = torch.zeros(2, in_f)
+        state[f"{name}.lora_up.weight"] = torch.zeros(out_f, 2)
+    save_file(state, str(path))
+    return path
+
+
+@pytest.mark.parametrize("modules, family", [
+    ({"lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k": (320, 768)}, None),  # SD1.5 with sgm names
+    ({"lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+      "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q": (640, 640)}, "SDXL"),
+    ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
+      "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k": (640, 2048)}, "SDXL"),
+    ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj": (1024, 1024)}, "SD 2.x"),
+    ({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (640, 640)}, "SDXL"),
+])
+def test_lora_family_from_names_and_widths(tmp_path, modules, family):
+    path = _lora_keys(tmp_path / "x.safetensors", modules)
+    problems = check_characters([Character("x", "x", loras=[LoraRef(path)])], family="sd15")
+    if family is None:
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert family in problem and "SD 1.5" in problem and str(path) in problem

@@ -183,24 +183,25 @@ FAMILY_NAMES = {"sd15": "SD 1.5", "sd2": "SD 2.x", "sdxl": "SDXL", "unknown": "u
 def detect_family(layout: LoraLayout, shapes: dict[str, tuple]) -> tuple[str, int | None, str]:
     """``(family, text_width, reason)``: the model family the LoRA was trained for, from names and shapes."""
     names = [m.name for m in layout.modules]
-    if any(m.target == "te2" for m in layout.modules):
-        return "sdxl", None, "it has modules for a second text encoder (lora_te2 / text_encoder_2)"
-    if any(("input_blocks" in n or "output_blocks" in n or "middle_block" in n) for n in names if n):
-        return "sdxl", None, "it names UNet blocks the way kohya does for SDXL (input_blocks/output_blocks)"
+    if any(m.target == "te2" or m.name.startswith("lora_te1_") for m in layout.modules):
+        return "sdxl", None, "it has modules for SDXL's two text encoders (lora_te1/lora_te2/text_encoder_2)"
     if any("add_embedding" in n or "label_emb" in n for n in names):
         return "sdxl", None, "it adapts SDXL's added-conditioning embedding"
-    width = None
+    unet_width = te_width = None  # the UNet's cross-attention input is the most telling width
     for m in layout.modules:
         down = shapes.get(m.keys["down"])
         if down is None or len(down) < 2:
             continue
-        if m.target == "unet" and re.search(r"attn2[._]to_[kv]$", m.name):
-            width = down[1]
-            break
-        if m.target == "te" and re.search(r"(q_proj|k_proj|v_proj)$", m.name):
-            width = down[1]
-            break
+        if m.target == "unet" and unet_width is None and re.search(r"attn2[._]to_[kv]$", m.name):
+            unet_width = down[1]
+        if m.target == "te" and te_width is None and re.search(r"(q_proj|k_proj|v_proj)$", m.name):
+            te_width = down[1]
+    width = unet_width if unet_width is not None else te_width
     if width is None:
+        # Block names alone are weaker evidence than widths: kohya uses sgm names for SDXL, but a few SD1.5
+        # tools do too, so they decide only when nothing can be measured.
+        if any(("input_blocks" in n or "output_blocks" in n or "middle_block" in n) for n in names):
+            return "sdxl", None, "it names UNet blocks the way kohya does for SDXL (input_blocks/output_blocks)"
         return "unknown", None, "no cross-attention or text-encoder attention module to measure"
     family = FAMILY_BY_CONTEXT_WIDTH.get(width, "unknown")
     note = " (the built-in tiny model, SD1.5-shaped)" if width == 32 else ""
