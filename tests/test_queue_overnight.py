@@ -19,7 +19,7 @@ def _queue(*args: str, env: dict) -> subprocess.CompletedProcess:
 def test_queue_survives_a_kill_resumes_the_interrupted_study_and_records_outcomes(tmp_path):
     characters = demo_characters(tmp_path)
     make_misfit_lora(characters)
-    good = write_study(tmp_path, "good", characters, files=("demo-lora.toml",), rows=("neutral", "smiling"),
+    good = write_study(tmp_path, "good", characters, files=("demo-embedding.toml",), rows=("neutral", "smiling"),
                        batch_size=1)
     partial = write_study(tmp_path, "partial", characters, files=("misfit_lora.safetensors",), rows=("neutral",))
     env = cli_env(EXPRESSIONGRID_HOME=str(tmp_path / "home"))
