@@ -81,7 +81,8 @@ def build_sd15_random(dtype, device):
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=build_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.to(device=device, dtype=dtype)
+    for part in (unet, vae, text_encoder):
+        part.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe=pipe, name="sd15-random", hash=None, vae_name=None, vae_hash=None, family="sd15",
                        device=device, dtype=dtype, spec=ModelSpec("sd15-random"))
@@ -238,9 +239,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     from expressiongrid.engine import ModelSpec, load_model
     from expressiongrid.engine.loading import pick_device, torch_dtype
+
+    # The stock pipeline warns about the disabled safety checker on every LoRA load: keep the report readable.
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
 
     device = pick_device(args.device)
     dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
