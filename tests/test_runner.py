@@ -292,3 +292,44 @@ def test_rows_of_a_column_go_through_the_engine_together(tmp_path, monkeypatch):
     run_study(load_study(_study(tmp_path, rows='"a", "b", "c", "d", "e"', columns='axis = "CFG Scale"\nvalues = "5, 9"',
                                 file="more.toml")), tmp_path / "out", batch_size=8)
     assert [len(c) for c in calls] == [2]  # only the new row's two cells
+
+
+def test_an_unexpected_engine_error_fails_only_that_column(tmp_path, monkeypatch):
+    import expressiongrid.engine.generation as generation
+
+    real = generation.generate
+
+    def flaky(model, requests, *args, **kwargs):
+        if any("tall" in r.prompt for r in requests):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (77x32 and 64x32)")
+        return real(model, requests, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", flaky)
+    chars = tmp_path / "chars"
+    chars.mkdir()
+    (chars / "plain.toml").write_text('label = "plain"\ntext = "a plain woman"\n')
+    (chars / "tall.toml").write_text('label = "tall"\ntext = "a tall woman"\n')
+    study = _write(tmp_path, """
+        [sampling]
+        steps = 2
+        width = 64
+        height = 64
+        [prompt]
+        positive = "{expression}, {character}"
+        reference = "1girl"
+        [rows]
+        axis = "expressions"
+        items = ["a", "b"]
+        [columns]
+        axis = "characters"
+        reference = true
+        files = ["chars/plain.toml", "chars/tall.toml"]
+    """)
+    summary = run_study(load_study(study), tmp_path / "out")
+    assert (summary.made, summary.failed, summary.exit_code) == (4, 2, 1)
+    assert {f.col_label for f in summary.failures} == {"tall"}
+    assert all("RuntimeError: mat1 and mat2" in f.error for f in summary.failures)
+    assert summary.grids  # the grid is still composed, the failed column marked
+    with Store.open_existing(tmp_path / "out") as store:
+        assert store.runs()[-1].status == "incomplete"
+        assert {c.col_label for c in store.cells("failed")} == {"tall"}

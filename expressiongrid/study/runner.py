@@ -168,7 +168,7 @@ def run_study(
 
 
 def _groups(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
-    """Consecutive runs of cells sharing a model and a character activation, in plan order."""
+    """Cells grouped by model and character activation, groups in order of first appearance in the plan."""
     order: dict[tuple, list[PlannedCell]] = {}
     for cell in cells:
         order.setdefault(cell.activation_group(), []).append(cell)
@@ -263,10 +263,13 @@ def _run_column(store, run_id, model, activator, cells: list[PlannedCell], summa
             for start in range(0, len(cells), chunk):
                 batch = cells[start:start + chunk]
                 _run_batch(store, run_id, model, active, batch, summary, report, state, label)
-    except ExpressionGridError as exc:
-        # The character (or its activation) is broken: fail what is left of its column, keep going.
+    except Exception as exc:  # noqa: BLE001 - one column's fault must not end an overnight run
+        # The character, its activation or the engine failed on this column: fail what is left of it,
+        # record why, keep going. Unexpected errors keep their type so a bug report can name them.
+        why = str(exc) if isinstance(exc, ExpressionGridError) else f"{type(exc).__name__}: {exc}"
         left = [c for c in cells if store.cell(c.key).status == "pending"]
-        _fail(store, run_id, left, f"character {label!r}: {exc}", summary)
+        _fail(store, run_id, left, f"character {label!r}: {why}" if first.spec.character is not None else why,
+              summary)
         state["done"] += len(left)
         report(None)
 
