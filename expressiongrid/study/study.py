@@ -185,7 +185,7 @@ _KNOWN_KEYS = {
     "sampling": {"sampler", "steps", "cfg_scale", "width", "height", "seed", "seed_policy", "vary",
                  "seeds_per_cell", "noise_source", "batch_size"},
     "prompt": {"positive", "negative", "reference"},
-    "axis": {"axis", "set", "only", "items", "values", "files", "reference", "reference_label", "label"},
+    "axis": {"axis", "set", "only", "items", "values", "files", "reference", "reference_label"},
     "output": {"dir", "title", "grid_formats", "upload_copy", "margin", "max_cells_per_page"},
 }
 
