@@ -333,3 +333,18 @@ def test_an_unexpected_engine_error_fails_only_that_column(tmp_path, monkeypatch
     with Store.open_existing(tmp_path / "out") as store:
         assert store.runs()[-1].status == "incomplete"
         assert {c.col_label for c in store.cells("failed")} == {"tall"}
+
+
+def test_random_seed_is_kept_when_the_run_is_resumed(tmp_path):
+    study = _study(tmp_path, sampling="", rows='"a", "b"')
+    study.write_text(study.read_text().replace("seed = 5", "seed = -1"))
+    first = run_study(load_study(study), tmp_path / "out")
+    with Store.open_existing(tmp_path / "out") as store:
+        seed = store.study_info()["base_seed"]
+        assert {c.seed for c in store.cells()} == {seed}
+    again = run_study(load_study(study), tmp_path / "out")  # e.g. after a crash: same grid, nothing new
+    assert (first.made, again.made, again.skipped) == (2, 0, 2)
+    elsewhere = run_study(load_study(study), tmp_path / "other")
+    with Store.open_existing(tmp_path / "other") as store:
+        assert store.study_info()["base_seed"] != seed  # a new folder draws a new seed, as A1111 does
+    assert elsewhere.made == 2

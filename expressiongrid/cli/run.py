@@ -86,8 +86,9 @@ class _Bar:
 def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
              xyz: bool = False, notify_url: str | None = None) -> None:
     from expressiongrid.study.plan import plan as make_plan
+    from expressiongrid.study.runner import previous_random_seed
 
-    plan = make_plan(study)
+    plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
     _describe(plan, out_dir, xyz=xyz)
     labels = {v.id: v.label for v in study.columns.values}
     for char_id, problems in study.column_problems.items():

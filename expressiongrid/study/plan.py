@@ -171,10 +171,14 @@ def cell_order(nx: int, ny: int, nz: int, order: tuple[str, str, str]) -> list[t
 # ----------------------------------------------------------------------------------------------------
 
 
-def plan(study: Study, *, rng: random.Random | None = None) -> Plan:
-    """Resolve every cell of ``study``; ``StudyError`` lists every cell that cannot be made."""
+def plan(study: Study, *, rng: random.Random | None = None, random_seed: int | None = None) -> Plan:
+    """Resolve every cell of ``study``; ``StudyError`` lists every cell that cannot be made.
+
+    With ``seed = -1`` a random seed is drawn, unless ``random_seed`` gives the one an earlier run of this
+    study drew (``runner.previous_random_seed``), so a resumed run continues the same grid.
+    """
     s = study.sampling
-    base_seed = resolve_base_seed(s.seed, rng)
+    base_seed = random_seed if (s.seed == -1 and random_seed is not None) else resolve_base_seed(s.seed, rng)
     x, y = study.columns, study.rows
     z = study.pages or Axis("Nothing", [AxisValue("0", "", None)])
     order = loop_order(x.cost, y.cost, z.cost)

@@ -21,6 +21,7 @@ accelerate process' share; ``compose=False`` skips the grids so the last process
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -105,6 +106,24 @@ def run_info(p: Plan) -> dict:
     return info
 
 
+def previous_random_seed(out_dir: str | Path, study: Study) -> int | None:
+    """The seed an earlier run of this study in ``out_dir`` drew for ``seed = -1`` (None if there is none).
+
+    Resuming a crashed run must not draw a new random seed: the grid would mix two seeds.
+    """
+    from expressiongrid.study.store import DB_NAME
+
+    if study.sampling.seed != -1 or not (Path(out_dir) / DB_NAME).is_file():
+        return None
+    with Store.open_existing(out_dir) as store:
+        for record in reversed(store.runs()):
+            row = store.connection.execute("SELECT study_json FROM runs WHERE id = ?", (record.id,)).fetchone()
+            info = json.loads(row[0])
+            if info.get("name") == study.name and info.get("sampling", {}).get("seed") == -1:
+                return info.get("base_seed")
+    return None
+
+
 def run_study(
     study: Study,
     out_dir: str | Path,
@@ -126,7 +145,7 @@ def run_study(
     others start writing); ``on_ready`` is called once the plan is registered, before any cell is made.
     """
     started = time.monotonic()
-    p = plan if plan is not None else make_plan(study)
+    p = plan if plan is not None else make_plan(study, random_seed=previous_random_seed(out_dir, study))
     store = Store(out_dir)
     try:
         repaired = store.reconcile() if repair else {}
