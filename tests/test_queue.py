@@ -245,3 +245,75 @@ def test_retry_puts_a_finished_entry_back(tmp_path, home):
     assert result.exit_code == 0
     assert q.get(e.id).state == "queued"
     assert q.next_unfinished().id == e.id
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _gone(pid: int, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # exited, waiting to be reaped by its (dead) parent's successor
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the study's process")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_queue_runner_stops_its_study_too(tmp_path, home, how):
+    # A study long enough (about 100 model calls) to be stopped in the middle of its generation, when it
+    # prints nothing (an orphan would only notice its dead parent at its next line of output).
+    study = tmp_path / "long.toml"
+    study.write_text(_VALID_STUDY.format(name="long").replace("steps = 2", "steps = 30")
+                     .replace('["neutral", "smiling"]', '["neutral", "smiling", "angry", "sad"]')
+                     .replace("seed = 1", "seed = 1\nbatch_size = 1"))
+    q = StudyQueue()
+    out = tmp_path / "out"
+    entry = q.add(study, out_dir=out)
+    env = {**os.environ, "EXPRESSIONGRID_HOME": str(home), "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
+    runner = subprocess.Popen([sys.executable, "-m", "expressiongrid", "queue", "run"], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while _done_cells(out) < 1:
+            assert runner.poll() is None and time.monotonic() < deadline, "the study never started making cells"
+            time.sleep(0.02)
+        (child,) = _children(runner.pid)
+        runner.send_signal(how)
+        runner.wait(timeout=60)
+        # An orphaned study would keep writing while the next `queue run` starts it again.
+        assert _gone(child, timeout=3), "the study kept running after its queue runner was stopped"
+        stopped_at = _done_cells(out)
+        time.sleep(1)
+        assert _done_cells(out) == stopped_at < 8
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL) if runner.poll() is None else None
+    assert q.get(entry.id).state == "running"  # interrupted: the next `queue run` resumes it
+    assert not q.runner_active()
+
+
+def _done_cells(out: Path) -> int:
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{out / 'run.sqlite'}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0

@@ -17,6 +17,7 @@ instead of running the same study twice on the same GPU.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -346,23 +347,76 @@ def _store_report(out_dir: str | None) -> dict | None:
         return None
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the study child gets SIGTERM if the queue runner dies, even by SIGKILL.
+
+    Otherwise an orphaned study would go on writing while the next `queue run` (the lock is free again)
+    starts the same study into the same folder.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def execute_entry(entry: QueueEntry, echo: Callable[[str], None] | None = None,
                   env: dict[str, str] | None = None) -> tuple[int, list[str]]:
-    """Run one entry as a child process, passing its output through `echo`; returns (exit code, last lines)."""
+    """Run one entry as a child process, passing its output through `echo`; returns (exit code, last lines).
+
+    If the queue runner is stopped (Ctrl-C, SIGTERM), the child is stopped too, gently first (SIGINT, so it
+    records the run as interrupted), and the entry stays "running" for the next `queue run` to resume.
+    """
     tail: list[str] = []
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     proc = subprocess.Popen(
         run_command(entry), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         encoding="utf-8", errors="replace", env=child_env,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     assert proc.stdout is not None
-    for line in proc.stdout:
-        if echo is not None:
-            echo(line.rstrip("\n"))
-        tail.append(line.rstrip("\n"))
-        del tail[:-40]
-    return proc.wait(), tail
+    try:
+        for line in proc.stdout:
+            if echo is not None:
+                echo(line.rstrip("\n"))
+            tail.append(line.rstrip("\n"))
+            del tail[:-40]
+        return proc.wait(), tail
+    except BaseException:
+        _stop(proc)
+        raise
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd stop, `kill`) unwinds like Ctrl-C, so the running study is stopped cleanly."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_queue(queue: StudyQueue, *, execute: Callable[[QueueEntry], tuple[int, list[str]]] = execute_entry,
@@ -375,7 +429,7 @@ def run_queue(queue: StudyQueue, *, execute: Callable[[QueueEntry], tuple[int, l
     A study that fails does not stop the queue: its state says why and the next study starts.
     """
     results: list[QueueRunResult] = []
-    with queue.runner_lock():
+    with queue.runner_lock(), _sigterm_as_interrupt():
         while max_entries is None or len(results) < max_entries:
             entry = queue.next_unfinished()
             if entry is None:
