@@ -122,3 +122,42 @@ def test_only_http_urls_are_accepted(caplog):
         assert notify("file:///etc/passwd", SUMMARY) is False
     assert check_url("https://ntfy.sh/topic") == "https://ntfy.sh/topic"
     assert safe_url("https://user:pw@hooks.example.com:8443/a/b?token=x") == "https://hooks.example.com:8443/a/b"
+
+
+_STUDY = """
+name = "crashy"
+[sampling]
+steps = 2
+width = 64
+height = 64
+seed = 1
+[prompt]
+positive = "a photo of a woman, {expression}"
+[rows]
+axis = "expressions"
+values = ["neutral", "smiling"]
+[columns]
+axis = "CFG Scale"
+values = "5,7"
+"""
+
+
+def test_a_run_that_dies_still_notifies_and_logs_why(tmp_path, monkeypatch):
+    import expressiongrid.study.runner as runner
+    from expressiongrid.study.distributed import run_launched
+    from expressiongrid.study.study import load_study
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(runner, "run_study", crash)
+    (tmp_path / "crashy.toml").write_text(_STUDY)
+    study = load_study(tmp_path / "crashy.toml")
+    with _Server() as server:
+        with pytest.raises(RuntimeError):
+            run_launched(study, tmp_path / "out", notify_url=server.url)
+    body = json.loads(server.requests[0]["body"])
+    assert body["status"] == "failed" and body["exit_code"] == 1 and body["study"] == "crashy"
+    assert "illegal memory access" in body["message"]
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "run stopped by RuntimeError: CUDA error" in log and "notification sent" in log

@@ -263,6 +263,9 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
                 if composed:
                     log.info("last process to finish: composing the grids")
                     summary.grids, summary.upload_copies = compose_grids(out_dir)
+            repaired = {k: v for k, v in summary.repaired.items() if v}
+            if repaired:
+                log.warning("repaired before the run (left by an interrupted run): %s", repaired)
             for failure in summary.failures:
                 log.failure("cell %s / %s failed: %s", failure.col_label, failure.row_label, failure.error)
             if composed:
