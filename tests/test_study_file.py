@@ -121,6 +121,14 @@ def test_problems_found_before_any_model_loads(tmp_path, monkeypatch):
         load_study(path)
 
 
+def test_prompt_syntax_a1111_rejects_is_a_study_problem(tmp_path):
+    path = _tiny_study(tmp_path)
+    path.write_text(path.read_text().replace("RAW photo", "(RAW photo:1.2.3)"))
+    with pytest.raises(StudyError) as err:
+        load_study(path)
+    assert "prompt.positive" in err.value.problems[0] and "1.2.3" in err.value.problems[0]
+
+
 def test_placeholder_must_match_axes(tmp_path):
     path = _write(tmp_path, """
         [prompt]

@@ -710,11 +710,16 @@ def _check_prompts(prompt: str, negative: str, sampling: Sampling, problems: _Pr
     filled = _PLACEHOLDER_RE.sub("x", prompt)
     for key, text in (("prompt.positive", filled), ("prompt.negative", _PLACEHOLDER_RE.sub("x", negative))):
         try:
-            explain(text, sampling.steps, sampling.sampler)
+            explanation = explain(text, sampling.steps, sampling.sampler)
         except ExpressionGridError as exc:
             problems.add(key, str(exc))
+            continue
         except Exception:  # a bug in the checker must not hide the other problems
-            pass
+            continue
+        for warning in getattr(explanation, "warnings", []):
+            # A1111 raises on these at generation time (every cell would fail): refuse now.
+            if getattr(warning, "kind", "") == "syntax-error":
+                problems.add(key, str(warning))
 
 
 def _check_characters(axes: dict, model: ModelConfig, problems: _Problems,
