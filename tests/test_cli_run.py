@@ -317,3 +317,27 @@ def test_xyz_with_expression_and_character_axes(tmp_path, demo_chars):
                                            ("demo embedding", "smiling"), ("demo embedding", "sad")]
     assert rows[0][2].endswith("lips: smiling: 0.2], RAW photo, 1girl")
     assert "TI hashes" in _rows(out, "SELECT parameters FROM cells WHERE col_index = 1")[0][0]
+
+
+def test_cells_and_grid_link_civitai_resources(tmp_path, demo_chars):
+    import shutil
+
+    from expressiongrid.output.images import read_parameters
+    from expressiongrid.output.infotext import parse_parameters
+
+    chars = tmp_path / "chars"
+    shutil.copytree(demo_chars, chars)
+    lora_toml = chars / "demo-lora.toml"
+    lora_toml.write_text(lora_toml.read_text() + "\n[source]\ncivitai = 4242\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(_study(tmp_path, chars)), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (params,) = _rows(out, "SELECT parameters FROM cells WHERE col_label = 'demo LoRA' LIMIT 1")[0:1]
+    cell = parse_parameters(params[0])
+    assert cell["Civitai resources"] == [{"type": "lora", "weight": 1.0, "modelVersionId": 4242}]
+    assert set(cell["Hashes"]) == {"lora:demo_lora"}
+    grid = parse_parameters(read_parameters(out / "grids" / "mini.png"))
+    assert grid["Civitai resources"] == [{"type": "lora", "weight": 1.0, "modelVersionId": 4242}]
+    assert set(grid["Hashes"]) == {"lora:demo_lora", "embed:demoface"}  # every resource of the grid
+    upload = parse_parameters(read_parameters(out / "grids" / "mini.upload.jpg"))  # EXIF UserComment
+    assert upload["Hashes"] == grid["Hashes"]

@@ -484,7 +484,10 @@ def _grid_parameters(info, records, positions, page_index, format_parameters, gr
     first = done[0]
     parsed = [parse_parameters(c.parameters) for c in done]
     hashes = merge_hashes(*[p.get("Hashes") if isinstance(p.get("Hashes"), dict) else None for p in parsed])
-    from expressiongrid.output.infotext import parse_name_hashes
+    from expressiongrid.output.infotext import merge_civitai_resources, parse_name_hashes
+
+    resources = merge_civitai_resources(*[p.get("Civitai resources") if isinstance(p.get("Civitai resources"), list)
+                                          else None for p in parsed])
 
     def names(value) -> dict:
         return value if isinstance(value, dict) else parse_name_hashes(value) if value else {}
@@ -507,5 +510,6 @@ def _grid_parameters(info, records, positions, page_index, format_parameters, gr
         model_hash=p0.get("Model hash"), model=p0.get("Model"), vae_hash=p0.get("VAE hash"), vae=p0.get("VAE"),
         clip_skip=int(p0.get("Clip skip", 1) or 1), rng=p0.get("RNG") if p0.get("RNG") != "GPU" else None,
         lora_hashes=lora or None, ti_hashes=ti or None, hashes=hashes or None,
+        civitai_resources=resources or None,
         extra=grid_axes_params(axes),
     )
