@@ -56,8 +56,9 @@ def _study(tmp_path, *, name="t", steps=2, sampling="", rows='"smiling", "sad"',
 
 
 def test_sigkill_mid_run_leaves_only_complete_done_cells_and_resumes(tmp_path):
-    rows = ", ".join(f'"expression {i}"' for i in range(8))
-    study = _study(tmp_path, steps=12, rows=rows)
+    n = 16  # enough work (batch 1, 30 steps each) that the kill lands mid-run even on a fast machine
+    rows = ", ".join(f'"expression {i}"' for i in range(n))
+    study = _study(tmp_path, steps=30, rows=rows)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "expressiongrid", "run", str(study), "--out", str(out),
@@ -82,16 +83,16 @@ def test_sigkill_mid_run_leaves_only_complete_done_cells_and_resumes(tmp_path):
     with Store.open_existing(out) as store:
         cells = store.cells()
         done_cells = [c for c in cells if c.status == "done"]
-        assert 2 <= len(done_cells) < 8
+        assert 2 <= len(done_cells) < n
         assert all(is_complete_png(out / c.file) for c in done_cells)  # done means a complete file
         assert store.runs()[-1].status == "running"  # killed: it never got to record an end
 
     summary = run_study(load_study(study), out)
     assert summary.skipped == len(done_cells)
-    assert summary.made == 8 - len(done_cells)
+    assert summary.made == n - len(done_cells)
     assert summary.failed == 0
     with Store.open_existing(out) as store:
-        assert store.counts() == {"pending": 0, "done": 8, "failed": 0}
+        assert store.counts() == {"pending": 0, "done": n, "failed": 0}
         for c in store.cells():
             with Image.open(out / c.file) as im:
                 im.load()
