@@ -131,10 +131,7 @@ class CharacterActivator:
 
         for b in bound:  # factors live beside their layer, in float32: deltas are summed before one cast
             dev = b.layer.weight.device
-            b.module.down = b.module.down.to(dev, torch.float32)
-            b.module.up = b.module.up.to(dev, torch.float32)
-            if b.module.mid is not None:
-                b.module.mid = b.module.mid.to(dev, torch.float32)
+            b.module.set_tensors({k: v.to(dev, torch.float32) for k, v in b.module.tensors().items()})
         return bound
 
     def _load_lora(self, path: Path) -> None:

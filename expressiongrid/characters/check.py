@@ -205,7 +205,7 @@ def inspect_file(path: str | Path) -> dict:
         "family_reason": info["family_reason"],
     }
     if info["kind"] == "lora":
-        from expressiongrid.characters.lora import load_lora
+        from expressiongrid.characters.lora import delta_shape, load_lora
 
         lora = load_lora(path)
         ranks = sorted({m.rank for m in lora.modules})
@@ -215,8 +215,11 @@ def inspect_file(path: str | Path) -> dict:
         out["modules"] = {
             "unet": sum(m.target == "unet" for m in lora.modules),
             "text_encoder": sum(m.target != "unet" for m in lora.modules),
-            "conv": sum(m.down.dim() == 4 and tuple(m.down.shape[2:]) != (1, 1) for m in lora.modules),
+            "conv": sum(len(s) == 4 and s[2:] != (1, 1) for s in (delta_shape(m) for m in lora.modules)),
         }
+        kinds = sorted({m.kind for m in lora.modules})
+        if kinds != ["lora"]:
+            out["format"] = f"{info['format']} ({', '.join({'lora': 'LoRA', 'loha': 'LoHa', 'lokr': 'LoKr'}[k] for k in kinds)})"
         out["rank"] = ranks[0] if len(ranks) == 1 else ranks
         out["alpha"] = (known[0] if len(known) == 1 else known) if known else None
         out["alphas_vary"] = len(known) > 1 or (bool(known) and None in alphas)

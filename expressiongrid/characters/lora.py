@@ -11,8 +11,9 @@ Layouts (``format`` values):
 - ``peft``: ``base_model.model.<path>.lora_A.weight`` with ``adapter_config.json`` beside the file.
 
 Scale per module is ``alpha / rank`` (peft ``use_rslora``: ``alpha / sqrt(rank)``); a module with no alpha has
-scale 1, as in kohya and A1111. LoHa, LoKr, DoRA and full-weight-difference modules are refused with a clear
-"not supported yet" error rather than silently skipped.
+scale 1, as in kohya and A1111. LyCORIS LoHa (``hada_*``) and LoKr (``lokr_*``, incl. Tucker cores) work with
+LyCORIS's formulas and scale ``alpha / dim``; DoRA, OFT and full-weight-difference modules are refused with a
+clear "not supported yet" error rather than silently skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from expressiongrid.errors import CharacterError
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _KOHYA_LORA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha"}
+# LyCORIS LoHa (Hadamard product of two low-rank products) and LoKr (Kronecker product) tensors.
+_LYCORIS_PARTS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+                  "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
 
 # diffusers spellings of the two LoRA matrices, longest first so ".lora.down" is not read as "_lora.down".
 _DIFFUSERS_SUFFIXES = [
@@ -62,7 +66,7 @@ class LoraLayout:
 def _unsupported(path, kind: str, example: str) -> CharacterError:
     return CharacterError(
         f"{path}: {kind} modules (e.g. {example!r}) are not supported yet; only LoRA/LoCon "
-        "(lora_down/lora_up, lora_A/lora_B) files can be used as characters"
+        "(lora_down/lora_up, lora_A/lora_B), LoHa and LoKr files can be used as characters"
     )
 
 
@@ -85,15 +89,11 @@ def _parse_kohya(keys, path) -> LoraLayout:
         stem, _, part = key.partition(".")
         if not stem.startswith(KOHYA_PREFIXES):
             raise CharacterError(f"{path}: unexpected key {key!r} in a kohya-style LoRA")
-        if part.startswith("hada_"):
-            raise _unsupported(path, "LoHa (LyCORIS hada_*)", key)
-        if part.startswith("lokr_"):
-            raise _unsupported(path, "LoKr (LyCORIS lokr_*)", key)
         if part == "dora_scale":
             raise _unsupported(path, "DoRA (dora_scale)", key)
         if part.startswith(("diff", "w_norm", "b_norm", "oft_", "on_input")):
             raise _unsupported(path, "full-difference/norm/OFT", key)
-        role = _KOHYA_LORA_PARTS.get(part)
+        role = _KOHYA_LORA_PARTS.get(part) or (part if part in _LYCORIS_PARTS else None)
         if role is None:
             raise CharacterError(f"{path}: unrecognised LoRA key {key!r}")
         if stem.startswith("lora_unet_"):
@@ -161,13 +161,34 @@ def _parse_dotted(keys, path) -> LoraLayout:
     return LoraLayout(fmt, _complete(modules, path))
 
 
+def module_kind(keys) -> str:
+    """"lora", "loha" or "lokr" from the tensor roles a module has."""
+    if any(k.startswith("hada_") for k in keys):
+        return "loha"
+    if any(k.startswith("lokr_") for k in keys):
+        return "lokr"
+    return "lora"
+
+
+def _is_complete(keys) -> bool:
+    kind = module_kind(keys)
+    if kind == "loha":
+        return {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= set(keys)
+    if kind == "lokr":
+        has1 = "lokr_w1" in keys or {"lokr_w1_a", "lokr_w1_b"} <= set(keys)
+        has2 = "lokr_w2" in keys or {"lokr_w2_a", "lokr_w2_b"} <= set(keys)
+        return has1 and has2
+    return "down" in keys and "up" in keys
+
+
 def _complete(modules: dict, path) -> list[LoraModuleSpec]:
     out = []
     for spec in modules.values():
-        if "down" not in spec.keys or "up" not in spec.keys:
+        if not _is_complete(spec.keys):
             if set(spec.keys) == {"alpha"}:
                 continue  # an alpha without weights changes nothing (some trainers leave them behind)
-            raise CharacterError(f"{path}: module {spec.name!r} lacks its down or up matrix; the file is incomplete")
+            raise CharacterError(f"{path}: module {spec.name!r} lacks some of its matrices "
+                                 f"(has {', '.join(sorted(spec.keys))}); the file is incomplete")
         out.append(spec)
     if not out:
         raise CharacterError(f"{path}: no LoRA modules found")
@@ -189,7 +210,7 @@ def detect_family(layout: LoraLayout, shapes: dict[str, tuple]) -> tuple[str, in
         return "sdxl", None, "it adapts SDXL's added-conditioning embedding"
     unet_width = te_width = None  # the UNet's cross-attention input is the most telling width
     for m in layout.modules:
-        down = shapes.get(m.keys["down"])
+        down = _input_shape(m, shapes)
         if down is None or len(down) < 2:
             continue
         if m.target == "unet" and unet_width is None and re.search(r"attn2[._]to_[kv]$", m.name):
@@ -208,6 +229,20 @@ def detect_family(layout: LoraLayout, shapes: dict[str, tuple]) -> tuple[str, in
     return family, width, f"text width {width}{note}"
 
 
+def _input_shape(spec: LoraModuleSpec, shapes: dict) -> tuple | None:
+    """``(rank, in_features, ...)``-like shape whose second entry is the layer's input width."""
+    keys = spec.keys
+    if "down" in keys:
+        return shapes.get(keys["down"])
+    if "hada_w1_b" in keys:
+        return shapes.get(keys["hada_w1_b"])
+    w1 = shapes.get(keys.get("lokr_w1", "")) or shapes.get(keys.get("lokr_w1_b", ""))
+    w2 = shapes.get(keys.get("lokr_w2", "")) or shapes.get(keys.get("lokr_w2_b", ""))
+    if w1 and w2 and len(w1) >= 2 and len(w2) >= 2:
+        return (0, w1[1] * w2[1])
+    return None
+
+
 # --- tensors -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -224,6 +259,23 @@ class LoraModule:
     rank: int
     scale: float
     converted: str | None = None  # "unet:<path>"/"te:<path>" from diffusers' kohya converter, if it could
+    kind: str = "lora"  # "lora" (incl. LoCon), "loha" or "lokr"
+    factors: dict = field(default_factory=dict)  # LoHa/LoKr tensors by role (hada_w1_a, lokr_w1, ...)
+
+    def tensors(self) -> dict:
+        """Every tensor of the module by role (for moving them to the model's device)."""
+        out = dict(self.factors)
+        for role in ("down", "up", "mid"):
+            if getattr(self, role) is not None:
+                out[role] = getattr(self, role)
+        return out
+
+    def set_tensors(self, tensors: dict) -> None:
+        for role, value in tensors.items():
+            if role in ("down", "up", "mid"):
+                setattr(self, role, value)
+            else:
+                self.factors[role] = value
 
 
 def diffusers_module_paths(tensors: dict, layout: LoraLayout) -> dict[str, str]:
@@ -240,8 +292,8 @@ def diffusers_module_paths(tensors: dict, layout: LoraLayout) -> dict[str, str]:
     owner: dict[int, str] = {}
     subset = {}
     for spec in layout.modules:
-        if spec.target not in ("unet", "te") or "mid" in spec.keys:
-            continue  # the converter knows no lora_mid (Tucker) keys
+        if spec.target not in ("unet", "te") or "mid" in spec.keys or "down" not in spec.keys:
+            continue  # the converter knows only plain lora_down/lora_up (no lora_mid, LoHa, LoKr)
         for role in ("down", "up"):
             key = spec.keys[role]
             subset[key] = tensors[key]
@@ -318,6 +370,10 @@ def load_lora(path: str | Path) -> LoraFile:
     converted = diffusers_module_paths(tensors, layout) if layout.format == "kohya" else {}
     modules = []
     for spec in layout.modules:
+        kind = module_kind(spec.keys)
+        if kind != "lora":
+            modules.append(_lycoris_module(spec, kind, tensors, converted))
+            continue
         down = tensors[spec.keys["down"]]
         up = tensors[spec.keys["up"]]
         mid = tensors.get(spec.keys.get("mid", ""))
@@ -350,8 +406,67 @@ def load_lora(path: str | Path) -> LoraFile:
     return LoraFile(path, layout.format, modules, metadata, family, width)
 
 
+def _lycoris_module(spec: LoraModuleSpec, kind: str, tensors: dict, converted: dict) -> LoraModule:
+    """A LoHa/LoKr module; scale = alpha / dim as in LyCORIS (dim: the rank of the first low-rank pair)."""
+    factors = {role: tensors[key] for role, key in spec.keys.items() if role != "alpha"}
+    if kind == "loha":
+        dim = int(factors["hada_w1_b"].shape[0])
+    else:
+        b = factors.get("lokr_w1_b", factors.get("lokr_w2_b"))
+        dim = int(b.shape[0]) if b is not None else 0
+    alpha = float(tensors[spec.keys["alpha"]].float().item()) if "alpha" in spec.keys else None
+    scale = alpha / dim if alpha and dim else 1.0
+    return LoraModule(spec.target, spec.name, spec.dotted, None, None, None, alpha, dim, scale,
+                      converted.get(spec.name), kind, factors)
+
+
+def _cp_weight(t, wa, wb):
+    """LyCORIS's Tucker rebuild: core ``t`` [r, r, kh, kw] between ``wa`` [r, out] and ``wb`` [r, in]."""
+    import torch
+
+    temp = torch.einsum("ijkl,jr->irkl", t, wb)
+    return torch.einsum("ijkl,ir->rjkl", temp, wa)
+
+
+def _loha_parts(f: dict):
+    """The two full-size products whose elementwise product is the LoHa weight change."""
+    out = []
+    for i in ("1", "2"):
+        a, b, t = f[f"hada_w{i}_a"].float(), f[f"hada_w{i}_b"].float(), f.get(f"hada_t{i}")
+        if t is not None:
+            out.append(_cp_weight(t.float(), a, b))
+        else:
+            out.append((a.reshape(a.shape[0], -1) @ b.reshape(b.shape[0], -1)).reshape(a.shape[0], *b.shape[1:]))
+    return out
+
+
+def _lokr_parts(f: dict):
+    w1 = f["lokr_w1"].float() if "lokr_w1" in f else f["lokr_w1_a"].float() @ f["lokr_w1_b"].float()
+    if "lokr_w2" in f:
+        w2 = f["lokr_w2"].float()
+    elif "lokr_t2" in f:
+        w2 = _cp_weight(f["lokr_t2"].float(), f["lokr_w2_a"].float(), f["lokr_w2_b"].float())
+    else:
+        a, b = f["lokr_w2_a"].float(), f["lokr_w2_b"].float()
+        w2 = (a.reshape(a.shape[0], -1) @ b.reshape(b.shape[0], -1)).reshape(a.shape[0], *b.shape[1:])
+    return w1, w2
+
+
 def delta_shape(module: LoraModule) -> tuple[int, ...]:
     """The shape of ``lora_delta`` before reshaping, from the factors' shapes alone (no arithmetic)."""
+    f = module.factors
+    if module.kind == "loha":
+        a, b, t = tuple(f["hada_w1_a"].shape), tuple(f["hada_w1_b"].shape), f.get("hada_t1")
+        return (a[1], b[1], *tuple(t.shape)[2:]) if t is not None else (a[0], *b[1:])
+    if module.kind == "lokr":
+        w1 = tuple(f["lokr_w1"].shape) if "lokr_w1" in f else (f["lokr_w1_a"].shape[0], f["lokr_w1_b"].shape[1])
+        if "lokr_w2" in f:
+            w2 = tuple(f["lokr_w2"].shape)
+        elif "lokr_t2" in f:
+            w2 = (f["lokr_w2_a"].shape[1], f["lokr_w2_b"].shape[1], *tuple(f["lokr_t2"].shape)[2:])
+        else:
+            w2 = (f["lokr_w2_a"].shape[0], *tuple(f["lokr_w2_b"].shape)[1:])
+        return (w1[0] * w2[0], w1[1] * w2[1], *w2[2:])
     up, down = tuple(module.up.shape), tuple(module.down.shape)
     if module.mid is not None:
         return (up[0], down[1], *tuple(module.mid.shape)[2:])
@@ -362,27 +477,37 @@ def delta_shape(module: LoraModule) -> tuple[int, ...]:
 
 def fits(module: LoraModule, weight_shape) -> bool:
     """True if the module's weight change can be written into a layer of ``weight_shape``."""
-    shape = delta_shape(module)
-    return tuple(shape) == tuple(weight_shape) or math.prod(shape) == math.prod(weight_shape) and (
-        shape[:2] == tuple(weight_shape)[:2])
+    shape, weight_shape = tuple(delta_shape(module)), tuple(weight_shape)
+    # Same output channels and size: a 1x1-conv LoRA on a linear layer or a kernel stored flattened.
+    return shape == weight_shape or (shape[0] == weight_shape[0] and math.prod(shape) == math.prod(weight_shape))
+
+
+def _raw_delta(module: LoraModule):
+    """The module's weight change before scaling and reshaping (float32)."""
+    import torch
+
+    if module.kind == "loha":  # LyCORIS LoHa: (w1a @ w1b) * (w2a @ w2b)
+        p1, p2 = _loha_parts(module.factors)
+        return p1 * p2
+    if module.kind == "lokr":  # LyCORIS LoKr: kron(w1, w2)
+        w1, w2 = _lokr_parts(module.factors)
+        if w2.dim() == 4:
+            w1 = w1[:, :, None, None]
+        return torch.kron(w1, w2)
+    up, down = module.up.float(), module.down.float()
+    if module.mid is not None:  # LoCon/Tucker: up (1x1) . mid (kh x kw) . down (1x1)
+        return torch.einsum("abhw,oa,bi->oihw", module.mid.float(), up.flatten(1), down.flatten(1))
+    if down.dim() == 4 and down.shape[2:] != (1, 1):  # LoCon conv: the kernel lives in down, up is 1x1
+        return (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
+    return up.flatten(1) @ down.flatten(1)
 
 
 def lora_delta(module: LoraModule, weight_shape, dtype=None):
-    """The weight change ``scale * up @ down`` (float32), shaped like the target layer's weight."""
-    import torch
-
-    up = module.up.float()
-    down = module.down.float()
-    if module.mid is not None:  # LoCon/Tucker: up (1x1) . mid (kh x kw) . down (1x1)
-        mid = module.mid.float()
-        delta = torch.einsum("abhw,oa,bi->oihw", mid, up.flatten(1), down.flatten(1))
-    elif down.dim() == 4 and down.shape[2:] != (1, 1):  # LoCon conv: kernel lives in down, up is 1x1
-        delta = (up.flatten(1) @ down.flatten(1)).reshape(up.shape[0], *down.shape[1:])
-    else:
-        delta = up.flatten(1) @ down.flatten(1)
+    """The module's weight change times its scale (float32), shaped like the target layer's weight."""
+    delta = _raw_delta(module)
     if tuple(delta.shape) != tuple(weight_shape):
         if not fits(module, weight_shape):
             raise ValueError(f"delta {tuple(delta.shape)} does not fit weight {tuple(weight_shape)}")
-        delta = delta.reshape(weight_shape)  # 1x1 conv LoRA on a linear layer (or the reverse)
+        delta = delta.reshape(weight_shape)  # 1x1 conv on a linear layer, flattened conv kernels
     delta = delta.mul_(module.scale)
     return delta if dtype is None else delta.to(dtype)
