@@ -232,8 +232,10 @@ def test_list_characters_shows_files_kinds_and_labels(models, tmp_path):
     (d / "used.safetensors").write_bytes(models["lora"].read_bytes())
     write(d / "hero.toml", 'label = "The Hero"\nlora = "used.safetensors"\n')
     write(d / "broken.toml", "label = \n")
+    write(d / "ghost.toml", 'lora = "not_downloaded.safetensors"\n')
     entries = {e.path.name: e for e in list_characters(d)}
-    assert set(entries) == {"anna.safetensors", "face.pt", "hero.toml", "broken.toml"}  # used.* under hero
+    assert set(entries) == {"anna.safetensors", "face.pt", "hero.toml", "broken.toml", "ghost.toml"}  # used.* under hero
+    assert entries["ghost.toml"].detail == "lora: not_downloaded.safetensors (missing)"
     assert (entries["hero.toml"].kind, entries["hero.toml"].label) == ("character", "The Hero")
     assert (entries["anna.safetensors"].kind, entries["anna.safetensors"].label) == ("lora", "anna")
     assert entries["face.pt"].kind == "embedding"

@@ -252,7 +252,7 @@ def list_characters(directory: str | Path) -> list[ListedEntry]:
             entries.append(ListedEntry(toml, "invalid", toml.stem, detail=str(exc)))
             continue
         used.update(p.resolve() for p in ch.files())
-        files = ", ".join(p.name for p in ch.files()) or "no files"
+        files = ", ".join(p.name + ("" if p.is_file() else " (missing)") for p in ch.files()) or "no files"
         entries.append(ListedEntry(toml, "character", ch.label, ch.id, f"{ch.kind}: {files}"))
     for model in sorted(p for p in directory.rglob("*") if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()):
         if model.resolve() in used:
