@@ -478,3 +478,17 @@ def test_activation_does_not_touch_the_global_rng(pipe, files):
     with act.activate(ch):
         pass
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_prompt_encoder_puts_every_embedding_vector_in_the_conditioning(pipe, files):
+    """The contract with prompts.conditioning: ``active.embeddings`` makes PromptEncoder use all vectors."""
+    from expressiongrid.prompts.conditioning import PromptEncoder
+
+    ch = Character("e", "e", embeddings=[EmbeddingRef(files["emb_st"], "annachar")], text="annachar")
+    text = "closeup of woman, annachar, smile"
+    with CharacterActivator(Loaded(pipe)).activate(ch) as active:
+        ours = PromptEncoder(pipe.tokenizer, pipe.text_encoder, embeddings=active.embeddings).encode([text])
+        manual = _encode(pipe, active, text)
+        first_only = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode([text])
+    torch.testing.assert_close(ours[0], manual[0], atol=1e-5, rtol=1e-5)
+    assert (ours[0] - first_only[0]).abs().max() > 1e-3  # without the map only the first vector is used
