@@ -284,3 +284,13 @@ def test_lora_family_from_names_and_widths(tmp_path, modules, family):
     else:
         (problem,) = problems
         assert family in problem and "SD 1.5" in problem and str(path) in problem
+
+
+def test_a_checkpoint_is_not_taken_for_a_character(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "v1-5-pruned.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
+               "first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4)}, str(path))
+    (problem,) = check_characters([Character("c", "c", loras=[LoraRef(path)])])
+    assert "neither a LoRA nor an embedding" in problem and str(path) in problem
