@@ -19,6 +19,11 @@ from expressiongrid.errors import CharacterError
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPRESSIONGRID_CACHE_DIR", str(tmp_path / "cache"))  # never the user's cache
+
+
 @pytest.fixture(scope="module")
 def pipe():
     from expressiongrid.engine.tiny import build_tiny_pipeline
