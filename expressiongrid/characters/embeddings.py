@@ -18,6 +18,8 @@ FAMILY_BY_WIDTH = {768: "sd15", 1024: "sd2", 1280: "sdxl", 32: "sd15"}  # 32: th
 
 @dataclass
 class EmbeddingFile:
+    """A loaded embedding: its vectors ``[n_vectors, width]`` and what the file says about itself."""
+
     path: Path
     format: str  # "a1111" | "safetensors" | "diffusers" | "sdxl"
     vectors: object  # torch.Tensor [n_vectors, width]
@@ -27,6 +29,7 @@ class EmbeddingFile:
 
     @property
     def n_vectors(self) -> int:
+        """How many token positions the embedding fills in a prompt."""
         return int(self.vectors.shape[0])
 
 

@@ -149,7 +149,7 @@ def write_character_file(model_path: Path, kind: str, label: str, text: str, sou
                          token: str | None = None) -> Path:
     """Write ``<model stem>.toml`` beside the model (see docs/characters.md for the format)."""
     lines = [
-        f"# Written by `expressiongrid characters fetch`; edit label, text and weight freely.",
+        "# Written by `expressiongrid characters fetch`; edit label, text and weight freely.",
         f"label = {_toml_str(label)}",
         f"text = {_toml_str(text)}",
         "",

@@ -28,6 +28,7 @@ class SafetensorsHeader:
     data_start: int = 0
 
     def shape(self, key: str) -> tuple[int, ...]:
+        """The shape of tensor ``key`` as the header declares it."""
         return tuple(self.tensors[key]["shape"])
 
 

@@ -59,6 +59,8 @@ class LoraModuleSpec:
 
 @dataclass
 class LoraLayout:
+    """A LoRA file's layout (``kohya``, ``diffusers`` or ``peft``) and its modules, from key names alone."""
+
     format: str  # "kohya" | "diffusers" | "peft"
     modules: list[LoraModuleSpec]
 
@@ -145,7 +147,7 @@ def _parse_dotted(keys, path) -> LoraLayout:
         m = _PEFT_ADAPTER_RE.search(body)
         if m:  # peft keys that still carry the adapter name
             body = body[: m.start()] + f".lora_{m.group(1)}.weight"
-        for suffix, role in _DIFFUSERS_SUFFIXES:
+        for suffix, _role in _DIFFUSERS_SUFFIXES:
             if body.endswith(suffix):
                 module_path = body[: -len(suffix)]
                 break
@@ -271,6 +273,7 @@ class LoraModule:
         return out
 
     def set_tensors(self, tensors: dict) -> None:
+        """Replace the module's tensors by role (after moving them to a device)."""
         for role, value in tensors.items():
             if role in ("down", "up", "mid"):
                 setattr(self, role, value)
@@ -318,6 +321,8 @@ def diffusers_module_paths(tensors: dict, layout: LoraLayout) -> dict[str, str]:
 
 @dataclass
 class LoraFile:
+    """A loaded LoRA file: modules with tensors and scales, its metadata and the family it was made for."""
+
     path: Path
     format: str
     modules: list[LoraModule]

@@ -56,7 +56,7 @@ def token_problems(requests: list[tuple[str, str]], tokenizer=None) -> list[str]
         except CharacterError as exc:
             problems.append(str(exc))
             continue
-        fix = f'set another token in a character file ([[embedding]] token = "...")'
+        fix = 'set another token in a character file ([[embedding]] token = "...")'
         if token in seen and seen[token] != file:
             problems.append(f"{file}: embedding token {token!r} is also the token of {seen[token]}; {fix}")
             continue
