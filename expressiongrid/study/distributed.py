@@ -283,8 +283,13 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
         except BaseException as exc:
             if notify_url and process.is_main:
                 interrupted = isinstance(exc, KeyboardInterrupt)
-                notify(notify_url, study_report(
-                    out_dir, name=study.name, started_at=started_at, process=process,
-                    status="interrupted" if interrupted else "failed",
-                    message="interrupted" if interrupted else f"{exc.__class__.__name__}: {exc}"))
+                status = "interrupted" if interrupted else "failed"
+                message = "interrupted" if interrupted else f"{exc.__class__.__name__}: {exc}"
+                try:
+                    report = study_report(out_dir, name=study.name, started_at=started_at, process=process,
+                                          status=status, message=message)
+                except Exception:  # an unreadable store must not hide the error that stopped the run
+                    report = {"event": "run_finished", "study": study.name, "status": status, "exit_code": 1,
+                              "message": message}
+                notify(notify_url, report)
             raise
