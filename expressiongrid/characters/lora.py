@@ -147,7 +147,7 @@ def _parse_dotted(keys, path) -> LoraLayout:
         m = _PEFT_ADAPTER_RE.search(body)
         if m:  # peft keys that still carry the adapter name
             body = body[: m.start()] + f".lora_{m.group(1)}.weight"
-        for suffix, _role in _DIFFUSERS_SUFFIXES:
+        for suffix, role in _DIFFUSERS_SUFFIXES:  # noqa: B007 (role is used after the break)
             if body.endswith(suffix):
                 module_path = body[: -len(suffix)]
                 break
