@@ -245,9 +245,10 @@ def test_fetch_civitai_file_name_cannot_escape_the_folder(server, tmp_path, lora
     assert (dest / "evil.safetensors").exists() and not (tmp_path / "evil.safetensors").exists()
 
 
-def test_fetch_bad_spec_is_explained():
-    result = run("characters", "fetch", "civitai:abc")
-    assert result.exit_code == 1 and "civitai:VERSION_ID" in result.output
+@pytest.mark.parametrize("spec", ["civitai:abc", "hf:owner/repo", "hf:owner/repo/../../etc/x.safetensors", "x:1"])
+def test_fetch_bad_spec_is_explained(spec):
+    result = run("characters", "fetch", spec)
+    assert result.exit_code == 1 and "civitai:VERSION_ID" in result.output and "hf:OWNER/REPO/FILE" in result.output
 
 
 # --- Hugging Face hub ---------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def parse_spec(spec: str) -> tuple[str, ...]:
         return ("civitai", rest)
     if scheme == "hf":
         parts = rest.split("/")
-        if len(parts) >= 3 and all(parts):
+        if len(parts) >= 3 and all(parts) and not any(p in (".", "..") for p in parts):  # stay inside --dir
             return ("hf", "/".join(parts[:2]), "/".join(parts[2:]))
     raise FetchError(
         f"cannot read {spec!r}: use civitai:VERSION_ID (the number after modelVersionId= in a civitai URL) "
