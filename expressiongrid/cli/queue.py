@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -112,9 +113,16 @@ def run(max_entries: int | None) -> None:
 
       nohup expressiongrid queue run > queue.out 2>&1 &
     """
-    from expressiongrid.study.queue import StudyQueue, run_queue
+    from expressiongrid.study.queue import StudyQueue, execute_entry, run_queue
 
     q = StudyQueue()
+
+    def execute(entry):
+        # The study's own output (plan, failures, grid paths) goes to this command's stderr, so a
+        # `nohup ... > queue.out` log tells the whole night; the progress bar would only be noise there.
+        env = dict(os.environ)
+        env.setdefault("EXPRESSIONGRID_NO_PROGRESS", "1")
+        return execute_entry(entry, echo=lambda line: click.echo(f"   {line}", err=True), env=env)
 
     def on_start(entry):
         again = " (resuming)" if entry.attempts > 1 else ""
@@ -123,7 +131,7 @@ def run(max_entries: int | None) -> None:
     def on_finish(result):
         click.echo(f"== #{result.entry.id} {result.state}: {result.outcome}", err=True)
 
-    results = run_queue(q, on_start=on_start, on_finish=on_finish, max_entries=max_entries)
+    results = run_queue(q, execute=execute, on_start=on_start, on_finish=on_finish, max_entries=max_entries)
     if not results:
         click.echo("nothing to run: every study in the queue is finished", err=True)
         return
