@@ -492,3 +492,46 @@ def test_prompt_encoder_puts_every_embedding_vector_in_the_conditioning(pipe, fi
         first_only = PromptEncoder(pipe.tokenizer, pipe.text_encoder).encode([text])
     torch.testing.assert_close(ours[0], manual[0], atol=1e-5, rtol=1e-5)
     assert (ours[0] - first_only[0]).abs().max() > 1e-3  # without the map only the first vector is used
+
+
+def test_kohya_file_with_original_sd_block_names(pipe, tmp_path):
+    """Some SD1.5 LoRAs name UNet layers the original way (input_blocks_4_1_...). diffusers' sgm renumbering
+    (with this UNet's layers_per_block) maps them to the same layers as the usual diffusers-style names."""
+    from safetensors.torch import save_file
+
+    names = {  # sgm name (tiny UNet: layers_per_block = 1) -> module path of the same layer
+        "input_blocks_1_1_transformer_blocks_0_attn1_to_q": "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+        "input_blocks_3_1_proj_in": "down_blocks.1.attentions.0.proj_in",
+        "input_blocks_1_0_in_layers_2": "down_blocks.0.resnets.0.conv1",
+        "middle_block_1_transformer_blocks_0_attn2_to_k": "mid_block.attentions.0.transformer_blocks.0.attn2.to_k",
+        "output_blocks_3_1_transformer_blocks_0_attn1_to_q": "up_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q",
+    }
+    layers = dict(pipe.unet.named_modules())
+    g = torch.Generator().manual_seed(3)
+    sgm, usual = {}, {}
+    for old, path in names.items():
+        weight = layers[path].weight
+        kernel = tuple(weight.shape[2:])
+        down = torch.randn(2, weight.shape[1], *kernel, generator=g) * 0.1
+        up = torch.randn(weight.shape[0], 2, *((1, 1) if kernel else ()), generator=g) * 0.1
+        for state, name in ((sgm, "lora_unet_" + old), (usual, "lora_unet_" + path.replace(".", "_"))):
+            state[f"{name}.lora_down.weight"], state[f"{name}.lora_up.weight"] = down, up
+            state[f"{name}.alpha"] = torch.tensor(1.0)
+    save_file(sgm, str(tmp_path / "sgm.safetensors"))
+    save_file(usual, str(tmp_path / "usual.safetensors"))
+    assert check_characters_ok(tmp_path / "sgm.safetensors")
+    act = CharacterActivator(Loaded(pipe))
+    original = weights(pipe)
+    with act.activate(lora_char("s", tmp_path / "sgm.safetensors")):
+        with_sgm = weights(pipe)
+    with act.activate(lora_char("u", tmp_path / "usual.safetensors")):
+        with_usual = weights(pipe)
+    assert_same_weights(with_sgm, with_usual)
+    changed = [k for k in original if not torch.equal(original[k], with_sgm[k])]
+    assert len(changed) == len(names)
+
+
+def check_characters_ok(path: Path) -> bool:
+    from expressiongrid.characters import check_characters
+
+    return check_characters([lora_char("c", path)]) == []

@@ -20,7 +20,16 @@ from pathlib import Path
 from expressiongrid.characters import hashes
 from expressiongrid.characters.check import family_problem
 from expressiongrid.characters.embeddings import EmbeddingFile, load_embedding
-from expressiongrid.characters.lora import FAMILY_NAMES, LoraFile, delta_shape, fits, load_lora, lora_delta
+from expressiongrid.characters.lora import (
+    FAMILY_NAMES,
+    SGM_BLOCK_NAMES,
+    LoraFile,
+    delta_shape,
+    diffusers_module_paths,
+    fits,
+    load_lora,
+    lora_delta,
+)
 from expressiongrid.characters.model import Character
 from expressiongrid.characters.tokens import token_problems
 from expressiongrid.errors import CharacterError
@@ -103,6 +112,12 @@ class CharacterActivator:
         problem = family_problem(lora.path, info, self.family, text_width)
         if problem:
             raise CharacterError(problem)
+        if lora.format == "kohya" and any(b in m.name for m in lora.modules for b in SGM_BLOCK_NAMES):
+            # Original-SD block names (input_blocks_4_1_...): renumbering needs this UNet's layout.
+            renamed = diffusers_module_paths({m.name: (m.down, m.up) for m in lora.modules
+                                              if m.kind == "lora" and m.mid is None}, self.pipe.unet.config)
+            for m in lora.modules:
+                m.converted = renamed.get(m.name, m.converted)
         bound, missing = [], []
         for m in lora.modules:
             if m.dotted:

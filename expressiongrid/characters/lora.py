@@ -281,42 +281,57 @@ class LoraModule:
                 self.factors[role] = value
 
 
-def diffusers_module_paths(tensors: dict, layout: LoraLayout) -> dict[str, str]:
+SGM_BLOCK_NAMES = ("input_blocks", "middle_block", "output_blocks")
+
+
+def diffusers_module_paths(pairs: dict[str, tuple], unet_config=None) -> dict[str, str]:
     """kohya module name -> ``"unet:<path>"``/``"te:<path>"`` using diffusers' own kohya key converter.
 
-    Only the names are taken from diffusers: its alpha bookkeeping is not used (it keys some alphas under names
-    its loader never looks up, which is how per-module alphas get lost; see DESIGN.md). Returns ``{}`` when
-    the converter is unavailable or refuses the file; callers then resolve names against the model.
+    ``pairs`` maps kohya module names to ``(down, up)`` tensors. With ``unet_config``, names in the original
+    Stable Diffusion (sgm) block layout (``input_blocks_4_1_...``) are first renumbered by diffusers'
+    ``_maybe_map_sgm_blocks_to_diffusers``. Only the names are taken from diffusers: its alpha bookkeeping is
+    not used (it keys some alphas under names its loader never looks up, which is how per-module alphas get
+    lost; see DESIGN.md). Returns ``{}`` when the converter is unavailable or refuses the names; callers then
+    resolve names against the model.
     """
     try:
-        from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
+        from diffusers.loaders.lora_conversion_utils import (
+            _convert_non_diffusers_lora_to_diffusers,
+            _maybe_map_sgm_blocks_to_diffusers,
+        )
     except ImportError:
         return {}
     owner: dict[int, str] = {}
     subset = {}
-    for spec in layout.modules:
-        if spec.target not in ("unet", "te") or "mid" in spec.keys or "down" not in spec.keys:
-            continue  # the converter knows only plain lora_down/lora_up (no lora_mid, LoHa, LoKr)
-        for role in ("down", "up"):
-            key = spec.keys[role]
-            subset[key] = tensors[key]
-            owner[id(tensors[key])] = spec.name
+    for name, (down, up) in pairs.items():
+        if not name.startswith(("lora_unet_", "lora_te_")):
+            continue
+        subset[f"{name}.lora_down.weight"], subset[f"{name}.lora_up.weight"] = down, up
+        owner[id(down)] = name
     try:
+        if unet_config is not None and any(b in k for k in subset for b in SGM_BLOCK_NAMES):
+            subset = _maybe_map_sgm_blocks_to_diffusers(subset, unet_config)
         converted, _ = _convert_non_diffusers_lora_to_diffusers(dict(subset))
-    except Exception:  # a private helper: any refusal just means "resolve against the model instead"
+    except Exception:  # private helpers: any refusal just means "resolve against the model instead"
         return {}
     out: dict[str, str] = {}
     for key, tensor in converted.items():
-        stem = owner.get(id(tensor))
+        stem = owner.get(id(tensor))  # only down matrices are owned: one entry per module
         if stem is None:
             continue
         target = "unet" if key.startswith("unet.") else "te"
         body = key.split(".", 1)[1]
-        for suffix, _role in _DIFFUSERS_SUFFIXES:
+        for suffix, _ in _DIFFUSERS_SUFFIXES:
             if body.endswith(suffix):
                 out[stem] = f"{target}:{_normalise_path(target, body[: -len(suffix)])}"
                 break
     return out
+
+
+def _plain_pairs(layout: LoraLayout, tensors: dict) -> dict[str, tuple]:
+    """``name -> (down, up)`` of the plain kohya LoRA modules (the converter knows no lora_mid, LoHa, LoKr)."""
+    return {spec.name: (tensors[spec.keys["down"]], tensors[spec.keys["up"]]) for spec in layout.modules
+            if spec.target in ("unet", "te") and "down" in spec.keys and "mid" not in spec.keys}
 
 
 @dataclass
@@ -372,7 +387,7 @@ def load_lora(path: str | Path) -> LoraFile:
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     family, width, _ = detect_family(layout, shapes)
     peft_cfg = _peft_config(path) if layout.format == "peft" else {}
-    converted = diffusers_module_paths(tensors, layout) if layout.format == "kohya" else {}
+    converted = diffusers_module_paths(_plain_pairs(layout, tensors)) if layout.format == "kohya" else {}
     modules = []
     for spec in layout.modules:
         kind = module_kind(spec.keys)
