@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from expressiongrid.engine.samplers import SamplerInfo, get_sampler
-from expressiongrid.errors import GenerationError, UsageError
+from expressiongrid.errors import UsageError
 
 MAX_AUTO_BATCH = 16
 
@@ -216,4 +216,4 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     ]
 
 
-__all__ = ["ImageRequest", "ImageResult", "generate", "auto_batch_size", "GenerationError"]
+__all__ = ["ImageRequest", "ImageResult", "auto_batch_size", "generate"]
