@@ -44,3 +44,54 @@ def test_two_processes_split_the_columns_and_the_result_equals_a_single_process_
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
     assert np.array_equal(open_verified(launched / "grids" / "shared.png"),
                           open_verified(tmp_path / "single" / "grids" / "shared.png"))
+
+
+def _kill_processes_writing_to(out_dir) -> None:
+    """SIGKILL every process of a launch (launcher and workers, whatever their process groups)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if str(out_dir).encode() in cmdline and int(proc.name) != os.getpid():
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_killed_launch_resumes_with_another_launch(tmp_path):
+    import time
+
+    from test_resume import db_counts
+
+    characters = demo_characters(tmp_path)
+    study = write_study(tmp_path, "shared", characters, rows=("neutral", "smiling"), batch_size=1)
+    single = run_cli("run", str(study), "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr[-2000:]
+
+    out = tmp_path / "launched"
+    env = {**accelerate_env(tmp_path), **{k: v for k, v in cli_env().items() if k.startswith(("EXPRESSIONGRID", "PYTHON"))}}
+    command = [*accelerate_command(2, free_port()), "-m", "expressiongrid", "run", str(study), "--out", str(out)]
+    first = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while db_counts(out).get("done", 0) < 2:
+        assert first.poll() is None and time.monotonic() < deadline, "the launch never made a cell"
+        time.sleep(0.01)
+    _kill_processes_writing_to(out)
+    first.wait(timeout=30)
+    assert db_counts(out).get("done", 0) < 6
+
+    command[command.index("--main_process_port") + 1] = str(free_port())
+    second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {c["status"] for c in cells(out)} == {"done"} and len(cells(out)) == 6
+    on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "cells").rglob("*") if p.is_file())
+    assert on_disk == sorted(c["file"] for c in cells(out))  # each cell once, no temp files left
+    expected, got = done_images(tmp_path / "single"), done_images(out)
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
