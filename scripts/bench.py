@@ -239,18 +239,29 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-plain", action="store_true", help="time only the engine")
     args = parser.parse_args(argv)
 
-    import torch
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    # The stock pipeline warns about the disabled safety checker on every LoRA load: keep the report readable
+    # (and put the libraries' settings back afterwards, for callers that run main() in-process).
+    saved = [(lib, lib.get_verbosity(), lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _, _ in saved:
+        lib.set_verbosity_error()
+        lib.disable_progress_bar()
+    try:
+        return _run(args)
+    finally:
+        for lib, verbosity, bars in saved:
+            lib.set_verbosity(verbosity)
+            if bars:
+                lib.enable_progress_bar()
+
+
+def _run(args) -> int:
+    import torch
+
     from expressiongrid.engine import ModelSpec, load_model
     from expressiongrid.engine.loading import pick_device, torch_dtype
-
-    # The stock pipeline warns about the disabled safety checker on every LoRA load: keep the report readable.
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
 
     device = pick_device(args.device)
     dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
