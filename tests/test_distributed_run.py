@@ -6,21 +6,29 @@ import subprocess
 import sqlite3
 
 import numpy as np
+import pytest
 
 from test_distributed import accelerate_command, accelerate_env, free_port
 from test_resume import ROOT, cells, cli_env, demo_characters, done_images, open_verified, run_cli, write_study
 
 
-def test_two_processes_split_the_columns_and_the_result_equals_a_single_process_run(tmp_path):
-    characters = demo_characters(tmp_path)
-    study = write_study(tmp_path, "shared", characters, rows=("neutral", "smiling"))
+@pytest.fixture(scope="module")
+def shared_study(tmp_path_factory):
+    """The study both tests launch, and its plain single-process run to compare with."""
+    root = tmp_path_factory.mktemp("shared")
+    study = write_study(root, "shared", demo_characters(root), rows=("neutral", "smiling"), batch_size=1)
+    single = run_cli("run", str(study), "--out", str(root / "single"))
+    assert single.returncode == 0, single.stderr[-2000:]
+    return study, root / "single"
+
+
+def test_two_processes_split_the_columns_and_the_result_equals_a_single_process_run(tmp_path, shared_study):
+    study, single_out = shared_study
     launched = tmp_path / "launched"
     env = {**accelerate_env(tmp_path), **{k: v for k, v in cli_env().items() if k.startswith(("EXPRESSIONGRID", "PYTHON"))}}
     proc = subprocess.run([*accelerate_command(2, free_port()), "-m", "expressiongrid", "run", str(study),
                            "--out", str(launched)], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    single = run_cli("run", str(study), "--out", str(tmp_path / "single"))
-    assert single.returncode == 0, single.stderr[-2000:]
 
     # Each process made its own columns: 1/2 took columns 0 and 2, 2/2 took column 1; each cell once.
     log = (launched / "run.log").read_text()
@@ -39,11 +47,11 @@ def test_two_processes_split_the_columns_and_the_result_equals_a_single_process_
 
     # The same cells, pixel for pixel, and the same grid as a plain run.
     assert {c["status"] for c in cells(launched)} == {"done"}
-    expected, got = done_images(tmp_path / "single"), done_images(launched)
+    expected, got = done_images(single_out), done_images(launched)
     assert got.keys() == expected.keys() and len(got) == 6
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
     assert np.array_equal(open_verified(launched / "grids" / "shared.png"),
-                          open_verified(tmp_path / "single" / "grids" / "shared.png"))
+                          open_verified(single_out / "grids" / "shared.png"))
 
 
 def _kill_processes_writing_to(out_dir) -> None:
@@ -64,15 +72,12 @@ def _kill_processes_writing_to(out_dir) -> None:
                 pass
 
 
-def test_a_killed_launch_resumes_with_another_launch(tmp_path):
+def test_a_killed_launch_resumes_with_another_launch(tmp_path, shared_study):
     import time
 
     from test_resume import db_counts
 
-    characters = demo_characters(tmp_path)
-    study = write_study(tmp_path, "shared", characters, rows=("neutral", "smiling"), batch_size=1)
-    single = run_cli("run", str(study), "--out", str(tmp_path / "single"))
-    assert single.returncode == 0, single.stderr[-2000:]
+    study, single_out = shared_study
 
     out = tmp_path / "launched"
     env = {**accelerate_env(tmp_path), **{k: v for k, v in cli_env().items() if k.startswith(("EXPRESSIONGRID", "PYTHON"))}}
@@ -93,5 +98,5 @@ def test_a_killed_launch_resumes_with_another_launch(tmp_path):
     assert {c["status"] for c in cells(out)} == {"done"} and len(cells(out)) == 6
     on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "cells").rglob("*") if p.is_file())
     assert on_disk == sorted(c["file"] for c in cells(out))  # each cell once, no temp files left
-    expected, got = done_images(tmp_path / "single"), done_images(out)
+    expected, got = done_images(single_out), done_images(out)
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
