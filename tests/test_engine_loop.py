@@ -91,7 +91,7 @@ def unet64(tiny_pipeline):
     return copy.deepcopy(tiny_pipeline.unet).double()
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M Karras"])
+@pytest.mark.parametrize("sampler", ["Euler", "Euler a", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "Heun", "DDIM", "UniPC", "LMS"])
 def test_loop_reproduces_stock_pipeline_bit_for_bit(tiny_pipeline, encoder, sampler):
     from diffusers import StableDiffusionPipeline
 
