@@ -138,32 +138,44 @@ def generate(model, requests: list[ImageRequest], batch_size: int | None = None,
     done = 0
     for (_steps, _name, width, height, _src), indices in groups.items():
         size = batch_size or auto_batch_size(model.device, width, height, model.dtype)
-        pending = [indices[k:k + size] for k in range(0, len(indices), size)]
-        while pending:
-            chunk = pending.pop(0)
-            try:
-                batch_results = _run_batch(model, [requests[i] for i in chunk], infos[chunk[0]], encoder)
-            except Exception as exc:  # only out-of-memory is handled here; anything else propagates
-                if not is_out_of_memory(exc):
-                    raise
-                _empty_cache(model.device)
-                if len(chunk) == 1:
-                    batch_results = [ImageResult(None, requests[chunk[0]].seed, False,
-                                                 f"out of memory at batch size 1: {str(exc).splitlines()[0]}",
-                                                 False, 0.0)]
-                else:
-                    # Later batches of this group start at the size that is known to fit.
-                    half = len(chunk) // 2
-                    size = min(size, half)
-                    rest = [i for c in pending for i in c]
-                    pending = [chunk[:half], chunk[half:]] + [rest[k:k + size] for k in range(0, len(rest), size)]
-                    continue
+        for chunk, batch_results in _batches_with_oom_fallback(model, requests, infos, indices, size, encoder):
             for i, res in zip(chunk, batch_results):
                 results[i] = res
             done += len(chunk)
             if progress is not None:
                 progress(done)
     return results  # type: ignore[return-value]
+
+
+def _batches_with_oom_fallback(model, requests, infos, indices: list[int], size: int, encoder):
+    """Yield ``(request indices, results)`` per finished batch of one group.
+
+    On out-of-memory the batch is split in half and retried, and the rest of the group continues at the
+    size known to fit; a single request that runs out of memory gets a failed result. Any other error
+    propagates.
+    """
+    pending = [indices[k:k + size] for k in range(0, len(indices), size)]
+    while pending:
+        chunk = pending.pop(0)
+        try:
+            batch_results = _run_batch(model, [requests[i] for i in chunk], infos[chunk[0]], encoder)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _empty_cache(model.device)
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            yield chunk, batch_results  # outside the try: errors of the caller's progress hook are not ours
+            continue
+        if len(chunk) == 1:
+            failed = ImageResult(None, requests[chunk[0]].seed, False, f"out of memory at batch size 1: {message}",
+                                 False, 0.0)
+            yield chunk, [failed]
+            continue
+        half = len(chunk) // 2
+        size = min(size, half)
+        rest = [i for c in pending for i in c]
+        pending = [chunk[:half], chunk[half:]] + [rest[k:k + size] for k in range(0, len(rest), size)]
 
 
 def _empty_cache(device) -> None:
