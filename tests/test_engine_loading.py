@@ -242,3 +242,13 @@ def test_separate_single_file_vae_as_civitai_ships_it(tiny_pipeline, tiny_config
     import hashlib
 
     assert model.vae_hash == hashlib.sha256(path.read_bytes()).hexdigest()[:10]
+
+
+def test_single_file_uses_the_shipped_sd15_configs_offline(tiny_pipeline, tmp_path, monkeypatch):
+    """Without config= the shipped SD1.5 folder is used, with no network: the tiny file then fails on
+    shape (768-wide SD1.5 text encoder vs 32) with a ModelError, not a hub lookup."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "not-sd15.safetensors"
+    write_ldm_checkpoint(tiny_pipeline, path)
+    with pytest.raises(ModelError, match=r"not a loadable SD1\.5 checkpoint.*768.*SD1\.5-family"):
+        load_model(ModelSpec(str(path)))

@@ -170,7 +170,10 @@ def _load_single_file(path: Path, spec: ModelSpec, dtype):
                 f"{path}: refused to load: the .ckpt needs code execution to unpickle "
                 f"({str(refused).splitlines()[0]}); get the .safetensors version of this model"
             ) from exc
-        raise ModelError(f"{path}: not a loadable SD1.5 checkpoint: {exc}") from exc
+        raise ModelError(
+            f"{path}: not a loadable SD1.5 checkpoint ({str(exc).splitlines()[0]}); only SD1.5-family "
+            "checkpoints are supported (SDXL and SD2 files fail here)"
+        ) from exc
 
 
 def _find_cause(exc: BaseException | None, kind: type) -> BaseException | None:
