@@ -194,7 +194,10 @@ def test_diffusers_folder_and_separate_vae(tiny_pipeline, tmp_path):
 
 def test_repo_id_resolves_from_the_hub_cache_offline(tiny_pipeline, tmp_path, monkeypatch):
     """A snapshot laid out like huggingface_hub's cache loads by repo id with no network."""
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read at import: make sure the real hub is never asked
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "cache" / "models--someone--tiny-sd"
     tiny_pipeline.save_pretrained(repo / "snapshots" / commit)
