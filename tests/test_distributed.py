@@ -93,11 +93,20 @@ def accelerate_env(tmp_path: Path) -> dict[str, str]:
 
 
 def free_port() -> int:
+    """A free port below Linux's ephemeral range (32768+), so that no outgoing connection made by another
+    program in the seconds before torchrun binds it can take it in the meantime."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 _LAUNCHED = textwrap.dedent(
