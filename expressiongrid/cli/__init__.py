@@ -100,6 +100,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     """A1111-style expression x character grids for SD1.5 character models."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not debug_enabled(ctx):
+        # Library chatter (optional torchvision, deprecations) is not the user's business; our own warnings
+        # and errors still show. Set before transformers/diffusers are imported, which read these once.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 if __name__ == "__main__":  # pragma: no cover

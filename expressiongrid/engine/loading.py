@@ -132,8 +132,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         pipe.vae, vae_name, vae_hash = _load_vae(spec.vae, spec, dtype)
 
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-        # Only cast what differs: a same-dtype .to() makes diffusers warn about fp32-kept modules.
-        part.to(device=device, dtype=None if part.dtype == dtype else dtype)
+        _move(part, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe=pipe, name=name, hash=model_hash, vae_name=vae_name, vae_hash=vae_hash,
                        family="sd15", device=device, dtype=dtype, clip_skip=spec.clip_skip, spec=spec)
@@ -230,3 +229,26 @@ def _load_vae(source: str, spec: ModelSpec, dtype):
     except Exception as exc:
         raise ModelError(f"VAE {source}: could not load it: {exc}") from exc
     raise ModelError(f"VAE {source!r} not found: give a .safetensors/.ckpt file or a diffusers VAE folder")
+
+
+def _move(part, device, dtype) -> None:
+    """Move a model part to `device`, casting only when its dtype differs.
+
+    diffusers' ``ModelMixin.to`` warns about "modules that should be kept in float32" on every call that names a
+    dtype, even when that list is empty; then there is nothing to keep and the warning is noise for the user.
+    """
+    import logging
+
+    if part.dtype == dtype:
+        part.to(device=device)
+        return
+    if getattr(part, "_keep_in_fp32_modules", None):
+        part.to(device=device, dtype=dtype)  # a real list: let diffusers say so
+        return
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        part.to(device=device, dtype=dtype)
+    finally:
+        logger.setLevel(previous)
