@@ -185,3 +185,14 @@ def test_cli_list_shows_broken_sets_in_working_folder(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "mine" in result.output and "seed-study" in result.output
     assert "broken" in result.output and "invalid" in result.output
+
+
+def test_builtin_sets_are_package_data_so_a_wheel_install_has_them():
+    """A plain `pip install` (no checkout) must still list the built-in sets."""
+    from expressiongrid.study.expressions import builtin_sets_dir
+
+    import expressiongrid
+
+    package_dir = Path(expressiongrid.__file__).resolve().parent
+    assert package_dir in builtin_sets_dir().resolve().parents
+    assert {p.stem for p in builtin_sets_dir().glob("*.toml")} >= {"seed_study", "basic_emotions"}

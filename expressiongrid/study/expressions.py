@@ -295,8 +295,8 @@ def inline_expressions(items: Iterable[str], source: str = "inline") -> Expressi
 
 
 def builtin_sets_dir() -> Path:
-    """The ``expressions/`` folder shipped with the project (beside the package in a checkout)."""
-    return Path(__file__).resolve().parents[2] / "expressions"
+    """The expression sets shipped inside the package (``expressions/`` in a checkout links there)."""
+    return Path(__file__).resolve().parents[1] / "data" / "expressions"
 
 
 def _search_dirs(base_dir: str | os.PathLike | None) -> list[Path]:
