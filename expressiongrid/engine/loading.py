@@ -159,7 +159,7 @@ def _load_single_file(path: Path, spec: ModelSpec, dtype):
     try:
         # diffusers reads .ckpt with torch.load(weights_only=True): pickles that run code are refused.
         return _pipeline_class().from_single_file(
-            str(path), config=_config_dir(spec), local_files_only=True, torch_dtype=dtype,
+            str(path), config=_config_dir(spec), local_files_only=True, dtype=dtype,
             safety_checker=None, requires_safety_checker=False,
         )
     except (pickle.UnpicklingError, OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -190,7 +190,7 @@ def _load_folder(folder: str, dtype):
     if not (Path(folder) / "model_index.json").is_file():
         raise ModelError(f"{folder}: a diffusers model folder needs model_index.json")
     try:
-        return _pipeline_class().from_pretrained(folder, torch_dtype=dtype, safety_checker=None,
+        return _pipeline_class().from_pretrained(folder, dtype=dtype, safety_checker=None,
                                                  requires_safety_checker=False, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"{folder}: could not load the diffusers folder: {exc}") from exc
@@ -198,7 +198,7 @@ def _load_folder(folder: str, dtype):
 
 def _load_repo(repo_id: str, spec: ModelSpec, dtype):
     """A hub repo through huggingface_hub's cache: the cache first (no network), then a download."""
-    kwargs = dict(torch_dtype=dtype, safety_checker=None, requires_safety_checker=False, cache_dir=spec.cache_dir)
+    kwargs = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False, cache_dir=spec.cache_dir)
     try:
         return _pipeline_class().from_pretrained(repo_id, local_files_only=True, **kwargs)
     except (OSError, ValueError) as cached_exc:
@@ -222,10 +222,10 @@ def _load_vae(source: str, spec: ModelSpec, dtype):
     try:
         if path.is_file():
             vae = AutoencoderKL.from_single_file(str(path), config=_config_dir(spec), subfolder="vae",
-                                                 local_files_only=True, torch_dtype=dtype)
+                                                 local_files_only=True, dtype=dtype)
             return vae, path.name, autov2(path)
         if path.is_dir():
-            return AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True), path.name, None
+            return AutoencoderKL.from_pretrained(str(path), dtype=dtype, local_files_only=True), path.name, None
     except Exception as exc:
         raise ModelError(f"VAE {source}: could not load it: {exc}") from exc
     raise ModelError(f"VAE {source!r} not found: give a .safetensors/.ckpt file or a diffusers VAE folder")
