@@ -74,8 +74,8 @@ class _Bar:
         if self.bar is None:
             self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
                             disable=os.environ.get("EXPRESSIONGRID_NO_PROGRESS") == "1")
-        if note:
-            self.bar.set_postfix_str(note[:40], refresh=False)
+        # Always set: a note that is not repeated (e.g. "loading model ...") must not linger.
+        self.bar.set_postfix_str((note or "")[:40], refresh=False)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:

@@ -319,7 +319,7 @@ def _run_batch(store, run_id, model, active, batch: list[PlannedCell], summary: 
                              steps=c.spec.steps, cfg_scale=c.spec.cfg_scale, width=c.spec.width,
                              height=c.spec.height, sampler=_sampler_name(c), noise_source=c.spec.noise_source)
                 for c in batch]
-    note = label if batch[0].character_id is not None else None
+    note = label
     report(note)
     try:
         results = generate(model, requests, batch_size=len(requests),
