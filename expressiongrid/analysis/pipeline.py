@@ -1,0 +1,142 @@
+"""``analyze_run``: measure every finished cell of a run folder and store measures and scores in its database."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from expressiongrid.errors import StoreError
+
+# dlib's detector is slow on big images and gains nothing above this size for a closeup.
+DETECT_MAX_SIDE = 512
+
+
+@dataclass
+class AnalysisSummary:
+    """What one ``analyze_run`` call did."""
+
+    run_dir: str
+    cells: int
+    measured: int
+    skipped: int
+    no_face: int
+    unreadable: int
+    clip_scored: int
+    notes: list[str] = field(default_factory=list)
+
+
+def study_rows(info: dict) -> list[dict]:
+    """The study's rows (``id``, ``label``, ``action_units``) whatever shape ``study_info`` stored them in."""
+    rows = info.get("rows") or []
+    if isinstance(rows, dict):
+        rows = rows.get("values") or []
+    return [r for r in rows if isinstance(r, dict) and "id" in r]
+
+
+def study_columns(info: dict) -> list[dict]:
+    cols = info.get("columns") or []
+    if isinstance(cols, dict):
+        cols = cols.get("values") or []
+    return [c for c in cols if isinstance(c, dict) and "id" in c]
+
+
+def reference_columns(info: dict) -> set[str]:
+    """Column ids that show the base model without a character."""
+    return {c["id"] for c in study_columns(info) if c.get("reference") or c["id"] == "reference"} or {"reference"}
+
+
+def measure_image(image):
+    """(FaceResult, ExpressionFeatures | None, entropy, noise) of one PIL image; landmarks in its own pixels."""
+    from expressiongrid.analysis import faces, quality
+    from expressiongrid.analysis.features import features_from_landmarks
+
+    scale = min(1.0, DETECT_MAX_SIDE / max(image.size))
+    small = image if scale >= 1.0 else image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    face = faces.analyze_face(small)
+    features = None
+    if face.found:
+        face.landmarks = [(x / scale, y / scale) for x, y in face.landmarks]
+        if face.box:
+            face.box = tuple(round(v / scale) for v in face.box)
+        features = features_from_landmarks(face.landmarks)
+    return face, features, quality.entropy(image), quality.noise_sigma(image)
+
+
+def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | None = None,
+                aesthetic_head: str | os.PathLike | None = None,
+                progress: Callable[[int, int], None] | None = None) -> AnalysisSummary:
+    """Measure every finished cell of the run in ``run_dir`` not measured yet, then recompute all scores.
+
+    ``progress(done, total)`` is called after each cell measured. Cells already in ``analysis_cells`` (same
+    file, same analyzer version) are skipped; with a CLIP model, cells without a CLIP score get one.
+    Raises ``AnalysisError`` (with the install hint) when the ``analysis`` extra is missing.
+    """
+    from PIL import Image
+
+    from expressiongrid.analysis import faces, runstore
+    from expressiongrid.analysis.quality import CLIP_NOTE, ClipScorer
+    from expressiongrid.analysis.scores import CellMeasure, compute_scores
+    from expressiongrid.study.store import Store
+
+    faces.check_available()
+    if aesthetic_head is not None and clip_model is None:
+        from expressiongrid.errors import UsageError
+
+        raise UsageError("--aesthetic-head needs --clip-model (the head reads that model's image embedding)")
+    scorer = ClipScorer.load(clip_model, aesthetic_head) if clip_model is not None else None
+    with Store.open_existing(run_dir) as store:
+        conn = store.connection
+        info = store.study_info()
+        cells = store.cells("done")
+        known = runstore.analysed(conn)
+        todo = [c for c in cells if c.key not in known or known[c.key]["file"] != c.file]
+        if scorer is not None:
+            todo += [c for c in cells if c.key in known and c not in todo and known[c.key]["clip_score"] is None]
+        summary = AnalysisSummary(str(store.run_dir), len(cells), 0, len(cells) - len(todo), 0, 0, 0)
+        for i, cell in enumerate(todo, 1):
+            path = store.run_dir / cell.file
+            try:
+                with Image.open(path) as im:
+                    image = im.convert("RGB")
+            except (OSError, ValueError) as exc:
+                runstore.save_cell(conn, cell.key, cell.file, None, None, None, None, error=f"unreadable: {exc}")
+                summary.unreadable += 1
+            else:
+                clip = aesthetic = None
+                if scorer is not None:
+                    clip, aesthetic = scorer.score(image, cell.prompt)
+                    summary.clip_scored += 1
+                if cell.key in known and known[cell.key]["file"] == cell.file:
+                    runstore.save_clip(conn, cell.key, clip, aesthetic)
+                else:
+                    face, features, ent, noise = measure_image(image)
+                    runstore.save_cell(conn, cell.key, cell.file, face, features, ent, noise, clip, aesthetic)
+                    summary.measured += 1
+            if progress is not None:
+                progress(i, len(todo))
+
+        rows = runstore.analysed(conn)
+        refs = reference_columns(info)
+        measures = [
+            CellMeasure(key=c.key, page=c.page, row_id=c.row_id, col_id=c.col_id, is_reference=c.col_id in refs,
+                        face_found=bool(rows[c.key]["face_found"]),
+                        features=json.loads(rows[c.key]["features_json"]) if rows[c.key]["features_json"] else None,
+                        embedding=json.loads(rows[c.key]["embedding_json"]) if rows[c.key]["embedding_json"] else None)
+            for c in cells if c.key in rows
+        ]
+        if not measures and cells:
+            raise StoreError(f"{store.run_dir}: no cell could be measured")
+        summary.no_face = sum(1 for m in measures if not m.face_found)
+        has_clip = any(r["clip_score"] is not None for r in rows.values())
+        if not has_clip:
+            summary.notes.append(CLIP_NOTE)
+        if summary.no_face:
+            summary.notes.append(f"{summary.no_face} of {len(measures)} cells show no detectable face")
+        scores = compute_scores(measures, study_rows(info))
+        runstore.save_scores(conn, scores, {"notes": summary.notes, "clip_model": str(clip_model) if clip_model
+                                            else None, "aesthetic_head": str(aesthetic_head) if aesthetic_head
+                                            else None})
+    return summary
