@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from expressiongrid.analysis import faces, validation
@@ -21,6 +22,7 @@ from expressiongrid.analysis.features import (
     features_from_landmarks,
     target_aus,
 )
+from expressiongrid.cli import main
 from expressiongrid.errors import AnalysisError
 
 SIDE = 256
@@ -139,7 +141,7 @@ def test_expression_set_codes_map_to_measured_action_units():
     assert target_aus([]) == ([], [])
 
 
-def test_missing_analysis_extra_gives_an_install_hint(monkeypatch):
+def test_missing_analysis_extra_gives_an_install_hint(monkeypatch, tmp_path):
     faces._models.cache_clear()
     real_import = builtins.__import__
 
@@ -153,6 +155,11 @@ def test_missing_analysis_extra_gives_an_install_hint(monkeypatch):
     try:
         with pytest.raises(AnalysisError, match=r"pip install 'expressiongrid\[analysis\]'"):
             faces.check_available()
+        result = CliRunner().invoke(main, ["analyze", str(tmp_path)])
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            "error: face analysis needs dlib and its models (dlib is missing): "
+            "install the analysis extra: pip install 'expressiongrid[analysis]'"]
     finally:
         monkeypatch.undo()
         faces._models.cache_clear()
