@@ -205,3 +205,12 @@ def test_a_character_without_faces_loses_reach_but_an_unmeasurable_reference_is_
     measures[3] = _m("s2", "smile", "a", None)
     scores = compute_scores(measures, rows)
     assert scores.characters["a"].reach == 0.0 and scores.characters["a"].flexibility == 0.0
+
+
+def test_analyze_shows_a_progress_bar_with_eta_on_stderr(tmp_path):
+    run_dir = tmp_path / "run"
+    validation.build_validation_run(run_dir, dict(list(face_columns().items())[:1])).close()
+    result = CliRunner().invoke(main, ["analyze", str(run_dir)], env={"EXPRESSIONGRID_NO_PROGRESS": "0"})
+    assert result.exit_code == 0
+    assert "4/4" in result.stderr and "cell/s" in result.stderr and "<00:00" in result.stderr
+    assert "4/4" not in result.stdout

@@ -187,3 +187,21 @@ def test_commands_need_a_run_folder(tmp_path):
         assert result.exit_code == 1 and "no run in" in result.output
         help_text = CliRunner().invoke(main, [command, "--help"]).output
         assert "Example:" in help_text
+
+
+def test_demo_run_without_faces_is_analysed_and_reported(tmp_path):
+    """The tiny model paints noise: every cell is a "no face" finding, and nothing crashes."""
+    run_dir = tmp_path / "demo"
+    runner = CliRunner()
+    env = {"EXPRESSIONGRID_NO_PROGRESS": "1"}
+    assert runner.invoke(main, ["demo", "--out", str(run_dir)], env=env).exit_code == 0
+    result = runner.invoke(main, ["analyze", str(run_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "measured 27, skipped 0 (already analysed) of 27 cells; 27 without a face" in result.output
+    result = runner.invoke(main, ["report", str(run_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    html = (run_dir / "report" / "report.html").read_text(encoding="utf-8")
+    assert html.count('<td class="cell nf"') == 27
+    assert "not measured: no face in the reference column" in html
+    [grid] = sorted((run_dir / "report" / "post").iterdir())
+    assert read_parameters(grid) == read_parameters(run_dir / "grids" / "demo.png")

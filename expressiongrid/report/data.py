@@ -69,10 +69,14 @@ class ReportData:
 
 
 def _table(conn, sql: str) -> list[dict]:
+    import sqlite3
+
     try:
         return [dict(r) for r in conn.execute(sql).fetchall()]
-    except Exception:  # noqa: BLE001 - a run analysed by nobody has no analysis tables yet
-        return []
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []  # nobody has analysed this run yet
+        raise
 
 
 def load_report_data(store) -> ReportData:
