@@ -10,9 +10,9 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from expressiongrid.analysis.features import AUS, ExpressionFeatures, au_activations, target_aus
+from expressiongrid.analysis.identity import IDENTITY_THRESHOLD, identity_distance, identity_flag
 
-# dlib's own rule: two faces with descriptors closer than 0.6 are the same person (99.38 % on LFW).
-IDENTITY_THRESHOLD = 0.6
+__all__ = ["IDENTITY_THRESHOLD", "CellMeasure", "Scores", "compute_scores", "neutral_row_id"]
 # Below this mean fidelity the base model itself does not show the expression.
 BASE_REACHES = 0.35
 # A character keeps an expression when its mean fidelity is at least this share of the base model's.
@@ -150,18 +150,14 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
             if m.row_id != neutral and measured:
                 cs.fidelity = _mean(cs.aus[a] for a in measured)
         if m.embedding and base is not None and base.embedding and m.row_id != neutral:
-            cs.identity_to_neutral = _dist(m.embedding, base.embedding)
+            cs.identity_to_neutral = identity_distance(m.embedding, base.embedding)
         others = [by_pos.get((m.page, neutral, c)) for c in {x.col_id for x in measures}
                   if c != m.col_id and c not in ref_cols]
         others = [o for o in others if o is not None and o.embedding]
         if m.embedding and others and not m.is_reference:
-            cs.identity_to_others = min(_dist(m.embedding, o.embedding) for o in others)
-        if not m.is_reference and cs.identity_to_neutral is not None:
-            if cs.identity_to_neutral > IDENTITY_THRESHOLD:
-                cs.identity_flag = (f"{cs.identity_to_neutral:.2f} from its own neutral face "
-                                    f"(same-person threshold {IDENTITY_THRESHOLD})")
-            elif cs.identity_to_others is not None and cs.identity_to_others < cs.identity_to_neutral:
-                cs.identity_flag = "closer to another character's neutral face than to its own"
+            cs.identity_to_others = min(identity_distance(m.embedding, o.embedding) for o in others)
+        if not m.is_reference:
+            cs.identity_flag = identity_flag(cs.identity_to_neutral, cs.identity_to_others)
 
     # Fidelity against the reference column of the same row (and page).
     for m in measures:

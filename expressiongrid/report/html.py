@@ -113,11 +113,12 @@ def bar_chart(title: str, items: list[tuple[str, list[float | None]]], series: l
     """A horizontal bar chart as inline SVG; values in [0, 1]; one bar per series per item."""
     bar_h, gap, label_w = 14, 10, 200
     group_h = bar_h * len(series) + gap
-    height = 30 + group_h * len(items) + 20 * len(series)
+    height = 36 + group_h * len(items) + 20 * len(series)
     plot_w = width - label_w - 50
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="{escape(title)}"><title>{escape(title)}</title>']
-    y = 20
+    parts.append(f'<text x="0" y="14" font-weight="bold">{escape(title)}</text>')
+    y = 26
     for label, values in items:
         parts.append(f'<text x="{label_w - 6}" y="{y + bar_h}" text-anchor="end">{escape(label)}</text>')
         for i, v in enumerate(values):
