@@ -164,3 +164,16 @@ def test_missing_analysis_extra_gives_an_install_hint(monkeypatch, tmp_path):
         monkeypatch.undo()
         faces._models.cache_clear()
     faces.check_available()  # and it works again with dlib importable
+
+
+def test_face_or_no_face_on_the_lfw_subset_that_ships_with_scikit_image():
+    """skimage.data.lfw_subset(): 100 face crops from Labeled Faces in the Wild, then 100 non-face crops."""
+    from skimage.data import lfw_subset
+
+    found = []
+    for pixels in lfw_subset():
+        # 25 px crops are below dlib's ~40 px minimum face: upscale as a closeup cell would be.
+        image = Image.fromarray((pixels * 255).astype(np.uint8)).resize((100, 100), Image.BICUBIC)
+        found.append(faces.analyze_face(image, with_embedding=False).found)
+    assert sum(found[:100]) >= 75  # measured: 84
+    assert sum(found[100:]) <= 2  # measured: 0
