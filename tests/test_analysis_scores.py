@@ -214,3 +214,19 @@ def test_analyze_shows_a_progress_bar_with_eta_on_stderr(tmp_path):
     assert result.exit_code == 0
     assert "4/4" in result.stderr and "cell/s" in result.stderr and "<00:00" in result.stderr
     assert "4/4" not in result.stdout
+
+
+def test_several_samples_per_cell_are_each_read_against_their_own_neutral_sample():
+    rows = [{"id": "neutral", "action_units": []}, {"id": "smile", "action_units": [12]}]
+    smiling = _with(lip_corner_lift=0.1)
+    measures = []
+    # Sample 0: neutral, then a smile. Sample 1: the seed gave a smiling "neutral" and the same smile.
+    for sample, rest in ((0, NEUTRAL), (1, smiling)):
+        for col, ref in (("reference", True), ("a", False)):
+            measures.append(CellMeasure(f"n{col}{sample}", 0, "neutral", col, ref, True, rest, sample=sample))
+            measures.append(CellMeasure(f"s{col}{sample}", 0, "smile", col, ref, True, smiling, sample=sample))
+    scores = compute_scores(measures, rows)
+    assert scores.cells["sa0"].fidelity == pytest.approx(1.0)
+    # Against sample 0's neutral this cell would read as a full smile; against its own it did not move.
+    assert scores.cells["sa1"].fidelity == pytest.approx(0.0)
+    assert scores.characters["a"].reach == pytest.approx(1.0)  # same as the reference, sample by sample

@@ -65,6 +65,18 @@ def measure_image(image):
     return face, features, quality.entropy(image), quality.noise_sigma(image)
 
 
+def _cell_measure(cell, row, is_reference: bool):
+    """A stored ``analysis_cells`` row as the input of ``compute_scores``."""
+    from expressiongrid.analysis.scores import CellMeasure
+
+    return CellMeasure(
+        key=cell.key, page=cell.page, sample=int((cell.spec or {}).get("sample") or 0), row_id=cell.row_id,
+        col_id=cell.col_id, is_reference=is_reference, face_found=bool(row["face_found"]),
+        features=json.loads(row["features_json"]) if row["features_json"] else None,
+        embedding=json.loads(row["embedding_json"]) if row["embedding_json"] else None,
+    )
+
+
 def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | None = None,
                 aesthetic_head: str | os.PathLike | None = None,
                 progress: Callable[[int, int], None] | None = None) -> AnalysisSummary:
@@ -78,7 +90,7 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
 
     from expressiongrid.analysis import faces, runstore
     from expressiongrid.analysis.quality import CLIP_NOTE, ClipScorer
-    from expressiongrid.analysis.scores import CellMeasure, compute_scores
+    from expressiongrid.analysis.scores import compute_scores
     from expressiongrid.study.store import Store
 
     faces.check_available()
@@ -120,13 +132,7 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
 
         rows = runstore.analysed(conn)
         refs = reference_columns(info)
-        measures = [
-            CellMeasure(key=c.key, page=c.page, row_id=c.row_id, col_id=c.col_id, is_reference=c.col_id in refs,
-                        face_found=bool(rows[c.key]["face_found"]),
-                        features=json.loads(rows[c.key]["features_json"]) if rows[c.key]["features_json"] else None,
-                        embedding=json.loads(rows[c.key]["embedding_json"]) if rows[c.key]["embedding_json"] else None)
-            for c in cells if c.key in rows
-        ]
+        measures = [_cell_measure(c, rows[c.key], c.col_id in refs) for c in cells if c.key in rows]
         if not measures and cells:
             raise StoreError(f"{store.run_dir}: no cell could be measured")
         summary.no_face = sum(1 for m in measures if not m.face_found)

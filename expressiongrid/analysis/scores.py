@@ -39,6 +39,11 @@ class CellMeasure:
     face_found: bool
     features: dict | None = None
     embedding: list[float] | None = None
+    sample: int = 0  # which of several seeds per cell; rows are compared within one page and sample
+
+    @property
+    def slot(self) -> tuple[int, int]:
+        return (self.page, self.sample)
 
 
 @dataclass
@@ -126,7 +131,7 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
     """All scores of one run. ``rows`` are the study's rows (``id``, ``action_units``) in grid order."""
     neutral = neutral_row_id(rows) if rows else ""
     targets = {r["id"]: target_aus(r.get("action_units") or []) for r in rows}
-    by_pos = {(m.page, m.row_id, m.col_id): m for m in measures}
+    by_pos = {(m.slot, m.row_id, m.col_id): m for m in measures}
     ref_cols = {m.col_id for m in measures if m.is_reference}
     reference = sorted(ref_cols)[0] if ref_cols else None
 
@@ -140,7 +145,7 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
         if not m.face_found:
             cs.note = "no face found"
             continue
-        base = by_pos.get((m.page, neutral, m.col_id))
+        base = by_pos.get((m.slot, neutral, m.col_id))
         f_now, f_rest = feats(m), feats(base)
         measured = targets.get(m.row_id, ([], []))[0]
         if f_rest is None:
@@ -151,7 +156,7 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
                 cs.fidelity = _mean(cs.aus[a] for a in measured)
         if m.embedding and base is not None and base.embedding and m.row_id != neutral:
             cs.identity_to_neutral = identity_distance(m.embedding, base.embedding)
-        others = [by_pos.get((m.page, neutral, c)) for c in {x.col_id for x in measures}
+        others = [by_pos.get((m.slot, neutral, c)) for c in {x.col_id for x in measures}
                   if c != m.col_id and c not in ref_cols]
         others = [o for o in others if o is not None and o.embedding]
         if m.embedding and others and not m.is_reference:
@@ -162,7 +167,7 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
     # Fidelity against the reference column of the same row (and page).
     for m in measures:
         cs = cells[m.key]
-        ref = by_pos.get((m.page, m.row_id, reference)) if reference else None
+        ref = by_pos.get((m.slot, m.row_id, reference)) if reference else None
         if ref is not None and cells[ref.key].fidelity is not None:
             cs.reference_fidelity = cells[ref.key].fidelity
             if cs.fidelity is not None:
@@ -192,7 +197,7 @@ def _character_score(col_id, is_reference, own, cells, neutral, targets, referen
     for m in own:
         if m.row_id == neutral or not targets.get(m.row_id, ([], []))[0]:
             continue
-        ref = by_pos.get((m.page, m.row_id, reference)) if reference else None
+        ref = by_pos.get((m.slot, m.row_id, reference)) if reference else None
         mine, base = _fid_or_zero(cells[m.key]), _fid_or_zero(cells[ref.key]) if ref is not None else None
         if mine is None or base is None or (ref is not None and not cells[ref.key].face_found):
             continue  # nothing to compare with: the reference has no face in this row
@@ -228,17 +233,22 @@ def _spread(vectors) -> float | None:
 
 
 def _distinctness(own, cells, reference, by_pos) -> float | None:
-    """Mean pairwise distance between the column's rows in AU space, as a share of the reference column's."""
-    mine = _spread(_au_vector(cells[m.key]) for m in own)
-    if mine is None:
-        return None
+    """Mean pairwise distance between the column's rows in AU space, as a share of the reference column's.
+
+    Rows are compared within one page and sample (one grid's column); the spreads are averaged over them.
+    """
     if reference is None:
         return None
-    ref = _spread(_au_vector(cells[by_pos[(m.page, m.row_id, reference)].key])
-                  for m in own if (m.page, m.row_id, reference) in by_pos)
-    if ref is None:
+    mine, ref = [], []
+    for slot in dict.fromkeys(m.slot for m in own):
+        col = [m for m in own if m.slot == slot]
+        mine.append(_spread(_au_vector(cells[m.key]) for m in col))
+        ref.append(_spread(_au_vector(cells[by_pos[(slot, m.row_id, reference)].key])
+                           for m in col if (slot, m.row_id, reference) in by_pos))
+    mine_mean, ref_mean = _mean(mine), _mean(ref)
+    if mine_mean is None or ref_mean is None:
         return None
-    return min(1.0, mine / max(ref, EPS))
+    return min(1.0, mine_mean / max(ref_mean, EPS))
 
 
 def _expression_score(row_id, target, measures, cells, ref_cols) -> ExpressionScore:
