@@ -77,7 +77,9 @@ def test_html_is_self_contained_and_shows_heatmap_tables_plots_and_grids(reporte
     # Self-contained: every image is inline, nothing is fetched from anywhere.
     assert not re.search(r'(src|href)="(?!data:)', html)
     assert html.count('src="data:image/jpeg;base64,') == 20 + 2  # 20 cell thumbnails + 2 grids
-    assert html.count("<svg") == 2 and "Flexibility and identity stability per character" in html
+    assert html.count("<svg") == 3 and "Flexibility and identity stability per character" in html
+    # The scatter: one dot per character cell with both a fidelity and an identity distance (3 rows x 3 columns).
+    assert len(re.findall(r'<circle cx="[\d.]+" cy="[\d.]+" r="5" fill="[^"]+" fill-opacity', html)) == 9
     for heading in ("Expression × character", "Characters", "Expressions", "Plots", "Human judging", "Grids"):
         assert f"<h2>{heading}</h2>" in html
     # The heatmap: one clickable cell per grid cell, shaded by fidelity; no-face cells marked.

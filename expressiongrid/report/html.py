@@ -134,6 +134,59 @@ def bar_chart(title: str, items: list[tuple[str, list[float | None]]], series: l
     return "".join(parts)
 
 
+PALETTE = ["#1c7ed6", "#e8590c", "#2b8a3e", "#ae3ec9", "#f59f00", "#0c8599", "#c2255c", "#5c940d", "#495057"]
+
+
+def scatter_plot(data: ReportData, width: int = 820, height: int = 360) -> str:
+    """Fidelity (x) against identity distance to the character's own neutral face (y), one dot per cell.
+
+    The dashed line is the same-person threshold: dots above it have stopped looking like their character,
+    dots on the right show their expression strongly. The trade-off people otherwise judge by eye.
+    """
+    from expressiongrid.analysis.identity import IDENTITY_THRESHOLD
+
+    cells = [c for c in data.cells if c.fidelity is not None and c.identity_to_neutral is not None
+             and c.col_id not in data.reference]
+    if not cells:
+        return ""
+    left, top, plot_w, plot_h = 50, 30, 460, height - 70
+    y_max = max(1.0, max(c.identity_to_neutral for c in cells) * 1.1)
+
+    def px(f, d):
+        return left + f * plot_w, top + plot_h - d / y_max * plot_h
+
+    title = "Expression strength vs likeness, per cell"
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{escape(title)}"><title>{escape(title)}</title>',
+             f'<text x="0" y="14" font-weight="bold">{escape(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
+             f'<text x="{left + plot_w / 2}" y="{top + plot_h + 30}" text-anchor="middle">fidelity</text>',
+             f'<text x="{left - 8}" y="{top + plot_h}" text-anchor="end">0</text>'
+             f'<text x="{left - 8}" y="{top + 10}" text-anchor="end">{y_max:.1f}</text>'
+             f'<text x="{left + plot_w}" y="{top + plot_h + 14}" text-anchor="end">1</text>',
+             f'<text x="12" y="{top + plot_h / 2}" transform="rotate(-90 12 {top + plot_h / 2})" '
+             f'text-anchor="middle">identity distance</text>']
+    _, ty = px(0, IDENTITY_THRESHOLD)
+    parts.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{left + plot_w}" y2="{ty:.1f}" stroke="#b00" '
+                 f'stroke-dasharray="4 3"><title>same-person threshold {IDENTITY_THRESHOLD}</title></line>')
+    colours = {}
+    for col_id, label in data.columns:
+        if col_id not in data.reference:
+            colours[col_id] = (PALETTE[len(colours) % len(PALETTE)], label)
+    for c in cells:
+        x, y = px(c.fidelity, c.identity_to_neutral)
+        colour = colours.get(c.col_id, (PALETTE[-1], c.col_label))[0]
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" fill-opacity="0.8" '
+                     f'data-key="{escape(c.key)}"><title>{escape(c.col_label)} – {escape(c.row_label)}: '
+                     f'fidelity {_fmt(c.fidelity)}, distance {_fmt(c.identity_to_neutral)}</title></circle>')
+    for i, (colour, label) in enumerate(colours.values()):
+        y = top + 14 + 18 * i
+        parts.append(f'<circle cx="{left + plot_w + 20}" cy="{y - 4}" r="5" fill="{colour}"/>'
+                     f'<text x="{left + plot_w + 30}" y="{y}">{escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 def _heatmap(data: ReportData, page: int, cell_json: dict) -> str:
     head = "".join(f"<th>{escape(label)}</th>" for _, label in data.columns)
     out = [f'<table class="heat"><tr><th>expression \\ character</th>{head}</tr>']
@@ -245,6 +298,7 @@ def render_html(data: ReportData) -> str:
                             [(row_labels.get(r["row_id"], r["row_id"]), [r["base_fidelity"], r["character_fidelity"]])
                              for r in data.expressions], ["base model (reference)", "characters (mean)"],
                             ["#868e96", "#e8590c"])
+    charts += scatter_plot(data)
     notes = "".join(f'<p class="note">{escape(n)}</p>' for n in data.notes)
     payload = json.dumps(cell_json, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return f"""<!DOCTYPE html>
