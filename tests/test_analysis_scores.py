@@ -230,3 +230,17 @@ def test_several_samples_per_cell_are_each_read_against_their_own_neutral_sample
     # Against sample 0's neutral this cell would read as a full smile; against its own it did not move.
     assert scores.cells["sa1"].fidelity == pytest.approx(0.0)
     assert scores.characters["a"].reach == pytest.approx(1.0)  # same as the reference, sample by sample
+
+
+def test_an_unreadable_cell_image_is_recorded_and_the_rest_is_analysed(tmp_path):
+    run_dir = tmp_path / "run"
+    validation.build_validation_run(run_dir, dict(list(face_columns().items())[:2])).close()
+    with Store.open_existing(run_dir) as store:
+        broken = next(c for c in store.cells() if c.row_id == "open" and c.col_id == "hopper")
+    (run_dir / broken.file).write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    result = CliRunner().invoke(main, ["analyze", str(run_dir)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 0, result.output
+    assert "measured 7" in result.output and "1 unreadable" in result.output
+    s = _cell_scores(run_dir)
+    assert s[("open", "hopper")]["note"].startswith("unreadable:")
+    assert s[("sad", "hopper")]["fidelity"] > 0.9

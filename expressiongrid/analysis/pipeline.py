@@ -73,7 +73,7 @@ def _cell_measure(cell, row, is_reference: bool):
         key=cell.key, page=cell.page, sample=int((cell.spec or {}).get("sample") or 0), row_id=cell.row_id,
         col_id=cell.col_id, is_reference=is_reference, face_found=bool(row["face_found"]),
         features=json.loads(row["features_json"]) if row["features_json"] else None,
-        embedding=json.loads(row["embedding_json"]) if row["embedding_json"] else None,
+        embedding=json.loads(row["embedding_json"]) if row["embedding_json"] else None, error=row["error"],
     )
 
 

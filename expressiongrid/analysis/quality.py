@@ -73,7 +73,6 @@ class ClipScorer:
     def load(cls, model_dir: str | os.PathLike, aesthetic_head: str | os.PathLike | None = None) -> ClipScorer:
         """Load a CLIP model folder (weights, config, tokenizer, image processor) and an optional head."""
         try:
-            import torch
             from transformers import CLIPModel, CLIPProcessor
         except ImportError as exc:  # pragma: no cover - transformers is a core dependency
             raise AnalysisError(f"CLIP scores need transformers and torch ({exc})") from exc
@@ -88,7 +87,6 @@ class ClipScorer:
         weight = bias = None
         if aesthetic_head is not None:
             weight, bias = _load_head(Path(aesthetic_head), model.config.projection_dim)
-        del torch
         return cls(model=model, processor=processor, head_weight=weight, head_bias=bias)
 
     def score(self, image, prompt: str) -> tuple[float, float | None]:

@@ -40,6 +40,7 @@ class CellMeasure:
     features: dict | None = None
     embedding: list[float] | None = None
     sample: int = 0  # which of several seeds per cell; rows are compared within one page and sample
+    error: str | None = None  # the image could not be read (counted like a cell without a face)
 
     @property
     def slot(self) -> tuple[int, int]:
@@ -143,7 +144,7 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
         cs = CellScore(key=m.key, row_id=m.row_id, col_id=m.col_id, face_found=m.face_found)
         cells[m.key] = cs
         if not m.face_found:
-            cs.note = "no face found"
+            cs.note = m.error or "no face found"
             continue
         base = by_pos.get((m.slot, neutral, m.col_id))
         f_now, f_rest = feats(m), feats(base)
