@@ -39,3 +39,23 @@ def tiny_tokenizer():
     from expressiongrid.engine.tiny import build_tokenizer
 
     return build_tokenizer()
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (.ci/extra-setup installs it); Playwright cannot download one here
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test, driven by Playwright.
+
+    Fails rather than skips when the browser is missing: for the judging page and the report, the page is the
+    feature. The extra flags keep Chromium from reaching for Google's services on a closed network.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()

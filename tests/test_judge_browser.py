@@ -16,18 +16,6 @@ from expressiongrid.judge.app import JudgeApp
 from expressiongrid.judge.db import load_judgements
 from expressiongrid.judge.server import make_server
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
 
 @pytest.fixture()
 def live(tmp_path):

@@ -13,8 +13,6 @@ from expressiongrid.analysis.pipeline import analyze_run
 from expressiongrid.analysis.validation import build_validation_run
 from expressiongrid.report import write_report
 
-CHROMIUM = "/usr/bin/chromium"
-
 assert face_columns  # the run's images come from there (via labelled_columns)
 
 
@@ -25,16 +23,6 @@ def report_file(tmp_path_factory):
     add_grids(run_dir, 1)
     analyze_run(run_dir)
     return write_report(run_dir).html
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
 
 
 @pytest.fixture()
