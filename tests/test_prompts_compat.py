@@ -181,3 +181,22 @@ def test_emphasis_modes_on_a_small_case():
     assert original.mean() == pytest.approx(z.mean())
     with pytest.raises(ExpressionGridError):
         apply_emphasis(z, mults, "Loud")
+
+
+def test_results_compare_equal_to_a1111_json_form_directly():
+    """Callers holding A1111's output as JSON lists can compare without converting (both directions)."""
+    import json
+
+    row = next(r for r in load_jsonl("schedules.jsonl") if len(r["expected"]) > 1)
+    got = get_schedule(row["prompt"], row["steps"])
+    assert got == row["expected"] and row["expected"] == got
+    assert json.loads(json.dumps(got)) == row["expected"]
+    assert got[0].end_step == row["expected"][0][0] and got[0].text == row["expected"][0][1]
+    assert got != [[row["expected"][0][0] + 1, row["expected"][0][1]]] + row["expected"][1:]
+
+    arow = next(r for r in load_jsonl("attention.jsonl") if len(r["expected"]) > 1)
+    fragments = parse_attention(arow["text"])
+    assert fragments == arow["expected"] and arow["expected"] == fragments
+    assert (fragments[0].text, fragments[0].weight) == tuple(arow["expected"][0])
+    assert fragments[0] == tuple(arow["expected"][0])  # still a plain tuple to tuple users
+    assert fragments[0] != [arow["expected"][0][0], arow["expected"][0][1], 0]

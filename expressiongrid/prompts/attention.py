@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from expressiongrid.errors import PromptSyntaxError
+from expressiongrid.prompts.pairs import Fragment
 from expressiongrid.prompts.warnings import PromptWarning
 
 ROUND_WEIGHT = 1.1
@@ -113,7 +114,7 @@ def parse_attention(text: str) -> list[tuple[str, float]]:
 
     Example: ``parse_attention("a (b:1.5) [c]") == [("a ", 1.0), ("b", 1.5), (" ", 1.0), ("c", 1/1.1)]``.
     """
-    return [(t, w) for t, w in _parse(text, None)]
+    return [Fragment(t, w) for t, w in _parse(text, None)]
 
 
 def parse_attention_with_warnings(text: str) -> tuple[list[tuple[str, float]], list[PromptWarning]]:

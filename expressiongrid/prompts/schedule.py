@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from expressiongrid.prompts.pairs import ScheduleEntry
 from expressiongrid.prompts.warnings import PromptWarning
 
 # A1111's NUMBER (lark common.SIGNED_NUMBER): ASCII digits, optional sign, decimal point and exponent.
@@ -342,12 +343,13 @@ def get_schedule(prompt: str, steps: int) -> list[tuple[int, str]]:
     Each entry's text is used up to and including its end step (see :func:`schedule_index_for_call`).
     A prompt that fails to parse gives ``[(steps, prompt)]``, as in A1111.
 
-    Example: ``get_schedule("a [cat:dog:0.5]", 10) == [(5, "a cat"), (10, "a dog")]``.
+    Example: ``get_schedule("a [cat:dog:0.5]", 10) == [(5, "a cat"), (10, "a dog")]``; the entries are
+    :class:`ScheduleEntry` tuples, which also compare equal to A1111's ``[[5, "a cat"], [10, "a dog"]]``.
     """
     result = parse_schedule_tree(prompt)
     if result.tree is None:
-        return [(steps, prompt)]
-    return schedule_from_tree(result.tree, steps)
+        return [ScheduleEntry(steps, prompt)]
+    return [ScheduleEntry(end, text) for end, text in schedule_from_tree(result.tree, steps)]
 
 
 def get_hires_schedule(prompt: str, base_steps: int, hires_steps: int) -> list[tuple[int, str]]:
@@ -358,5 +360,6 @@ def get_hires_schedule(prompt: str, base_steps: int, hires_steps: int) -> list[t
     """
     result = parse_schedule_tree(prompt)
     if result.tree is None:
-        return [(hires_steps, prompt)]
-    return schedule_from_tree(result.tree, hires_steps, base_steps=base_steps)
+        return [ScheduleEntry(hires_steps, prompt)]
+    return [ScheduleEntry(end, text)
+            for end, text in schedule_from_tree(result.tree, hires_steps, base_steps=base_steps)]
