@@ -178,7 +178,7 @@ def test_report_includes_human_rankings_and_their_agreement_with_fidelity(tmp_pa
             app.answer(shown.token, "left")
             answered += 1
     html = write_report(run_dir).html.read_text(encoding="utf-8")
-    assert f"{answered} answers by 1 judges" in html
+    assert f"{answered} answers by 1 judge " in html
     assert "Agreement of measured fidelity with people's expression rankings" in html
     assert "<th>wins / comparisons</th>" in html
 

@@ -78,4 +78,4 @@ def report(run_dir: Path, out_dir: Path | None, max_images: int) -> None:
         click.echo(f"note: {note}")
     click.echo(f"html: {files.html}")
     click.echo(f"article: {files.markdown}")
-    click.echo(f"post bundle: {len(files.bundle)} images in {files.html.parent / 'post'}")
+    click.echo(f"post bundle: {len(files.bundle)} image{'' if len(files.bundle) == 1 else 's'} in {files.html.parent / 'post'}")

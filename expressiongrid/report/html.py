@@ -13,6 +13,7 @@ import json
 from html import escape
 
 from expressiongrid.report.data import ReportCell, ReportData
+from expressiongrid.report.data import count_noun as _count
 
 THUMB_SIDE = 160
 GRID_MAX_SIDE = 2048
@@ -249,7 +250,7 @@ def _expression_table(data: ReportData) -> str:
 def _rankings(data: ReportData) -> str:
     if not data.rankings:
         return "<p>Nobody has judged this run yet (<code>expressiongrid judge RUN_DIR</code>).</p>"
-    out = [f"<p>{data.rankings['answers']} answers by {len(data.rankings['judges'])} judges "
+    out = [f"<p>{data.rankings['answers']} answers by {_count(len(data.rankings['judges']), 'judge')} "
            "(Bradley–Terry scores; higher is better).</p>"]
     if data.agreement and data.agreement.get("kendall_tau") is not None:
         out.append(f"<p>Agreement of measured fidelity with people's expression rankings: Kendall τ "

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from expressiongrid.report.data import ReportData
+from expressiongrid.report.data import count_noun as _count
 
 
 def _fmt(v) -> str:
@@ -50,7 +51,7 @@ def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, arti
             lines += [f"Action units not measurable from landmarks (left out of fidelity): {', '.join(unmeasured)}.", ""]
     if data.rankings:
         lines += ["## What people chose", "",
-                  f"{data.rankings['answers']} pairwise answers by {len(data.rankings['judges'])} judges."]
+                  f"{data.rankings['answers']} pairwise answers by {_count(len(data.rankings['judges']), 'judge')}."]
         if data.agreement and data.agreement.get("kendall_tau") is not None:
             lines.append(f"Measured fidelity agrees with people's expression rankings with Kendall τ "
                          f"{_fmt(data.agreement['kendall_tau'])}.")
