@@ -343,3 +343,15 @@ def test_cells_and_grid_link_civitai_resources(tmp_path, demo_chars):
     assert set(grid["Hashes"]) == {"lora:demo_lora", "embed:demoface"}  # every resource of the grid
     upload = parse_parameters(read_parameters(out / "grids" / "mini.upload.jpg"))  # EXIF UserComment
     assert upload["Hashes"] == grid["Hashes"]
+
+
+def test_a_study_name_cannot_write_outside_the_output_folder(tmp_path, demo_chars):
+    """The study name becomes the grid's file name: a name like ../../x must not escape grids/."""
+    study = _study(tmp_path, demo_chars, rows=("smiling",), steps=2)
+    study.write_text(study.read_text().replace('name = "mini"', 'name = "../../escaped/<b>x</b>"'))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", str(study), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "escaped").exists()
+    grids = sorted(p.name for p in (out / "grids").glob("*.png"))
+    assert grids == ["escaped_b_x_b.png"]

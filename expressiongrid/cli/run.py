@@ -156,7 +156,9 @@ def _default_out(study, given: str | None) -> Path:
     if study.output.dir:
         out = Path(study.output.dir).expanduser()
         return out if out.is_absolute() else study.base_dir / out
-    return Path("out") / study.name
+    from expressiongrid.paths import safe_filename
+
+    return Path("out") / safe_filename(study.name, fallback="study")
 
 
 # ----------------------------------------------------------------------------------------------------

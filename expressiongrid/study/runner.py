@@ -440,7 +440,9 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
         positions.setdefault((page, row, col), []).append((sample, key))
 
     out_dir = run_dir / GRIDS_DIR
-    name = info.get("name") or "grid"
+    from expressiongrid.paths import safe_filename
+
+    name = safe_filename(info.get("name") or "", fallback="grid")  # the study name is user text
     output = info.get("output", {})
     grids: list[Path] = []
     copies: list[Path] = []
