@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ COMPAT = ROOT.parent / "shared" / "compat"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The file-hash cache must not land in the user's home during tests.
+os.environ.setdefault("EXPRESSIONGRID_CACHE_DIR", tempfile.mkdtemp(prefix="expressiongrid-test-cache-"))
 
 
 def load_jsonl(name: str) -> list[dict]:

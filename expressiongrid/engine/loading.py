@@ -8,12 +8,13 @@ unpickled with ``weights_only=True`` only: a file that needs arbitrary code to l
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Model and VAE hashes come from the shared cache (path, size, mtime): a multi-GB checkpoint is hashed once.
+from expressiongrid.characters.hashes import autov2
 from expressiongrid.errors import ModelError, UsageError
 
 SD15_CONFIG_DIR = Path(__file__).parent / "configs" / "sd15"
@@ -85,15 +86,6 @@ def torch_dtype(name: str):
     if name not in table:
         raise UsageError(f"unknown dtype {name!r}; use one of: {', '.join(DTYPES)}")
     return table[name]
-
-
-def autov2(path: str | os.PathLike) -> str:
-    """A1111's "Model hash" (AutoV2): the first 10 hex digits of the file's sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:10]
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
