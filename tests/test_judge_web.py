@@ -268,7 +268,7 @@ def test_study_and_judge_text_is_escaped(tmp_path):
         ranks = request(srv, "GET", "/rankings")[2].decode()
         for html in (start, page, ranks):
             assert "<script>alert" not in html and "<img src=x" not in html and "<i>Eve" not in html
-        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot;" in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;quoted&#34;" in page
         assert "&lt;b&gt;bold&lt;/b&gt;" in start
         assert "&lt;i&gt;Eve&lt;/i&gt;" in page and "&lt;i&gt;Eve&lt;/i&gt;" in ranks
         assert "&lt;img src=x onerror=alert(2)&gt;" in ranks

@@ -97,7 +97,7 @@ def test_user_labels_are_escaped_everywhere_in_the_html(reported):
     _, files = reported
     html = files.html.read_text(encoding="utf-8")
     assert "<script>alert" not in html and "<b>bold</b>" not in html
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
     assert "Hopper &lt;b&gt;bold&lt;/b&gt; &amp; co" in html
     parser = _Text()
     parser.feed(html)
@@ -111,10 +111,34 @@ def test_markdown_article_has_tables_images_and_escaped_labels(reported):
     md = files.markdown.read_text(encoding="utf-8")
     assert md.startswith("# validation: which expressions survive each character")
     assert "| character | flexibility |" in md and "| expression | difficulty |" in md
-    assert "Hopper &lt;b&gt;bold&lt;/b&gt; & co" in md and "<script>" not in md
+    assert r"Hopper \<b\>bold\<\/b\> \& co" in md and "<script>" not in md
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert linked == [f"post/{p.name}" for p in files.bundle]
     assert all((files.markdown.parent / link).is_file() for link in linked)
+
+
+def test_article_labels_cannot_inject_links_images_or_html(tmp_path):
+    """Rendered as CommonMark with tables and autolinks, a label reads as written and makes no link or image."""
+    from markdown_it import MarkdownIt
+
+    from expressiongrid.report.data import ReportData
+    from expressiongrid.report.markdown import render_markdown
+
+    evil = {"a": "[click me](https://evil.example/x) ![](https://evil.example/pixel.png)",
+            "b": "<img src=https://evil.example/p.png> www.evil.example & <b>bold</b>",
+            "c": "Zoë | *not em* `code` https://evil.example"}
+    data = ReportData(title="t [x](https://evil.example)", run_dir=tmp_path, rows=[("r", "smile")],
+                      columns=list(evil.items()), reference=set(), row_targets={}, cells=[],
+                      characters=[{"col_id": k, "is_reference": False, "flexibility": 0.5, "reach": 0.5,
+                                   "distinctness": 0.5, "identity_stability": 0.5} for k in evil],
+                      expressions=[])
+    html = MarkdownIt("commonmark", {"linkify": True}).enable(["table", "linkify"]).render(
+        render_markdown(data, [], tmp_path / "post", tmp_path))
+    assert "<a " not in html and "<img" not in html and "<b>" not in html and "<em>" not in html
+    text = re.sub(r"<[^>]+>", "", html).replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
+    text = text.replace("&quot;", '"')
+    for label in evil.values():
+        assert label in text  # shown exactly as the user wrote it
 
 
 def test_post_bundle_images_are_within_civitai_limits_with_metadata_intact(reported):

@@ -9,7 +9,8 @@ Routes (everything else is 404):
 - ``GET /rankings``, ``GET /rankings.json``   the current Bradley–Terry rankings
 - ``GET /static/judge.js|judge.css``
 
-Safety: every piece of text from the study or a judge goes through ``html.escape``; answers need the
+Safety: pages come from the autoescaping templates in ``templates/judge/``, so every piece of text from the
+study or a judge is HTML-escaped; answers need the
 one-time token of the page that showed the pair; a POST from another site is refused by its Origin header;
 when bound to loopback, requests whose Host is not a loopback name are refused (a web page on the internet
 cannot reach this server by DNS rebinding); a strict Content-Security-Policy forbids inline script.
@@ -17,7 +18,6 @@ cannot reach this server by DNS rebinding); a strict Content-Security-Policy for
 
 from __future__ import annotations
 
-import html
 import ipaddress
 import json
 import re
@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from expressiongrid.errors import UsageError
 from expressiongrid.judge.app import InvalidToken, JudgeApp
+from expressiongrid.templating import render_template
 
 MAX_BODY = 4096
 _STATIC = {"judge.js": "text/javascript; charset=utf-8", "judge.css": "text/css; charset=utf-8"}
@@ -43,9 +44,6 @@ _SECURITY_HEADERS = {
 }
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
-e = html.escape  # every user-visible string goes through this
-
-
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
     if host == "localhost":
@@ -56,13 +54,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _page(title: str, body: str) -> bytes:
-    return (
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{e(title)}</title><link rel=\"stylesheet\" href=\"/static/judge.css\"></head>"
-        f"<body>{body}<script src=\"/static/judge.js\"></script></body></html>"
-    ).encode("utf-8")
+def _page(name: str, **context) -> bytes:
+    return render_template(f"judge/{name}.html", **context).encode("utf-8")
 
 
 def _cell_url(key: str) -> str:
@@ -70,72 +63,20 @@ def _cell_url(key: str) -> str:
 
 
 def render_start(app: JudgeApp, default_judge: str | None, error: str | None = None) -> bytes:
-    qs = app.questions
-    items = "".join(
-        f"<li>{e(q.text)} <span class=\"muted\">({e(q.subject)}"
-        f"{', ' + e(q.page_label) if q.page_label else ''}; {len(q.items)} images)</span></li>"
-        for q in qs
-    )
-    error_html = f"<p class=\"error\">{e(error)}</p>" if error else ""
-    return _page(
-        "Judge expressions",
-        f"<header><h1>Judge this run</h1><a href=\"/rankings\">Rankings</a></header>{error_html}"
-        "<p>You will see two images at a time and a question. Pick the one that fits better, or say they are "
-        "equal, or skip. Keys: <kbd>←</kbd>/<kbd>1</kbd> left, <kbd>→</kbd>/<kbd>2</kbd> right, "
-        "<kbd>=</kbd>/<kbd>e</kbd> equal, <kbd>s</kbd> skip.</p>"
-        "<form method=\"get\" action=\"/judge\"><label>Your name "
-        f"<input name=\"judge\" id=\"judge-name\" required maxlength=\"64\" value=\"{e(default_judge or '')}\">"
-        "</label> <label>Questions <select name=\"question\" id=\"question-choice\">"
-        "<option value=\"\">all, most informative pair first</option>"
-        + "".join(f"<option value=\"{e(q.id)}\">{e(q.subject)}{' · ' + e(q.page_label) if q.page_label else ''}"
-                  f" ({'expression' if q.kind == 'expression' else 'identity'})</option>" for q in qs)
-        + "</select></label> <button type=\"submit\" id=\"start\">Start judging</button></form>"
-        f"<h2>Questions</h2><ul>{items}</ul>",
-    )
+    return _page("start", page_title="Judge expressions", questions=app.questions, default_judge=default_judge or "",
+                 error=error)
 
 
 def render_pair(app: JudgeApp, shown, done: int, total: int, question_filter: str | None) -> bytes:
     q = shown.question
-    reference = ""
-    if q.reference_key:
-        reference = (
-            f"<div class=\"reference\"><img id=\"reference\" src=\"{e(_cell_url(q.reference_key))}\" "
-            f"alt=\"Reference: {e(q.subject)}, neutral\" data-key=\"{e(q.reference_key)}\">"
-            f"<div class=\"muted\">Reference: {e(q.subject)}</div></div>"
-        )
-    page_note = f" <span class=\"muted\">({e(q.page_label)})</span>" if q.page_label else ""
-    hidden_question = (f"<input type=\"hidden\" name=\"question\" value=\"{e(question_filter)}\">"
-                       if question_filter else "")
-    # Images are labelled A/B only: showing the character's name would bias the answer.
-    return _page(
-        f"{q.text} — judging",
-        "<header><span class=\"muted\">Judging as <strong id=\"judge\">"
-        f"{e(shown.judge)}</strong> · {done} of {total} pairs answered</span>"
-        "<a href=\"/rankings\">Rankings</a></header>"
-        f"<h1 id=\"question\" data-question=\"{e(q.id)}\">{e(q.text)}{page_note}</h1>{reference}"
-        "<div class=\"pair\">"
-        f"<figure><img id=\"left\" src=\"{e(_cell_url(shown.left))}\" alt=\"Left image (A)\" "
-        f"data-key=\"{e(shown.left)}\"><figcaption>A</figcaption></figure>"
-        f"<figure><img id=\"right\" src=\"{e(_cell_url(shown.right))}\" alt=\"Right image (B)\" "
-        f"data-key=\"{e(shown.right)}\"><figcaption>B</figcaption></figure></div>"
-        "<form id=\"answer-form\" method=\"post\" action=\"/answer\">"
-        f"<input type=\"hidden\" name=\"token\" value=\"{e(shown.token)}\">{hidden_question}"
-        "<div class=\"buttons\">"
-        "<button name=\"answer\" value=\"left\">A is better <kbd>←</kbd></button>"
-        "<button name=\"answer\" value=\"equal\">Equal <kbd>=</kbd></button>"
-        "<button name=\"answer\" value=\"skip\">Skip <kbd>s</kbd></button>"
-        "<button name=\"answer\" value=\"right\">B is better <kbd>→</kbd></button>"
-        "</div></form>",
-    )
+    return _page("pair", page_title=f"{q.text} — judging", q=q, judge=shown.judge, done=done, total=total,
+                 reference_url=_cell_url(q.reference_key) if q.reference_key else None,
+                 left=shown.left, right=shown.right, left_url=_cell_url(shown.left), right_url=_cell_url(shown.right),
+                 token=shown.token, question_filter=question_filter)
 
 
 def render_done(judge: str, total: int) -> bytes:
-    return _page(
-        "All pairs judged",
-        f"<header><h1 id=\"done\">Thank you, {e(judge)}</h1><a href=\"/rankings\">Rankings</a></header>"
-        f"<p>You have answered all {total} pairs here. <a href=\"/\">Pick other questions</a>, or start the "
-        "server with <code>--allow-repeats</code> to judge pairs a second time.</p>",
-    )
+    return _page("done", page_title="All pairs judged", judge=judge, total=total)
 
 
 def _fmt(x) -> str:
@@ -143,37 +84,11 @@ def _fmt(x) -> str:
 
 
 def render_rankings(data: dict) -> bytes:
-    parts = ["<header><h1>Rankings</h1><a href=\"/\">Judge</a></header>",
-             f"<p class=\"muted\">{data['answers']} answers from {len(data['judges'])} judge(s)"
-             f"{': ' if data['judges'] else ''}"
-             + ", ".join(f"<span class=\"judge\">{e(j['name'])}</span> ({j['answers']})" for j in data["judges"])
-             + ". Bradley–Terry scores with 95 % intervals; rank intervals from the same uncertainty.</p>"]
-    for q in data["questions"]:
-        rows = "".join(
-            f"<tr><td class=\"num\">{it['rank']}</td><td><img src=\"{e(_cell_url(it['key']))}\" alt=\"\"></td>"
-            f"<td>{e(it['label'])}</td><td class=\"num\">{it['score']:.2f}</td>"
-            f"<td class=\"num\">{it['ci95'][0]:.2f} … {it['ci95'][1]:.2f}</td>"
-            f"<td class=\"num\">{it['rank_ci95'][0]}–{it['rank_ci95'][1]}</td>"
-            f"<td class=\"num\">{it['comparisons']:g}</td></tr>"
-            for it in q["items"]
-        )
-        page_note = f" ({e(q['page_label'])})" if q["page_label"] else ""
-        parts.append(
-            f"<section class=\"question\" data-question=\"{e(q['id'])}\"><h2>{e(q['text'])} "
-            f"<span class=\"muted\">{e(q['subject'])}{page_note} · {q['answers']} answers</span></h2>"
-            "<table><tr><th>Rank</th><th></th><th>Item</th><th>Score</th><th>95 % interval</th>"
-            f"<th>Rank 95 %</th><th>Compared</th></tr>{rows}</table></section>"
-        )
-    if data["judge_agreement"]:
-        rows = "".join(
-            f"<tr><td>{e(a['judges'][0])}</td><td>{e(a['judges'][1])}</td><td class=\"num\">{a['shared_pairs']}"
-            f"</td><td class=\"num\">{_fmt(a['pair_agreement'])}</td><td class=\"num\">{_fmt(a['kendall_tau'])}"
-            "</td></tr>"
-            for a in data["judge_agreement"]
-        )
-        parts.append("<h2>Agreement between judges</h2><table><tr><th>Judge</th><th>Judge</th>"
-                     f"<th>Shared pairs</th><th>Same answer</th><th>Kendall τ</th></tr>{rows}</table>")
-    return _page("Rankings", "".join(parts))
+    return _page("rankings", page_title="Rankings", data=data, cell_url=_cell_url, fmt=_fmt)
+
+
+def render_error(status: int, message: str) -> bytes:
+    return _page("error", page_title=str(status), status=status, message=message)
 
 
 def make_handler(app: JudgeApp, *, default_judge: str | None = None, check_host: bool = True):
@@ -201,9 +116,7 @@ def make_handler(app: JudgeApp, *, default_judge: str | None = None, check_host:
                 self.wfile.write(body)
 
         def _error(self, status: int, message: str) -> None:
-            body = _page(f"{status}", f"<h1>{status}</h1><p class=\"error\">{e(message)}</p><p><a href=\"/\">Start"
-                         "</a></p>")
-            self._send(status, body)
+            self._send(status, render_error(int(status), message))
 
         def _redirect(self, location: str) -> None:
             self._send(HTTPStatus.SEE_OTHER, b"", extra={"Location": location})

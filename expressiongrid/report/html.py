@@ -1,8 +1,10 @@
 """The self-contained HTML report: images inline as data URIs, plots as inline SVG, no external files.
 
-Every text that comes from a user (labels, prompts, file names) goes through ``html.escape``; the per-cell
-details travel as JSON inside a ``<script type="application/json">`` block with ``<`` escaped, and the page's
-script only ever sets ``textContent``, so a label such as ``<script>`` is shown as text.
+The page is drawn from the templates in ``templates/report/`` (Jinja2 with autoescaping): every text that
+comes from a user (labels, prompts, file names) is escaped by the template engine; the per-cell details
+travel as JSON inside a ``<script type="application/json">`` block (``tojson`` escapes ``<``), and the page's
+script only ever sets ``textContent``, so a label such as ``<script>`` is shown as text. This module only
+computes what the templates show.
 """
 
 from __future__ import annotations
@@ -10,48 +12,15 @@ from __future__ import annotations
 import base64
 import io
 import json
-from html import escape
+
+from markupsafe import Markup
 
 from expressiongrid.report.data import ReportCell, ReportData
 from expressiongrid.report.data import count_noun as _count
+from expressiongrid.templating import render_template
 
 THUMB_SIDE = 160
 GRID_MAX_SIDE = 2048
-
-_CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1200px;padding:0 1em;color:#222}
-h1,h2{font-weight:600} table{border-collapse:collapse;margin:.5em 0 1.5em} th,td{padding:3px 8px;
-border:1px solid #ddd;text-align:left;vertical-align:top} th{background:#f4f4f4} td.num{text-align:right}
-.heat td.cell{padding:2px;text-align:center;cursor:pointer;min-width:90px} .heat img{display:block;
-width:80px;height:80px;object-fit:cover;margin:0 auto} .heat td.cell span{font-size:12px}
-.nf{outline:2px dashed #b00} .flag{color:#b00} .note{background:#fff7e0;padding:.4em .8em;border-left:3px solid
-#e0a800} #details{position:sticky;bottom:0;background:#fff;border:1px solid #999;padding:.6em;display:none}
-#details dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:0} #details dt{font-weight:600}
-img.grid{max-width:100%;height:auto;border:1px solid #ccc} svg text{font:12px system-ui,sans-serif}
-"""
-
-_JS = """
-(function(){
-  var data = JSON.parse(document.getElementById('cell-data').textContent);
-  var box = document.getElementById('details');
-  function show(key){
-    var c = data[key]; if(!c) return;
-    var dl = document.getElementById('details-list');
-    while(dl.firstChild) dl.removeChild(dl.firstChild);
-    c.fields.forEach(function(f){
-      var dt = document.createElement('dt'); dt.textContent = f[0];
-      var dd = document.createElement('dd'); dd.textContent = f[1];
-      dl.appendChild(dt); dl.appendChild(dd);
-    });
-    document.getElementById('details-title').textContent = c.title;
-    box.style.display = 'block';
-  }
-  document.querySelectorAll('[data-key]').forEach(function(el){
-    el.addEventListener('click', function(){ show(el.getAttribute('data-key')); });
-  });
-  document.getElementById('details-close').addEventListener('click', function(){ box.style.display='none'; });
-})();
-"""
 
 
 def _fmt(v, digits: int = 2) -> str:
@@ -110,35 +79,27 @@ def _cell_fields(cell: ReportCell) -> list[list[str]]:
 
 
 def bar_chart(title: str, items: list[tuple[str, list[float | None]]], series: list[str],
-              colours: list[str], width: int = 640) -> str:
+              colours: list[str], width: int = 640) -> Markup:
     """A horizontal bar chart as inline SVG; values in [0, 1]; one bar per series per item."""
     bar_h, gap, label_w = 14, 10, 200
     group_h = bar_h * len(series) + gap
     height = 36 + group_h * len(items) + 20 * len(series)
     plot_w = width - label_w - 50
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{escape(title)}"><title>{escape(title)}</title>']
-    parts.append(f'<text x="0" y="14" font-weight="bold">{escape(title)}</text>')
-    y = 26
+    groups, y = [], 26
     for label, values in items:
-        parts.append(f'<text x="{label_w - 6}" y="{y + bar_h}" text-anchor="end">{escape(label)}</text>')
-        for i, v in enumerate(values):
-            w = 0 if v is None else max(0.0, min(1.0, v)) * plot_w
-            parts.append(f'<rect x="{label_w}" y="{y + i * bar_h}" width="{w:.1f}" height="{bar_h - 2}" '
-                         f'fill="{colours[i]}"><title>{escape(label)} – {escape(series[i])}: {_fmt(v)}</title></rect>')
-            parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + i * bar_h + bar_h - 3}">{_fmt(v)}</text>')
+        bars = [{"y": y + i * bar_h, "w": 0 if v is None else max(0.0, min(1.0, v)) * plot_w,
+                 "colour": colours[i], "series": series[i], "text": _fmt(v)} for i, v in enumerate(values)]
+        groups.append({"label": label, "y": y, "bars": bars})
         y += group_h
-    for i, name in enumerate(series):
-        parts.append(f'<rect x="{label_w}" y="{y + 20 * i}" width="12" height="12" fill="{colours[i]}"/>'
-                     f'<text x="{label_w + 18}" y="{y + 20 * i + 11}">{escape(name)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    legend = [{"y": y + 20 * i, "colour": colours[i], "name": name} for i, name in enumerate(series)]
+    return Markup(render_template("report/bar_chart.svg", title=title, width=width, height=height, bar_h=bar_h,
+                                  label_w=label_w, groups=groups, legend=legend))
 
 
 PALETTE = ["#1c7ed6", "#e8590c", "#2b8a3e", "#ae3ec9", "#f59f00", "#0c8599", "#c2255c", "#5c940d", "#495057"]
 
 
-def scatter_plot(data: ReportData, width: int = 820, height: int = 360) -> str:
+def scatter_plot(data: ReportData, width: int = 820, height: int = 360) -> Markup:
     """Fidelity (x) against identity distance to the character's own neutral face (y), one dot per cell.
 
     The dashed line is the same-person threshold: dots above it have stopped looking like their character,
@@ -149,178 +110,121 @@ def scatter_plot(data: ReportData, width: int = 820, height: int = 360) -> str:
     cells = [c for c in data.cells if c.fidelity is not None and c.identity_to_neutral is not None
              and c.col_id not in data.reference]
     if not cells:
-        return ""
+        return Markup("")
     left, top, plot_w, plot_h = 50, 30, 460, height - 70
     y_max = max(1.0, max(c.identity_to_neutral for c in cells) * 1.1)
 
     def px(f, d):
         return left + f * plot_w, top + plot_h - d / y_max * plot_h
 
-    title = "Expression strength vs likeness, per cell"
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-             f'aria-label="{escape(title)}"><title>{escape(title)}</title>',
-             f'<text x="0" y="14" font-weight="bold">{escape(title)}</text>',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
-             f'<text x="{left + plot_w / 2}" y="{top + plot_h + 30}" text-anchor="middle">fidelity</text>',
-             f'<text x="{left - 8}" y="{top + plot_h}" text-anchor="end">0</text>'
-             f'<text x="{left - 8}" y="{top + 10}" text-anchor="end">{y_max:.1f}</text>'
-             f'<text x="{left + plot_w}" y="{top + plot_h + 14}" text-anchor="end">1</text>',
-             f'<text x="12" y="{top + plot_h / 2}" transform="rotate(-90 12 {top + plot_h / 2})" '
-             f'text-anchor="middle">identity distance</text>']
-    _, ty = px(0, IDENTITY_THRESHOLD)
-    parts.append(f'<line x1="{left}" y1="{ty:.1f}" x2="{left + plot_w}" y2="{ty:.1f}" stroke="#b00" '
-                 f'stroke-dasharray="4 3"><title>same-person threshold {IDENTITY_THRESHOLD}</title></line>')
     colours = {}
     for col_id, label in data.columns:
         if col_id not in data.reference:
             colours[col_id] = (PALETTE[len(colours) % len(PALETTE)], label)
+    dots = []
     for c in cells:
         x, y = px(c.fidelity, c.identity_to_neutral)
-        colour = colours.get(c.col_id, (PALETTE[-1], c.col_label))[0]
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colour}" fill-opacity="0.8" '
-                     f'data-key="{escape(c.key)}"><title>{escape(c.col_label)} – {escape(c.row_label)}: '
-                     f'fidelity {_fmt(c.fidelity)}, distance {_fmt(c.identity_to_neutral)}</title></circle>')
-    for i, (colour, label) in enumerate(colours.values()):
-        y = top + 14 + 18 * i
-        parts.append(f'<circle cx="{left + plot_w + 20}" cy="{y - 4}" r="5" fill="{colour}"/>'
-                     f'<text x="{left + plot_w + 30}" y="{y}">{escape(label)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        dots.append({"x": x, "y": y, "key": c.key, "colour": colours.get(c.col_id, (PALETTE[-1], c.col_label))[0],
+                     "title": f"{c.col_label} – {c.row_label}: fidelity {_fmt(c.fidelity)}, "
+                              f"distance {_fmt(c.identity_to_neutral)}"})
+    legend = [{"y": top + 14 + 18 * i, "colour": colour, "label": label}
+              for i, (colour, label) in enumerate(colours.values())]
+    return Markup(render_template(
+        "report/scatter.svg", title="Expression strength vs likeness, per cell", width=width, height=height,
+        left=left, top=top, plot_w=plot_w, plot_h=plot_h, y_max=y_max, threshold=IDENTITY_THRESHOLD,
+        threshold_y=px(0, IDENTITY_THRESHOLD)[1], dots=dots, legend=legend))
 
 
-def _heatmap(data: ReportData, page: int, cell_json: dict) -> str:
-    head = "".join(f"<th>{escape(label)}</th>" for _, label in data.columns)
-    out = [f'<table class="heat"><tr><th>expression \\ character</th>{head}</tr>']
+def _heatmap(data: ReportData, page: int, cell_json: dict) -> dict:
+    rows = []
     for row_id, row_label in data.rows:
-        out.append(f"<tr><th>{escape(row_label)}</th>")
+        cells = []
         for col_id, _ in data.columns:
             cell = data.cell_at(row_id, col_id, page)
             if cell is None:
-                out.append("<td></td>")
+                cells.append(None)
                 continue
             cell_json[cell.key] = {"title": f"{cell.row_label} × {cell.col_label}", "fields": _cell_fields(cell)}
-            uri = _thumb(data, cell)
-            img = f'<img src="{uri}" alt="{escape(cell.row_label)} / {escape(cell.col_label)}">' if uri else ""
-            cls = "cell" + (" nf" if cell.measured and not cell.face_found else "")
-            text = ("no face" if cell.measured and not cell.face_found else
-                    cell.status if cell.status != "done" else _fmt(cell.fidelity))
-            flag = ' <span class="flag" title="identity flag">⚑</span>' if cell.identity_flag else ""
-            out.append(f'<td class="{cls}" data-key="{escape(cell.key)}" style="background:{_heat_colour(cell.fidelity)}" '
-                       f'title="{escape(cell.row_label)} × {escape(cell.col_label)}">{img}<span>{escape(text)}</span>{flag}</td>')
-        out.append("</tr>")
-    out.append("</table>")
-    return "".join(out)
+            no_face = cell.measured and not cell.face_found
+            cells.append({
+                "key": cell.key, "cls": "cell" + (" nf" if no_face else ""), "colour": _heat_colour(cell.fidelity),
+                "title": f"{cell.row_label} × {cell.col_label}", "thumb": _thumb(data, cell),
+                "alt": f"{cell.row_label} / {cell.col_label}", "flag": bool(cell.identity_flag),
+                "text": "no face" if no_face else cell.status if cell.status != "done" else _fmt(cell.fidelity),
+            })
+        rows.append({"label": row_label, "cells": cells})
+    return {"page": page, "rows": rows}
 
 
-def _labels(data: ReportData) -> tuple[dict, dict]:
-    return dict(data.rows), dict(data.columns)
-
-
-def _character_table(data: ReportData) -> str:
-    _, col_labels = _labels(data)
-    rows = sorted(data.characters, key=lambda r: (r["is_reference"], -(r["flexibility"] or -1)))
-    out = ["<table><tr><th>#</th><th>character</th><th>flexibility</th><th>reach</th><th>distinctness</th>"
-           "<th>identity stability</th><th>mean identity distance</th><th>flagged cells</th><th>faces found</th></tr>"]
-    for i, r in enumerate(rows, 1):
+def _character_rows(data: ReportData) -> list[dict]:
+    col_labels = dict(data.columns)
+    out = []
+    for r in sorted(data.characters, key=lambda r: (r["is_reference"], -(r["flexibility"] or -1))):
         label = col_labels.get(r["col_id"], r["col_id"])
         label += " (reference)" if r["is_reference"] and "reference" not in label.lower() else ""
-        out.append(f'<tr><td class="num">{i}</td><td>{escape(label)}</td><td class="num">{_fmt(r["flexibility"])}</td>'
-                   f'<td class="num">{_fmt(r["reach"])}</td><td class="num">{_fmt(r["distinctness"])}</td>'
-                   f'<td class="num">{_fmt(r["identity_stability"])}</td><td class="num">{_fmt(r["mean_identity_distance"])}</td>'
-                   f'<td class="num">{r["flagged"] or 0}</td><td class="num">{r["faces_found"]}/{r["cells"]}</td></tr>')
-    out.append("</table>")
-    return "".join(out)
+        out.append({"label": label, **{k: _fmt(r[k]) for k in ("flexibility", "reach", "distinctness",
+                                                               "identity_stability", "mean_identity_distance")},
+                    "flagged": r["flagged"] or 0, "faces": f"{r['faces_found']}/{r['cells']}"})
+    return out
 
 
-def _expression_table(data: ReportData) -> str:
-    row_labels, _ = _labels(data)
+def _expression_rows(data: ReportData) -> list[dict]:
+    row_labels = dict(data.rows)
     rows = sorted(data.expressions, key=lambda r: -(r["difficulty"] if r["difficulty"] is not None else -1))
-    out = ["<table><tr><th>#</th><th>expression</th><th>difficulty</th><th>base model fidelity</th>"
-           "<th>characters' fidelity</th><th>verdict</th><th>measured AUs</th><th>not measurable</th></tr>"]
-    for i, r in enumerate(rows, 1):
-        out.append(f'<tr><td class="num">{i}</td><td>{escape(row_labels.get(r["row_id"], r["row_id"]))}</td>'
-                   f'<td class="num">{_fmt(r["difficulty"])}</td><td class="num">{_fmt(r["base_fidelity"])}</td>'
-                   f'<td class="num">{_fmt(r["character_fidelity"])}</td><td>{escape(r["verdict"] or "")}</td>'
-                   f'<td>{escape(", ".join(json.loads(r["targets_json"] or "[]")))}</td>'
-                   f'<td>{escape(", ".join(json.loads(r["unmeasured_json"] or "[]")))}</td></tr>')
-    out.append("</table>")
-    return "".join(out)
+    return [{"label": row_labels.get(r["row_id"], r["row_id"]), "difficulty": _fmt(r["difficulty"]),
+             "base_fidelity": _fmt(r["base_fidelity"]), "character_fidelity": _fmt(r["character_fidelity"]),
+             "verdict": r["verdict"] or "", "targets": ", ".join(json.loads(r["targets_json"] or "[]")),
+             "unmeasured": ", ".join(json.loads(r["unmeasured_json"] or "[]"))} for r in rows]
 
 
-def _rankings(data: ReportData) -> str:
+def _rankings(data: ReportData) -> dict | None:
     if not data.rankings:
-        return "<p>Nobody has judged this run yet (<code>expressiongrid judge RUN_DIR</code>).</p>"
-    out = [f"<p>{data.rankings['answers']} answers by {_count(len(data.rankings['judges']), 'judge')} "
-           "(Bradley–Terry scores; higher is better).</p>"]
+        return None
+    agreement = None
     if data.agreement and data.agreement.get("kendall_tau") is not None:
-        out.append(f"<p>Agreement of measured fidelity with people's expression rankings: Kendall τ "
-                   f"{_fmt(data.agreement['kendall_tau'])}, pairwise accuracy "
-                   f"{_fmt(data.agreement['pairwise_accuracy'])} over {data.agreement['answers']} answers.</p>")
-    for q in data.rankings["questions"]:
-        if not q["answers"]:
-            continue
-        out.append(f"<h3>{escape(q['text'])} — {escape(q['subject'])}</h3><table><tr><th>rank</th><th>cell</th>"
-                   "<th>score</th><th>95% interval</th><th>wins / comparisons</th></tr>")
-        for item in q["items"]:
-            out.append(f'<tr><td class="num">{item["rank"]}</td><td>{escape(str(item["label"]))}</td>'
-                       f'<td class="num">{_fmt(item["score"])}</td><td>{_fmt(item["ci95"][0])} … {_fmt(item["ci95"][1])}</td>'
-                       f'<td class="num">{item["wins"]:g} / {item["comparisons"]:g}</td></tr>')
-        out.append("</table>")
-    return "".join(out)
+        agreement = {"tau": _fmt(data.agreement["kendall_tau"]), "accuracy": _fmt(data.agreement["pairwise_accuracy"]),
+                     "answers": data.agreement["answers"]}
+    questions = [{"text": q["text"], "subject": q["subject"], "entries": [
+        {"rank": it["rank"], "label": str(it["label"]), "score": _fmt(it["score"]), "low": _fmt(it["ci95"][0]),
+         "high": _fmt(it["ci95"][1]), "wins": f"{it['wins']:g}", "comparisons": f"{it['comparisons']:g}"}
+        for it in q["items"]]} for q in data.rankings["questions"] if q["answers"]]
+    return {"answers": data.rankings["answers"], "judges": _count(len(data.rankings["judges"]), "judge"),
+            "agreement": agreement, "questions": questions}
 
 
-def _grids(data: ReportData) -> str:
+def _grids(data: ReportData) -> list[dict]:
     from PIL import Image
 
     out = []
     for path in data.grids:
         with Image.open(path) as im:
-            uri = _data_uri(im, GRID_MAX_SIDE)
-        out.append(f'<figure><img class="grid" src="{uri}" alt="{escape(path.name)}">'
-                   f"<figcaption>{escape(path.name)}</figcaption></figure>")
-    return "".join(out) or "<p>No grid images in this run folder.</p>"
+            out.append({"uri": _data_uri(im, GRID_MAX_SIDE), "name": path.name})
+    return out
 
 
 def render_html(data: ReportData) -> str:
     """The whole report as one HTML string."""
     cell_json: dict = {}
-    heatmaps = "".join(
-        (f"<h3>page {page}</h3>" if len(data.pages) > 1 else "") + _heatmap(data, page, cell_json)
-        for page in data.pages)
-    row_labels, col_labels = _labels(data)
-    charts = ""
+    heatmaps = [_heatmap(data, page, cell_json) for page in data.pages]
+    row_labels, col_labels = dict(data.rows), dict(data.columns)
+    charts = []
     if data.characters:
         chars = [r for r in data.characters if not r["is_reference"]]
-        charts += bar_chart("Flexibility and identity stability per character",
-                            [(col_labels.get(r["col_id"], r["col_id"]), [r["flexibility"], r["identity_stability"]])
-                             for r in chars], ["flexibility", "identity stability"], ["#2b8a3e", "#1c7ed6"])
+        charts.append(bar_chart(
+            "Flexibility and identity stability per character",
+            [(col_labels.get(r["col_id"], r["col_id"]), [r["flexibility"], r["identity_stability"]]) for r in chars],
+            ["flexibility", "identity stability"], ["#2b8a3e", "#1c7ed6"]))
     if data.expressions:
-        charts += bar_chart("Fidelity per expression: base model vs characters",
-                            [(row_labels.get(r["row_id"], r["row_id"]), [r["base_fidelity"], r["character_fidelity"]])
-                             for r in data.expressions], ["base model (reference)", "characters (mean)"],
-                            ["#868e96", "#e8590c"])
-    charts += scatter_plot(data)
-    notes = "".join(f'<p class="note">{escape(n)}</p>' for n in data.notes)
-    payload = json.dumps(cell_json, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{escape(data.title)} — expression report</title><style>{_CSS}</style></head><body>
-<h1>{escape(data.title)}</h1>
-<p>{len(data.rows)} expressions × {len(data.columns)} columns, {sum(1 for c in data.cells if c.status == 'done')}
-cells made. Scores are explained in docs/scores.md.</p>{notes}
-<h2>Expression × character</h2>
-<p>Each cell shows its fidelity (how strongly the expression's target action units appear, relative to the same
-character's neutral row; 0–1). Click a cell for its details; ⚑ marks cells where the character stops looking like
-itself; dashed cells show no face.</p>
-{heatmaps}
-<div id="details"><strong id="details-title"></strong> <button id="details-close" type="button">close</button>
-<dl id="details-list"></dl></div>
-<h2>Characters</h2>{_character_table(data) if data.characters else "<p>No scores yet.</p>"}
-<h2>Expressions</h2>{_expression_table(data) if data.expressions else "<p>No scores yet.</p>"}
-<h2>Plots</h2>{charts or "<p>No scores yet.</p>"}
-<h2>Human judging</h2>{_rankings(data)}
-<h2>Grids</h2>{_grids(data)}
-<script type="application/json" id="cell-data">{payload}</script>
-<script>{_JS}</script>
-</body></html>
-"""
+        charts.append(bar_chart(
+            "Fidelity per expression: base model vs characters",
+            [(row_labels.get(r["row_id"], r["row_id"]), [r["base_fidelity"], r["character_fidelity"]])
+             for r in data.expressions], ["base model (reference)", "characters (mean)"], ["#868e96", "#e8590c"]))
+    scatter = scatter_plot(data)
+    if scatter:
+        charts.append(scatter)
+    return render_template(
+        "report/report.html", title=data.title, n_rows=len(data.rows), n_columns=len(data.columns),
+        n_done=sum(1 for c in data.cells if c.status == "done"), notes=data.notes, heatmaps=heatmaps,
+        column_labels=[label for _, label in data.columns], characters=_character_rows(data) if data.characters else [],
+        expressions=_expression_rows(data) if data.expressions else [], charts=charts, rankings=_rankings(data),
+        grids=_grids(data), cell_data=cell_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from expressiongrid.report.data import ReportData
@@ -13,38 +14,46 @@ def _fmt(v) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-def _cell(text: str) -> str:
-    # Table cells: a pipe or a line break would end the cell; angle brackets would be read as HTML.
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("\n", " "))
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\\[-`{-~])")
+
+
+def escape_markdown(text: str) -> str:
+    """User text made inert for Markdown: it shows as written and cannot become a link, an image or HTML.
+
+    Every ASCII punctuation character gets a backslash (CommonMark lets any of them be escaped), which stops
+    ``[text](url)``, ``![](url)``, ``<tag>``, ``&entity;``, emphasis and table pipes, and also the autolinking
+    of bare ``https://...`` or ``www.example.com`` text (an escaped ``.`` or ``:`` splits the link). Line
+    breaks become spaces so a label stays inside its table cell or paragraph.
+    """
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
 def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, article_dir: Path) -> str:
     """The article as Markdown; images link to the bundle files relative to ``article_dir``."""
     rows, cols = dict(data.rows), dict(data.columns)
-    lines = [f"# {_cell(data.title)}: which expressions survive each character", ""]
+    lines = [f"# {escape_markdown(data.title)}: which expressions survive each character", ""]
     lines.append(f"{len(data.rows)} expressions × {len(data.columns)} columns (the first column is the base "
                  "model without a character). Every cell was measured: a face found or not, 68 landmarks, "
                  "expression features read as facial action units relative to the same character's neutral "
                  "row, and a 128-d identity embedding.")
     lines.append("")
     for note in data.notes:
-        lines += [f"> {_cell(note)}", ""]
+        lines += [f"> {escape_markdown(note)}", ""]
     if data.characters:
         lines += ["## Characters", "", "| character | flexibility | reach | distinctness | identity stability |",
                   "|---|---:|---:|---:|---:|"]
         for r in sorted(data.characters, key=lambda r: (r["is_reference"], -(r["flexibility"] or -1))):
             label = cols.get(r["col_id"], r["col_id"])
             label += " (reference)" if r["is_reference"] and "reference" not in label.lower() else ""
-            lines.append(f"| {_cell(label)} | {_fmt(r['flexibility'])} | {_fmt(r['reach'])} | "
+            lines.append(f"| {escape_markdown(label)} | {_fmt(r['flexibility'])} | {_fmt(r['reach'])} | "
                          f"{_fmt(r['distinctness'])} | {_fmt(r['identity_stability'])} |")
         lines.append("")
     if data.expressions:
         lines += ["## Expressions", "", "| expression | difficulty | base model | characters | verdict |",
                   "|---|---:|---:|---:|---|"]
         for r in sorted(data.expressions, key=lambda r: -(r["difficulty"] if r["difficulty"] is not None else -1)):
-            lines.append(f"| {_cell(rows.get(r['row_id'], r['row_id']))} | {_fmt(r['difficulty'])} | "
-                         f"{_fmt(r['base_fidelity'])} | {_fmt(r['character_fidelity'])} | {_cell(r['verdict'])} |")
+            lines.append(f"| {escape_markdown(rows.get(r['row_id'], r['row_id']))} | {_fmt(r['difficulty'])} | "
+                         f"{_fmt(r['base_fidelity'])} | {_fmt(r['character_fidelity'])} | {escape_markdown(r['verdict'])} |")
         lines.append("")
         unmeasured = sorted({u for r in data.expressions for u in json.loads(r["unmeasured_json"] or "[]")})
         if unmeasured:
@@ -60,7 +69,7 @@ def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, arti
         lines += ["## Images", ""]
         rel = Path(bundle_dir.name) if bundle_dir.parent == article_dir else bundle_dir
         for f in bundle:
-            lines.append(f"![{_cell(f.stem)}]({(rel / f.name).as_posix()})")
+            lines.append(f"![{escape_markdown(f.stem)}]({(rel / f.name).as_posix()})")
         lines.append("")
     lines += ["## Method", "",
               "Faces: dlib 68-point landmarks and 128-d identity descriptors (models shipped in "
