@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat
 
 import pytest
 from PIL import Image
@@ -11,6 +12,7 @@ from PIL import Image
 from expressiongrid.errors import ExpressionGridError
 from expressiongrid.output.images import (
     atomic_write,
+    current_umask,
     read_parameters,
     save_jpeg,
     save_png,
@@ -102,3 +104,22 @@ def test_jpeg_refuses_sides_it_cannot_store(tmp_path):
     with pytest.raises(ExpressionGridError, match="65535"):
         save_jpeg(tmp_path / "x.jpg", Image.new("RGB", (65_536, 1)), PARAMS)
     assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_files_get_the_permissions_the_umask_gives(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        image = Image.new("RGB", (32, 32), "red")
+        files = [save_png(tmp_path / "a.png", image, "p"), save_jpeg(tmp_path / "a.jpg", image, "p"),
+                 save_webp(tmp_path / "a.webp", image, "p"),
+                 save_upload_copy(tmp_path / "a.upload.jpg", image, "p"),
+                 atomic_write(tmp_path / "report.html", lambda fh: fh.write(b"<p>x</p>"))]
+        # Replacing an existing file keeps the rule (the new file is a fresh temporary file renamed over it).
+        files.append(save_png(tmp_path / "a.png", image, "again"))
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == mode, path
+        assert current_umask() == umask
+        assert not list(tmp_path.glob(".*.tmp"))  # still written atomically: no temporary file left
+    finally:
+        os.umask(old)

@@ -5,7 +5,8 @@
   writes (piexif's "unicode" encoding) and civitai decodes.
 
 Every writer writes to a temporary file in the destination folder and renames it into place, so a crash
-never leaves a half-written image under the final name (the run store counts files as done by name).
+never leaves a half-written image under the final name (the run store counts files as done by name); the
+file then has the permissions the user's umask gives, like any file the user creates.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import os
 import struct
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +26,7 @@ __all__ = [
     "JPEG_MAX_SIDE",
     "WEBP_MAX_SIDE",
     "atomic_write",
+    "current_umask",
     "encode_user_comment",
     "decode_user_comment",
     "read_parameters",
@@ -44,12 +47,35 @@ _UNICODE_PREFIX = b"UNICODE\x00"
 _ASCII_PREFIX = b"ASCII\x00\x00\x00"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux's /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass  # not Linux: fall back to setting and restoring it
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call ``write(fh)`` on a temporary file beside `path`, fsync it, then rename it to `path`."""
+    """Call ``write(fh)`` on a temporary file beside `path`, fsync it, then rename it to `path`.
+
+    The file gets the permissions a plain ``open(path, "w")`` would give (0644 under umask 022), not the
+    owner-only 0600 of a temporary file, so web servers and other users can read images and reports.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
