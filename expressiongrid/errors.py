@@ -37,6 +37,10 @@ class StudyError(UsageError):
         super().__init__(message)
 
 
+class ConfigError(UsageError):
+    """The user configuration file (``expressiongrid config path``) is unreadable or has a bad value."""
+
+
 class ModelError(ExpressionGridError):
     """A checkpoint, VAE or configuration could not be found or loaded."""
 

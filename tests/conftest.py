@@ -18,6 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The file-hash cache must not land in the user's home during tests.
 os.environ.setdefault("EXPRESSIONGRID_CACHE_DIR", tempfile.mkdtemp(prefix="expressiongrid-test-cache-"))
+# Nor may the user's own configuration (model folders, default sampler) change what tests see: none by default;
+# tests of the configuration point EXPRESSIONGRID_CONFIG at their own file.
+os.environ["EXPRESSIONGRID_CONFIG"] = str(Path(tempfile.mkdtemp(prefix="expressiongrid-test-config-")) / "config.toml")
 
 
 def load_jsonl(name: str) -> list[dict]:

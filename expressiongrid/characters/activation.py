@@ -31,6 +31,7 @@ from expressiongrid.characters.lora import (
     lora_delta,
 )
 from expressiongrid.characters.model import Character
+from expressiongrid.characters.sidecars import read_sidecars
 from expressiongrid.characters.tokens import token_problems
 from expressiongrid.errors import CharacterError
 
@@ -271,18 +272,17 @@ class CharacterActivator:
         self.pipe.text_encoder.config.vocab_size = old_vocab
 
     def _resources(self, ch: Character) -> list[dict]:
-        version = (ch.source or {}).get("civitai")
-        single = len(ch.files()) == 1
+        # The character's own [source] civitai id names its one file; any file may also have Civitai Helper's
+        # NAME.civitai.info beside it.
+        version = (ch.source or {}).get("civitai") if len(ch.files()) == 1 else None
         out = []
         for ref in ch.loras:
             item = {"type": "lora", "name": ref.name, "weight": ref.unet_weight, "hash": hashes.autov2(ref.path)}
-            if version is not None and single:
-                item["modelVersionId"] = version
+            _link(item, version, ref.path)
             out.append(item)
         for ref in ch.embeddings:
             item = {"type": "embed", "name": ref.token, "hash": hashes.autov2(ref.path)}
-            if version is not None and single:
-                item["modelVersionId"] = version
+            _link(item, version, ref.path)
             out.append(item)
         return out
 
@@ -323,3 +323,11 @@ def _copy(value):
         return copy.deepcopy(value)
     except Exception:  # unpicklable helpers (locks, C objects) are shared, not copied
         return value
+
+
+def _link(item: dict, version: int | None, path) -> None:
+    """Add civitai's ``modelVersionId`` to a resource when it is known."""
+    if version is None:
+        version = read_sidecars(path).civitai_version_id
+    if version is not None:
+        item["modelVersionId"] = version

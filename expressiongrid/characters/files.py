@@ -24,6 +24,7 @@ from pathlib import Path
 
 from expressiongrid.characters.formats import MODEL_SUFFIXES, PICKLE_SUFFIXES, read_safetensors_header
 from expressiongrid.characters.model import Character, EmbeddingRef, LoraRef
+from expressiongrid.characters.sidecars import read_sidecars
 from expressiongrid.characters.tokens import validate_token
 from expressiongrid.errors import CharacterError
 
@@ -212,15 +213,25 @@ def identify(path: str | Path) -> tuple[str, dict[str, str]]:
 
 
 def character_from_model_file(path: str | Path) -> Character:
-    """A bare LoRA/embedding file as a character, with defaults read from the file."""
+    """A bare LoRA/embedding file as a character, with defaults read from the file and its sidecars.
+
+    As A1111's Extra Networks card does: the weight is the ``"preferred weight"`` of A1111's ``NAME.json`` (else
+    1), the trigger words its ``"activation text"``, else Civitai Helper's trained words (``NAME.civitai.info``),
+    else the ones kohya stored in the file. A known civitai model-version id links the file in the metadata.
+    """
     path = Path(path)
     kind, metadata = identify(path)
+    sidecars = read_sidecars(path)
+    source = {"civitai": sidecars.civitai_version_id} if sidecars.civitai_version_id is not None else None
     cid = re.sub(r"[^A-Za-z0-9_.\-]+", "-", path.stem).strip("-.") or "character"
     if kind == "lora":
-        ref = LoraRef(path)
-        return Character(cid, path.stem, loras=[ref], text=default_text([ref], [], kohya_trigger_words(metadata)), file=path)
+        weight = sidecars.preferred_weight if sidecars.preferred_weight is not None else 1.0
+        ref = LoraRef(path, unet_weight=weight, te_weight=weight)
+        words = sidecars.trigger_words or kohya_trigger_words(metadata)
+        return Character(cid, path.stem, loras=[ref], text=default_text([ref], [], words), source=source, file=path)
     ref = EmbeddingRef(path)
-    return Character(cid, path.stem, embeddings=[ref], text=ref.token, file=path)
+    text = ", ".join([ref.token, *sidecars.trigger_words]) if sidecars.activation_text.strip() else ref.token
+    return Character(cid, path.stem, embeddings=[ref], text=text, source=source, file=path)
 
 
 @dataclass

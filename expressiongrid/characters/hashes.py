@@ -2,6 +2,7 @@
 
 - ``sha256(path)``: the whole file (civitai's "SHA256"; A1111's ``calculate_sha256``).
 - ``autov2(path)``: its first 10 hex digits (A1111 "Model hash", civitai "AutoV2").
+- ``autov1(path)``: A1111's old 8-digit model hash (sha256 of 64 KiB at offset 1 MiB).
 - ``addnet_hash(path)``: sha256 of a safetensors file's bytes after the header (A1111 ``addnet_hash_safetensors``).
 - ``lora_short_hash(path)``: A1111's ``Lora hashes`` value: first 12 hex of the ``sshs_model_hash`` metadata
   if present, else of the addnet hash (safetensors) or whole-file sha256 (other formats).
@@ -106,6 +107,21 @@ def sha256(path: str | os.PathLike) -> str:
 def autov2(path: str | os.PathLike) -> str:
     """A1111's "Model hash" / civitai's AutoV2: the first 10 hex digits of the file's sha256."""
     return sha256(path)[:10]
+
+
+def autov1(path: str | os.PathLike) -> str:
+    """A1111's old model hash (still in old infotexts and checkpoint titles): 8 hex digits of the sha256 of the
+    64 KiB at offset 1 MiB."""
+
+    def compute(p: Path) -> str:
+        try:
+            with p.open("rb") as fh:
+                fh.seek(0x100000)
+                return hashlib.sha256(fh.read(0x10000)).hexdigest()[:8]
+        except OSError as exc:
+            raise CharacterError(f"cannot read {p}: {exc.strerror or exc}") from exc
+
+    return _cached(Path(path), "autov1", compute)
 
 
 def addnet_hash(path: str | os.PathLike) -> str:

@@ -31,6 +31,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "analyze": "expressiongrid.cli.analysis:analyze",
     "report": "expressiongrid.cli.analysis:report",
     "judge": "expressiongrid.cli.judge:judge",
+    "config": "expressiongrid.cli.config:config",
 }
 
 

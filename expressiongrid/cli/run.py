@@ -206,13 +206,17 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
 @click.option("--seed", type=int, default=-1, show_default=True, help="-1 draws one random seed for the grid.")
 @click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--cfg-scale", type=float, default=7.0, show_default=True)
-@click.option("--sampler", default="Euler a", show_default=True)
+@click.option("--sampler", default=None, help='An A1111 sampler name, e.g. "DPM++ 2M Karras" (default: the '
+              'configuration\'s [defaults] sampler, else "Euler a").')
 @click.option("--width", type=click.IntRange(8, 8192), default=512, show_default=True)
 @click.option("--height", type=click.IntRange(8, 8192), default=512, show_default=True)
-@click.option("--model", default="tiny", show_default=True, help='"tiny", a hub id, a folder or a checkpoint file.')
+@click.option("--model", default="tiny", show_default=True,
+              help='"tiny", a hub id, a folder, a checkpoint file, or a checkpoint name in the configured folders '
+                   '(file name, stem or A1111 title "name [hash]").')
 @click.option("--vae", default=None, help="A separate VAE file or folder.")
 @click.option("--clip-skip", type=click.IntRange(1, 12), default=1, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Weights' dtype (default: the configuration's [defaults] dtype, else fp32).")
 @click.option("--vary-seeds", type=click.Choice(["x", "y", "z"]), multiple=True,
               help="A1111's 'Vary seeds for X/Y/Z' (repeatable).")
 @click.option("--seeds-per-cell", type=click.IntRange(1, 64), default=1, show_default=True)

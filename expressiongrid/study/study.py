@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expressiongrid.errors import ExpressionGridError, StudyError
+from expressiongrid.config import load as load_config
+from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
 
 PLACEHOLDERS = ("expression", "character")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -304,24 +305,26 @@ def _looks_like_path(source: str) -> bool:
 
 def _read_model(t: dict, base_dir: Path, problems: _Problems, check_files: bool) -> ModelConfig:
     _check_keys(t, _KNOWN_KEYS["model"], "model.", problems)
+    user_config = load_config()
     m = ModelConfig()
     m.source = _get(t, "source", str, "tiny", "model.", problems,
                     check=lambda s: bool(s.strip()), expect='"tiny", a hub id, a folder or a .safetensors file')
     m.vae = _get(t, "vae", str, None, "model.", problems) or None
     m.clip_skip = _get(t, "clip_skip", int, 1, "model.", problems, check=lambda v: 1 <= v <= 12,
                        expect="an integer from 1 to 12 (1 = last layer, A1111's default)")
-    m.dtype = _get(t, "dtype", str, "fp32", "model.", problems, check=lambda v: v in DTYPES,
+    m.dtype = _get(t, "dtype", str, user_config.default("dtype"), "model.", problems, check=lambda v: v in DTYPES,
                    expect=" or ".join(DTYPES))
-    m.device = _get(t, "device", str, None, "model.", problems)
+    m.device = _get(t, "device", str, user_config.default("device"), "model.", problems)
     if check_files:
         m.source = _resolve_model_path(m.source, base_dir, "model.source", problems)
         if m.vae:
-            m.vae = _resolve_model_path(m.vae, base_dir, "model.vae", problems)
+            m.vae = _resolve_model_path(m.vae, base_dir, "model.vae", problems, kind="vaes")
     return m
 
 
-def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Problems) -> str:
-    """Resolve a local path relative to the study file; hub ids and "tiny" pass through."""
+def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Problems, kind: str = "checkpoints") -> str:
+    """Resolve a model: a path relative to the study file, else a name in the configured folders (file name,
+    stem or A1111 title ``name [hash]`` for checkpoints, stem for VAEs); hub ids and "tiny" pass through."""
     if source == "tiny":
         return source
     candidate = Path(source).expanduser()
@@ -329,9 +332,22 @@ def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Proble
         candidate = base_dir / candidate
     if candidate.exists():
         return str(candidate)
-    if _looks_like_path(source) or Path(source).suffix:
-        problems.add(key, f"file not found: {candidate} (expected a checkpoint file or diffusers folder; "
-                          f"paths are relative to the study file)")
+    user_config = load_config()
+    try:
+        found = user_config.find_checkpoint(source) if kind == "checkpoints" else user_config.find_file(kind, source)
+    except UsageError as exc:
+        problems.add(key, str(exc))
+        return source
+    if found is not None:
+        return str(found)
+    search = user_config.describe_search(kind)
+    if source.rstrip().endswith("]") or not (_looks_like_path(source) or Path(source).suffix or "/" in source):
+        problems.add(key, f"{source!r} not found: no {kind} file of that name ({search}); or give a path "
+                          "relative to the study file")
+    elif _looks_like_path(source) or Path(source).suffix:
+        what = "a checkpoint file or diffusers folder" if kind == "checkpoints" else "a VAE file"
+        problems.add(key, f"file not found: {candidate} (expected {what}; paths are relative to the study file), "
+                          f"nor a {kind} file of that name ({search})")
     return source  # a hub id such as "runwayml/stable-diffusion-v1-5"
 
 
@@ -339,7 +355,7 @@ def _read_sampling(t: dict, problems: _Problems) -> Sampling:
     p = "sampling."
     _check_keys(t, _KNOWN_KEYS["sampling"], p, problems)
     s = Sampling()
-    s.sampler = _get(t, "sampler", str, s.sampler, p, problems)
+    s.sampler = _get(t, "sampler", str, load_config().default("sampler"), p, problems)
     _check_sampler(s.sampler, p + "sampler", problems)
     s.steps = _get(t, "steps", int, s.steps, p, problems, check=lambda v: 1 <= v <= 1000,
                    expect="an integer from 1 to 1000")

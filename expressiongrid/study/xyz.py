@@ -34,27 +34,30 @@ def xyz_study_dict(
     seed: int = -1,
     steps: int = 20,
     cfg_scale: float = 7.0,
-    sampler: str = "Euler a",
+    sampler: str | None = None,
     width: int = 512,
     height: int = 512,
     model: str = "tiny",
     vae: str | None = None,
     clip_skip: int = 1,
-    dtype: str = "fp32",
+    dtype: str | None = None,
     vary_seeds: tuple[bool, bool, bool] = (False, False, False),
     seeds_per_cell: int = 1,
     margin: int = 0,
     title: str | None = None,
 ) -> dict:
-    """The study (as a dict for ``study_from_dict``) that an X/Y/Z plot with these settings describes."""
+    """The study (as a dict for ``study_from_dict``) that an X/Y/Z plot with these settings describes.
+
+    `sampler` and `dtype` left as ``None`` take the user configuration's ``[defaults]``."""
     if x is None and y is None and z is None:
         raise UsageError("give at least one axis, e.g. --x \"Steps: 10,20\"")
     vary = [slot for (_, slot), on in zip(AXIS_SLOTS, vary_seeds) if on]
     policy = "vary" if vary else ("per-cell" if seeds_per_cell > 1 else "fixed")
     data = {
         "name": title or "xyz",
-        "model": {"source": model, "clip_skip": clip_skip, "dtype": dtype, **({"vae": vae} if vae else {})},
-        "sampling": {"sampler": sampler, "steps": steps, "cfg_scale": cfg_scale, "width": width, "height": height,
+        "model": {"source": model, "clip_skip": clip_skip, **({"dtype": dtype} if dtype else {}),
+                  **({"vae": vae} if vae else {})},
+        "sampling": {**({"sampler": sampler} if sampler else {}), "steps": steps, "cfg_scale": cfg_scale, "width": width, "height": height,
                      "seed": seed, "seed_policy": policy, "seeds_per_cell": seeds_per_cell,
                      **({"vary": vary} if vary else {})},
         "prompt": {"positive": prompt, "negative": negative_prompt, "reference": reference},
