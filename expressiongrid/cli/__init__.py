@@ -26,6 +26,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "run": "expressiongrid.cli.run:run",
     "xyz": "expressiongrid.cli.run:xyz",
     "demo": "expressiongrid.cli.run:demo",
+    "init": "expressiongrid.cli.init:init",
     "runs": "expressiongrid.cli.runs:runs",
     "queue": "expressiongrid.cli.queue:queue",
     "analyze": "expressiongrid.cli.analysis:analyze",
