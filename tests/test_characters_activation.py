@@ -414,18 +414,91 @@ def test_lokr_full_and_decomposed_factors(pipe, tmp_path):
     torch.testing.assert_close(dc, conv_expected, atol=1e-6, rtol=1e-4)
 
 
-def test_dora_and_full_difference_files_get_not_supported_yet(pipe, tmp_path):
+def _dora_expected(base, delta, magnitude, per_output=False):
+    """DoRA as A1111 1.9+ applies it, written independently: rescale each input column (or output row) of
+    base + delta to the stored magnitude; the change is that minus base."""
+    merged = base.double() + delta.double()
+    dims = [d for d in range(merged.dim()) if d != (0 if per_output else 1)]
+    norm = torch.linalg.vector_norm(merged, dim=dims, keepdim=True)
+    return merged * (magnitude.double().reshape(norm.shape) / norm) - base.double()
+
+
+def test_lycoris_dora_on_lora_locon_and_lokr_matches_a1111s_decomposition(pipe, tmp_path):
     from safetensors.torch import save_file
 
+    g = torch.Generator().manual_seed(3)
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.1  # noqa: E731
+    attn = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    conv = pipe.unet.down_blocks[0].resnets[0].conv1
+    q = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    k = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k"
+    c = "lora_unet_down_blocks_0_resnets_0_conv1"
+    # magnitudes near the base weights' own column norms, as a trained DoRA's are
+    mq = torch.linalg.vector_norm(attn.to_q.weight.detach(), dim=0, keepdim=True) * (1 + r(1, 32))
+    mk = torch.linalg.vector_norm(attn.to_k.weight.detach(), dim=1, keepdim=True) * (1 + r(32, 1))  # wd_on_out
+    mc = torch.linalg.vector_norm(conv.weight.detach(), dim=(0, 2, 3), keepdim=True) * (1 + r(1, 32, 1, 1))
+    t = {f"{q}.lora_down.weight": r(4, 32), f"{q}.lora_up.weight": r(32, 4), f"{q}.alpha": torch.tensor(2.0),
+         f"{q}.dora_scale": mq,
+         f"{k}.lokr_w1": r(4, 4), f"{k}.lokr_w2": r(8, 8), f"{k}.dora_scale": mk,
+         f"{c}.lora_down.weight": r(2, 32, 3, 3), f"{c}.lora_up.weight": r(32, 2, 1, 1), f"{c}.dora_scale": mc}
+    path = tmp_path / "dora.safetensors"
+    save_file(t, str(path))
+    layers = (attn.to_q, attn.to_k, conv)
+    before = [layer.weight.detach().clone() for layer in layers]
+    for weight in (1.0, 0.5):
+        with CharacterActivator(Loaded(pipe)).activate(lora_char("d", path, weight)):
+            changes = [layer.weight.detach() - b for layer, b in zip(layers, before)]
+        assert all(torch.equal(layer.weight, b) for layer, b in zip(layers, before))  # restored exactly
+        dq = (t[f"{q}.lora_up.weight"] @ t[f"{q}.lora_down.weight"]) * 0.5  # alpha 2 / rank 4
+        dk = torch.kron(t[f"{k}.lokr_w1"], t[f"{k}.lokr_w2"])
+        dc = torch.einsum("or,rihw->oihw", t[f"{c}.lora_up.weight"].flatten(1), t[f"{c}.lora_down.weight"])
+        expected = [_dora_expected(before[0], dq, mq), _dora_expected(before[1], dk, mk, per_output=True),
+                    _dora_expected(before[2], dc, mc)]
+        for got, want in zip(changes, expected):
+            # A1111 multiplies the decomposed change by the LoRA weight
+            torch.testing.assert_close(got.double(), want * weight, atol=2e-6, rtol=1e-4)
+    assert changes[0].abs().max() > 1e-3  # the check above compares real changes, not two zeros
+    # at weight 1 the column norms of the new weight are the stored magnitudes: what DoRA means
+    with CharacterActivator(Loaded(pipe)).activate(lora_char("d", path)):
+        torch.testing.assert_close(torch.linalg.vector_norm(attn.to_q.weight.detach(), dim=0, keepdim=True), mq,
+                                   atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tensors, named", [
+    ({".oft_blocks": (4, 8, 8)}, r"OFT \(orthogonal finetuning\) modules"),
+    ({".oft_blocks": (2, 4, 8, 8)}, r"BOFT \(butterfly orthogonal finetuning\) modules"),
+    ({".lora_down.weight": (2, 32), ".lora_up.weight": (32, 2), ".bias": (32,)}, r"bias difference"),
+    ({".diff": (32, 32), ".diff_b": (32,)}, r"bias difference|full weight difference"),
+    ({".diff": (32, 32)}, r"full weight difference \(LyCORIS 'full'\)"),
+    ({".w_norm": (32,), ".b_norm": (32,)}, r"norm-layer"),
+    ({".weight": (32,), ".on_input": ()}, r"\(IA\)\^3"),
+])
+def test_formats_a1111_loads_but_this_tool_does_not_are_named(pipe, tmp_path, tensors, named):
+    from safetensors.torch import save_file
+
+    from expressiongrid.characters.files import identify
+
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    save_file({f"{name}.lora_down.weight": torch.zeros(2, 32), f"{name}.lora_up.weight": torch.zeros(32, 2),
-               f"{name}.dora_scale": torch.ones(1, 32)}, str(tmp_path / "dora.safetensors"))
-    save_file({f"{name}.diff": torch.zeros(32, 32)}, str(tmp_path / "full.safetensors"))
-    act = CharacterActivator(Loaded(pipe))
-    with pytest.raises(CharacterError, match=r"DoRA .*not supported yet"):
-        act.prepare([lora_char("d", tmp_path / "dora.safetensors")])
-    with pytest.raises(CharacterError, match=r"full-difference.*not supported yet"):
-        act.prepare([lora_char("f", tmp_path / "full.safetensors")])
+    path = tmp_path / "x.safetensors"
+    save_file({name + part: torch.zeros(shape) for part, shape in tensors.items()}, str(path))
+    with pytest.raises(CharacterError, match=named + r".*not supported yet") as info:
+        CharacterActivator(Loaded(pipe)).prepare([lora_char("x", path)])
+    assert "not a LoRA file" not in str(info.value)
+    with pytest.raises(CharacterError, match=named):  # the same message before any model loads
+        identify(path)
+
+
+def test_peft_oft_and_boft_files_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from expressiongrid.characters.files import identify
+
+    for key, named in (("base_model.model.down_blocks.0.attentions.0.proj_in.oft_r", "OFT"),
+                       ("base_model.model.down_blocks.0.attentions.0.proj_in.boft_R", "BOFT")):
+        path = tmp_path / "peft.safetensors"
+        save_file({key: torch.zeros(4, 8, 8)}, str(path))
+        with pytest.raises(CharacterError, match=rf"{named} \(.*peft\) modules .*not supported yet"):
+            identify(path)
 
 
 def test_lora_for_another_model_is_refused_at_prepare(pipe, tmp_path):

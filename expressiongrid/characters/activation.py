@@ -205,7 +205,7 @@ class CharacterActivator:
                 touched.append(key)
                 total = base.to(torch.float32, copy=True)
                 for weight, module in items:
-                    total.add_(lora_delta(module, base.shape), alpha=weight)
+                    total.add_(lora_delta(module, base.shape, base=base), alpha=weight)
                 layer.weight.copy_(total)  # copy_ casts to the layer's dtype
         return te_changed
 

@@ -57,7 +57,7 @@ def describe_file(path: str | Path) -> dict:
     layout = None
     if not (data is not None and "string_to_param" in data):
         try:
-            layout = parse_layout(shapes.keys(), path)
+            layout = parse_layout(shapes.keys(), path, shapes)
         except CharacterError as exc:
             if "not a LoRA file" not in str(exc):
                 raise

@@ -187,6 +187,7 @@ def identify(path: str | Path) -> tuple[str, dict[str, str]]:
     if path.suffix.lower() == ".safetensors":
         header = read_safetensors_header(path)
         keys = list(header.tensors)
+        shapes = {k: header.shape(k) for k in keys}
         metadata = header.metadata
     elif path.suffix.lower() in PICKLE_SUFFIXES:
         from expressiongrid.characters.formats import load_pickle
@@ -195,12 +196,13 @@ def identify(path: str | Path) -> tuple[str, dict[str, str]]:
         if not isinstance(data, dict):
             raise CharacterError(f"{path}: unrecognised content ({type(data).__name__})")
         keys, metadata = list(data), {}
+        shapes = {k: tuple(v.shape) for k, v in data.items() if hasattr(v, "shape")}
         if "string_to_param" in data:
             return "embedding", metadata
     else:
         raise CharacterError(f"{path}: unsupported file type {path.suffix!r}")
     try:
-        parse_layout(keys, path)
+        parse_layout(keys, path, shapes)
         return "lora", metadata
     except CharacterError as lora_error:
         if "not a LoRA file" not in str(lora_error):

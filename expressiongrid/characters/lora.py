@@ -12,8 +12,11 @@ Layouts (``format`` values):
 
 Scale per module is ``alpha / rank`` (peft ``use_rslora``: ``alpha / sqrt(rank)``); a module with no alpha has
 scale 1, as in kohya and A1111. LyCORIS LoHa (``hada_*``) and LoKr (``lokr_*``, incl. Tucker cores) work with
-LyCORIS's formulas and scale ``alpha / dim``; DoRA, OFT and full-weight-difference modules are refused with a
-clear "not supported yet" error rather than silently skipped.
+LyCORIS's formulas and scale ``alpha / dim``. LyCORIS DoRA (a ``dora_scale`` beside any of these) is applied as
+A1111 1.9+ applies it: the scaled change is added to the base weight, each input column of the sum is rescaled
+to the stored magnitude, and the difference to the base weight, times the LoRA weight, is the change. Formats
+A1111 loads but this tool does not (OFT, BOFT, (IA)^3, GLoRA, full differences, norm layers, bias differences,
+peft's DoRA) are refused with an error naming the format, never silently skipped.
 """
 
 from __future__ import annotations
@@ -68,34 +71,63 @@ class LoraLayout:
 def _unsupported(path, kind: str, example: str) -> CharacterError:
     return CharacterError(
         f"{path}: {kind} modules (e.g. {example!r}) are not supported yet; only LoRA/LoCon "
-        "(lora_down/lora_up, lora_A/lora_B), LoHa and LoKr files can be used as characters"
+        "(lora_down/lora_up, lora_A/lora_B), LoHa and LoKr files, with or without DoRA, can be used as characters"
     )
 
 
-def parse_layout(keys, path="<file>") -> LoraLayout:
-    """Group tensor keys into modules and name the layout; raise ``CharacterError`` for unknown files."""
+# Module kinds A1111 (or LyCORIS) loads that this tool does not, by the tensor name that gives them away.
+_UNSUPPORTED_PARTS = (
+    (("oft_blocks", "oft_diag", "oft_R", "rescale"), "OFT (orthogonal finetuning)"),
+    (("diff_b", "bias"), "bias difference ('.bias' / 'diff_b')"),
+    (("diff",), "full weight difference (LyCORIS 'full')"),
+    (("w_norm", "b_norm"), "norm-layer (LyCORIS 'norm')"),
+    (("on_input", "weight"), "(IA)^3"),
+    (("a1.weight", "a2.weight", "b1.weight", "b2.weight"), "GLoRA"),
+)
+
+
+def _unsupported_kind(part: str, key: str, shapes: dict | None) -> str | None:
+    """The name of the unsupported format a tensor part (``oft_blocks``, ``diff_b``, ...) belongs to."""
+    for parts, kind in _UNSUPPORTED_PARTS:
+        if part in parts:
+            # LyCORIS stores BOFT's butterfly factors as a 4-D oft_blocks [m, blocks, b, b]; OFT's are 3-D.
+            if kind.startswith("OFT") and shapes and len(shapes.get(key, ())) == 4:
+                return "BOFT (butterfly orthogonal finetuning)"
+            return kind
+    return None
+
+
+def parse_layout(keys, path="<file>", shapes: dict | None = None) -> LoraLayout:
+    """Group tensor keys into modules and name the layout; raise ``CharacterError`` for unknown files.
+
+    `shapes` (tensor name -> shape), when known, tells OFT from BOFT in the error for those formats."""
     keys = list(keys)
     if not keys:
         raise CharacterError(f"{path}: the file holds no tensors")
     if any(k.startswith(KOHYA_PREFIXES) for k in keys):
-        return _parse_kohya(keys, path)
+        return _parse_kohya(keys, path, shapes)
     if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or "lora_linear_layer" in k or "_lora.down." in k
            for k in keys):
         return _parse_dotted(keys, path)
+    peft_kind = next((kind for k in keys for marker, kind in (("boft_R", "BOFT (butterfly orthogonal finetuning, peft)"),
+                                                               ("oft_r", "OFT (orthogonal finetuning, peft)"))
+                      if f".{marker}" in k), None)
+    if peft_kind:
+        example = next(k for k in keys if ".boft_R" in k or ".oft_r" in k)
+        raise _unsupported(path, peft_kind, example)
     raise CharacterError(f"{path}: not a LoRA file (no lora_unet_/lora_te_/lora_A/lora_down keys); key example {keys[0]!r}")
 
 
-def _parse_kohya(keys, path) -> LoraLayout:
+def _parse_kohya(keys, path, shapes: dict | None = None) -> LoraLayout:
     modules: dict[str, LoraModuleSpec] = {}
     for key in keys:
         stem, _, part = key.partition(".")
         if not stem.startswith(KOHYA_PREFIXES):
             raise CharacterError(f"{path}: unexpected key {key!r} in a kohya-style LoRA")
-        if part == "dora_scale":
-            raise _unsupported(path, "DoRA (dora_scale)", key)
-        if part.startswith(("diff", "w_norm", "b_norm", "oft_", "on_input")):
-            raise _unsupported(path, "full-difference/norm/OFT", key)
-        role = _KOHYA_LORA_PARTS.get(part) or (part if part in _LYCORIS_PARTS else None)
+        unsupported = _unsupported_kind(part, key, shapes)
+        if unsupported:
+            raise _unsupported(path, unsupported, key)
+        role = _KOHYA_LORA_PARTS.get(part) or (part if part in _LYCORIS_PARTS or part == "dora_scale" else None)
         if role is None:
             raise CharacterError(f"{path}: unrecognised LoRA key {key!r}")
         if stem.startswith("lora_unet_"):
@@ -153,7 +185,7 @@ def _parse_dotted(keys, path) -> LoraLayout:
                 break
         else:
             if "lora_magnitude_vector" in body:
-                raise _unsupported(path, "DoRA (lora_magnitude_vector)", key)
+                raise _unsupported(path, "peft DoRA (lora_magnitude_vector; LyCORIS's dora_scale works)", key)
             raise CharacterError(f"{path}: unrecognised LoRA key {key!r}")
         if target is None:
             target = _guess_target(module_path)
@@ -186,7 +218,7 @@ def _is_complete(keys) -> bool:
 def _complete(modules: dict, path) -> list[LoraModuleSpec]:
     out = []
     for spec in modules.values():
-        if not _is_complete(spec.keys):
+        if not _is_complete({r: k for r, k in spec.keys.items() if r != "dora_scale"}):
             if set(spec.keys) == {"alpha"}:
                 continue  # an alpha without weights changes nothing (some trainers leave them behind)
             raise CharacterError(f"{path}: module {spec.name!r} lacks some of its matrices "
@@ -263,11 +295,12 @@ class LoraModule:
     converted: str | None = None  # "unet:<path>"/"te:<path>" from diffusers' kohya converter, if it could
     kind: str = "lora"  # "lora" (incl. LoCon), "loha" or "lokr"
     factors: dict = field(default_factory=dict)  # LoHa/LoKr tensors by role (hada_w1_a, lokr_w1, ...)
+    dora_scale: object | None = None  # LyCORIS DoRA magnitude: [1, in(, 1, 1)] (or [out, 1(, 1, 1)])
 
     def tensors(self) -> dict:
         """Every tensor of the module by role (for moving them to the model's device)."""
         out = dict(self.factors)
-        for role in ("down", "up", "mid"):
+        for role in ("down", "up", "mid", "dora_scale"):
             if getattr(self, role) is not None:
                 out[role] = getattr(self, role)
         return out
@@ -275,7 +308,7 @@ class LoraModule:
     def set_tensors(self, tensors: dict) -> None:
         """Replace the module's tensors by role (after moving them to a device)."""
         for role, value in tensors.items():
-            if role in ("down", "up", "mid"):
+            if role in ("down", "up", "mid", "dora_scale"):
                 setattr(self, role, value)
             else:
                 self.factors[role] = value
@@ -383,16 +416,18 @@ def load_lora(path: str | Path) -> LoraFile:
     path = Path(path)
     tensors, metadata = load_state(path)
     tensors = {k: v for k, v in tensors.items() if hasattr(v, "shape")}
-    layout = parse_layout(tensors.keys(), path)
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    layout = parse_layout(tensors.keys(), path, shapes)
     family, width, _ = detect_family(layout, shapes)
     peft_cfg = _peft_config(path) if layout.format == "peft" else {}
     converted = diffusers_module_paths(_plain_pairs(layout, tensors)) if layout.format == "kohya" else {}
     modules = []
     for spec in layout.modules:
         kind = module_kind(spec.keys)
+        dora = tensors.get(spec.keys.get("dora_scale", ""))
         if kind != "lora":
             modules.append(_lycoris_module(spec, kind, tensors, converted))
+            modules[-1].dora_scale = dora
             continue
         down = tensors[spec.keys["down"]]
         up = tensors[spec.keys["up"]]
@@ -422,13 +457,13 @@ def load_lora(path: str | Path) -> LoraFile:
         else:
             scale = alpha / rank
         modules.append(LoraModule(spec.target, spec.name, spec.dotted, down, up, mid, alpha, rank, scale,
-                                  converted.get(spec.name)))
+                                  converted.get(spec.name), dora_scale=dora))
     return LoraFile(path, layout.format, modules, metadata, family, width)
 
 
 def _lycoris_module(spec: LoraModuleSpec, kind: str, tensors: dict, converted: dict) -> LoraModule:
     """A LoHa/LoKr module; scale = alpha / dim as in LyCORIS (dim: the rank of the first low-rank pair)."""
-    factors = {role: tensors[key] for role, key in spec.keys.items() if role != "alpha"}
+    factors = {role: tensors[key] for role, key in spec.keys.items() if role not in ("alpha", "dora_scale")}
     if kind == "loha":
         dim = int(factors["hada_w1_b"].shape[0])
     else:
@@ -498,6 +533,8 @@ def delta_shape(module: LoraModule) -> tuple[int, ...]:
 def fits(module: LoraModule, weight_shape) -> bool:
     """True if the module's weight change can be written into a layer of ``weight_shape``."""
     shape, weight_shape = tuple(delta_shape(module)), tuple(weight_shape)
+    if module.dora_scale is not None and math.prod(module.dora_scale.shape) not in weight_shape[:2]:
+        return False  # a DoRA magnitude per input column (or output row) of this layer
     # Same output channels and size: a 1x1-conv LoRA on a linear layer or a kernel stored flattened.
     return shape == weight_shape or (shape[0] == weight_shape[0] and math.prod(shape) == math.prod(weight_shape))
 
@@ -522,12 +559,39 @@ def _raw_delta(module: LoraModule):
     return up.flatten(1) @ down.flatten(1)
 
 
-def lora_delta(module: LoraModule, weight_shape, dtype=None):
-    """The module's weight change times its scale (float32), shaped like the target layer's weight."""
+def lora_delta(module: LoraModule, weight_shape, dtype=None, base=None):
+    """The module's weight change times its scale (float32), shaped like the target layer's weight.
+
+    A DoRA module's change depends on the layer's base weight, so `base` (the weight before any LoRA) is
+    required for one. The LoRA weight (A1111's multiplier) multiplies the result, as in A1111."""
     delta = _raw_delta(module)
     if tuple(delta.shape) != tuple(weight_shape):
         if not fits(module, weight_shape):
             raise ValueError(f"delta {tuple(delta.shape)} does not fit weight {tuple(weight_shape)}")
         delta = delta.reshape(weight_shape)  # 1x1 conv on a linear layer, flattened conv kernels
     delta = delta.mul_(module.scale)
+    if module.dora_scale is not None:
+        if base is None:
+            raise ValueError("a DoRA module needs the layer's base weight")
+        delta = dora_delta(delta, base, module.dora_scale)
     return delta if dtype is None else delta.to(dtype)
+
+
+def dora_delta(delta, base, magnitude):
+    """DoRA's change: ``(base + delta)`` with each input column (over output channels and kernel) rescaled to
+    ``magnitude``, minus ``base``. A magnitude of shape ``[out, 1, ...]`` (LyCORIS's ``wd_on_out``) rescales
+    output rows instead."""
+    import torch
+
+    base = base.to(torch.float32)
+    merged = base + delta
+    magnitude = magnitude.to(device=merged.device, dtype=torch.float32)
+    flat_ones = [1] * (merged.dim() - 1)
+    if magnitude.dim() >= 2 and magnitude.shape[0] == merged.shape[0] and magnitude.shape[0] != 1:
+        norm = merged.reshape(merged.shape[0], -1).norm(dim=1).reshape(merged.shape[0], *flat_ones)
+        magnitude = magnitude.reshape(merged.shape[0], *flat_ones)
+    else:
+        norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1)
+        norm = norm.reshape(1, merged.shape[1], *flat_ones[1:])
+        magnitude = magnitude.reshape(1, merged.shape[1], *flat_ones[1:])
+    return merged * (magnitude / norm) - base
