@@ -10,6 +10,7 @@ is blanked out of it, and the URL is logged without its query string or user:pas
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -39,18 +40,56 @@ def check_url(url: str) -> str:
     Only http(s): urllib would happily "post" to file:// or ftp:// URLs, which is never what a user meant.
     """
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"--notify needs an http:// or https:// URL, got {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--notify needs an http:// or https:// URL with a host, got {safe_url(url)!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise UsageError(f"--notify URL {safe_url(url)!r} has a port outside 1-65535: give a real port or none")
     return url
 
 
 def safe_url(url: str) -> str:
-    """The URL as it may appear in logs: no user:password, no query string (webhook tokens live there)."""
+    """The URL as it may appear in logs: no user:password, no query string or fragment (webhook tokens live there).
+
+    Never raises: a URL too broken to parse is shown as its scheme and host part only.
+    """
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line as it may be logged or stored: the ``--notify`` URL shown by :func:`safe_url`."""
+    out: list[str] = []
+    after_flag = False
+    for arg in argv:
+        if after_flag:
+            out.append(safe_url(arg))
+        elif arg.startswith("--notify="):
+            out.append("--notify=" + safe_url(arg[len("--notify="):]))
+        else:
+            out.append(arg)
+        after_flag = arg == "--notify"
+    return out
+
+
+def _request_target(url: str) -> tuple[str, dict[str, str]]:
+    """The URL urllib can open (no ``user:password@``) and the headers that carry those credentials.
+
+    urllib does not read credentials from the URL itself (it takes ``user:pw@host`` for a host with a
+    bad port), so a basic-auth webhook is sent its credentials as an ``Authorization`` header.
+    """
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url, {}
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}".encode("utf-8")
+    headers = {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), headers
 
 
 def _secret_values(environ: dict[str, str] | None = None) -> list[str]:
@@ -83,10 +122,12 @@ def notify(url: str, summary: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) 
     shown = safe_url(url)
     try:
         check_url(url)
+        target, auth = _request_target(url)
         body = json.dumps(build_payload(summary), ensure_ascii=False, default=str).encode("utf-8")
         request = urllib.request.Request(
-            url, data=body, method="POST",
-            headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": "expressiongrid-notify"},
+            target, data=body, method="POST",
+            headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": "expressiongrid-notify",
+                     **auth},
         )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status = response.status

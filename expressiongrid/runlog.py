@@ -134,7 +134,9 @@ class RunLog:
     def header(self, *, study: Any = None, argv: list[str] | None = None,
                versions: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         """Write the start-of-run block: command line, versions, and the resolved study as one JSON line."""
-        logger.info("run started: %s", " ".join(argv if argv is not None else sys.argv))
+        from expressiongrid.notify import redact_argv
+
+        logger.info("run started: %s", " ".join(redact_argv(argv if argv is not None else sys.argv)))
         for key, value in (versions if versions is not None else environment_versions()).items():
             logger.info("version %s: %s", key, value)
         for key, value in (extra or {}).items():

@@ -166,3 +166,76 @@ def test_a_run_that_dies_still_notifies_and_logs_why(tmp_path, monkeypatch):
     assert "illegal memory access" in body["message"]
     log = (tmp_path / "out" / "run.log").read_text()
     assert "run stopped by RuntimeError: CUDA error" in log and "notification sent" in log
+
+
+class _Recorder(_Server):
+    """A _Server that also checks HTTP basic auth: 401 without the right Authorization header."""
+
+    def __init__(self, user: str, password: str):
+        import base64
+
+        super().__init__(status=200)
+        expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        handler = self.httpd.RequestHandlerClass
+        original = handler.do_POST
+
+        def do_POST(self):  # noqa: N802
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.end_headers()
+                return
+            original(self)
+
+        handler.do_POST = do_POST
+
+
+def test_basic_auth_webhook_gets_its_credentials_as_a_header(tmp_path):
+    with _Recorder("night", "p@ss:w0rd") as server:
+        url = server.url.replace("http://", "http://night:p%40ss%3Aw0rd@") + "/hook?token=abc"
+        with open_run_log(tmp_path):
+            assert notify(url, SUMMARY, timeout=5) is True
+    assert server.requests[0]["path"] == "/hook?token=abc"
+    log = (tmp_path / "run.log").read_text()
+    assert "w0rd" not in log and "token=abc" not in log and "night:" not in log
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/", "http://127.0.0.1:0/", "http://127.0.0.1:abc/",
+                                 "http://user:pw@:80/"])
+def test_a_url_with_a_bad_port_or_no_host_is_a_usage_error_and_never_raises_later(tmp_path, url):
+    with pytest.raises(UsageError) as exc:
+        check_url(url)
+    assert "pw" not in str(exc.value)
+    with open_run_log(tmp_path):
+        assert notify(url, SUMMARY, timeout=2) is False
+    assert "pw" not in (tmp_path / "run.log").read_text()
+
+
+def test_redact_argv_hides_the_notify_token_and_password():
+    from expressiongrid.notify import redact_argv
+
+    argv = ["run", "s.toml", "--notify", "https://u:secretpw@hooks.example.com/x?token=T0K", "--out", "o"]
+    assert redact_argv(argv) == ["run", "s.toml", "--notify", "https://hooks.example.com/x", "--out", "o"]
+    assert redact_argv(["--notify=https://h.example/x?k=1"]) == ["--notify=https://h.example/x"]
+
+
+def test_run_log_and_runs_argv_never_hold_the_notify_secret(tmp_path):
+    import sqlite3
+
+    from expressiongrid.study.distributed import run_launched
+    from expressiongrid.study.study import load_study
+
+    (tmp_path / "s.toml").write_text(_STUDY.replace('values = "5,7"', 'values = "7"').replace(
+        'values = ["neutral", "smiling"]', 'values = ["neutral"]'))
+    study = load_study(tmp_path / "s.toml")
+    out = tmp_path / "out"
+    with _Recorder("me", "hunter22") as server:
+        url = server.url.replace("http://", "http://me:hunter22@") + "/h?token=SECRET-T0KEN"
+        outcome = run_launched(study, out, argv=["run", "s.toml", "--notify", url], notify_url=url)
+    assert outcome.exit_code == 0
+    assert json.loads(server.requests[0]["body"])["status"] == "done"  # the basic-auth webhook fired
+    log = (out / "run.log").read_text()
+    with sqlite3.connect(out / "run.sqlite") as db:
+        stored = " ".join(row[0] for row in db.execute("SELECT argv FROM runs"))
+    for text in (log, stored):
+        assert "SECRET-T0KEN" not in text and "hunter22" not in text
+    assert server.url + "/h" in stored and server.url + "/h" in log

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -227,13 +228,15 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     repairs the store and registers the plan while the others wait; then each makes its columns, and the
     last to finish composes the grids, reports the whole study and sends the notification.
     """
-    from expressiongrid.notify import notify
+    from expressiongrid.notify import notify, redact_argv
     from expressiongrid.runlog import open_run_log
     from expressiongrid.study.plan import plan as make_plan
     from expressiongrid.study.runner import compose_grids, run_study
     from expressiongrid.study.store import Store
 
     process = process or current_process()
+    # The --notify URL's token and user:password stay out of run.log and runs.argv.
+    argv = redact_argv(list(argv if argv is not None else sys.argv[1:]))
     p = plan if plan is not None else make_plan(study)
     started_at = time.time()
     with open_run_log(out_dir, process.label if process.distributed else None) as log:
