@@ -310,4 +310,44 @@ def test_deep_nesting_is_refused_gracefully():
     prompt = "[" * 5000 + "a" + "]" * 5000
     assert get_schedule(prompt, 10) == [(10, prompt)]
     assert parse_schedule_tree(prompt).warnings[0].kind == "too-deep"
-    parse_attention(prompt)  # emphasis parsing is iterative: no limit needed
+    # Emphasis: every open bracket multiplies what follows, so past the limit parsing would go quadratic.
+    with pytest.raises(PromptSyntaxError, match="more than 100 brackets are open") as exc:
+        parse_attention(prompt)
+    assert exc.value.position == 100
+    assert parse_attention("(" * 100 + "a")[0][0] == "a"  # 100 open at once are still read
+
+
+@pytest.mark.parametrize("number, expected", [
+    ("1e400", [(10, "a")]), ("1.e400", [(10, "a")]), ("9" * 400, [(10, "a")]), ("+1e999999999999", [(10, "a")]),
+    ("-1e400", [(10, "b")]), ("-" + "9" * 400 + ".5", [(10, "b")]), ("-0", [(10, "b")]), ("-0.0", [(10, "b")]),
+    ("0e400", [(10, "b")]), ("1e-400", [(10, "b")]), ("1" + "0" * 30, [(10, "a")]),
+])
+def test_prompt_editing_numbers_of_any_magnitude_give_a_schedule(number, expected):
+    # A1111 stops with OverflowError on the infinite ones; past either end of the steps means the same.
+    assert get_schedule(f"[a:b:{number}]", 10) == expected
+    assert get_hires_schedule(f"[a:b:{number}]", 10, 5)[-1][0] == 5
+
+
+@pytest.mark.parametrize("prompt", ["(cat:" + "9" * 400 + ")", "(cat:" + "9" * 309 + ".5)"])
+def test_an_infinite_emphasis_weight_is_a_syntax_error(prompt):
+    with pytest.raises(PromptSyntaxError, match="too large to be a number") as exc:
+        parse_attention(prompt)
+    assert exc.value.position == 5
+
+
+@pytest.mark.parametrize("tag, message", [
+    ("<lora:x:nan>", "is not a number"), ("<lora:x:inf>", "is not a number"), ("<lora:x:1e400>", "is not a number"),
+    ("<lora:x:1:-infinity>", "is not a number"), ("<lora:x:1e30>", "beyond"), ("<lora:x:-101>", "beyond"),
+])
+def test_lora_weights_must_be_finite_and_sane(tag, message):
+    with pytest.raises(PromptSyntaxError, match=message):
+        extract_networks("a " + tag)
+    assert extract_networks("a <lora:x:-100>")[1][0].te_weight == -100
+
+
+def test_long_whitespace_and_many_unclosed_brackets_parse_in_linear_time():
+    # A regex with a leading \s* (A1111's BREAK split) took seconds on 10,000 spaces; unclosed brackets
+    # multiplied everything after each one. Counted as work, not time: the number of fragments stays small.
+    assert parse_attention(" " * 10_000 + "BREAK" + " " * 10_000 + "x") == [("", 1.0), ("BREAK", -1.0), ("x", 1.0)]
+    with pytest.raises(PromptSyntaxError):
+        parse_attention("[a:" * 3000)

@@ -7,10 +7,12 @@ Negative prompts are never scanned: a tag there is plain text sent to the text e
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from expressiongrid.errors import PromptSyntaxError
+from expressiongrid.limits import MAX_NETWORK_WEIGHT
 from expressiongrid.prompts.warnings import PromptWarning
 
 _TAG = re.compile(r"<(\w+):([^>]+)>")
@@ -36,12 +38,22 @@ class NetworkRef:
 
 def _weight(value: str, tag: str, position: int) -> float:
     try:
-        return float(value)
+        weight = float(value)
     except ValueError:
+        weight = math.nan
+    if not math.isfinite(weight):
         raise PromptSyntaxError(
-            f"'{value}' in '{tag}' is not a number: write weights like <lora:name:0.8> or <lora:name:0.8:1.0>",
+            f"'{value[:20]}' in '{tag[:60]}' is not a number: write weights like <lora:name:0.8> or "
+            "<lora:name:0.8:1.0>",
             position=position,
-        ) from None
+        )
+    if abs(weight) > MAX_NETWORK_WEIGHT:
+        raise PromptSyntaxError(
+            f"weight {value[:20]} in '{tag[:60]}' is beyond +-{MAX_NETWORK_WEIGHT:g}: such a LoRA only makes "
+            "noise; use a weight like 0.8",
+            position=position,
+        )
+    return weight
 
 
 def _parse_tag(kind: str, args_text: str, raw: str, position: int) -> NetworkRef:

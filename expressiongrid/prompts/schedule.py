@@ -17,9 +17,11 @@ weights, is copied verbatim and interpreted later by :func:`expressiongrid.promp
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
+from expressiongrid.limits import MAX_NESTING
 from expressiongrid.prompts.pairs import ScheduleEntry
 from expressiongrid.prompts.warnings import PromptWarning
 
@@ -29,7 +31,7 @@ _WHITESPACE = re.compile(r"\s+")
 _PLAIN_STOP = "\\[]():|"
 # Deeper nesting than this is certainly not a real prompt; refusing it keeps the parser from
 # overflowing Python's stack on adversarial input (A1111 would crash in the same place).
-MAX_DEPTH = 100
+MAX_DEPTH = MAX_NESTING
 
 
 @dataclass
@@ -266,6 +268,9 @@ def when_to_step(number: str, steps: int, base_steps: int | None = None, old: bo
     (hires) pass, pass the first pass's step count as ``base_steps`` and the hires steps as ``steps``:
     step counts then run across both passes and fractions 1..2 address the hires pass.
     ``old=True`` is A1111's "Old prompt editing timelines": any value below 1 is a fraction.
+
+    A number too large for a float (``1e400``, 400 digits) is infinite: after the last step (or, negative,
+    before the first). A1111 stops with ``OverflowError`` on these; any value past the ends means the same.
     """
     value = float(number)
     if old:
@@ -274,6 +279,8 @@ def when_to_step(number: str, steps: int, base_steps: int | None = None, old: bo
         value = (value - (1.0 if base_steps is not None else 0.0)) * steps
     else:
         value = value - (base_steps if base_steps is not None else 0)
+    if not math.isfinite(value):  # only +-inf: NUMBER has no "nan" and inf - 1 or inf * steps stays inf
+        return steps if value > 0 else 0
     return min(steps, int(value))
 
 
