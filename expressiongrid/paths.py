@@ -1,8 +1,14 @@
-"""File names made from user text (study names, labels): never a path, never empty."""
+"""Files the user names: file names made from user text (never a path, never empty), text files read safely."""
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from pathlib import Path
+
+from expressiongrid.errors import UsageError
+from expressiongrid.limits import MAX_TEXT_FILE_BYTES
 
 
 def safe_filename(text: str, fallback: str = "untitled", max_length: int = 80) -> str:
@@ -15,3 +21,41 @@ def safe_filename(text: str, fallback: str = "untitled", max_length: int = 80) -
     name = re.sub(r"[^\w.-]+", "_", str(text)).strip("._-")
     name = name[:max_length].rstrip("._-")
     return name or fallback
+
+
+def read_text_file(path: str | os.PathLike, what: str = "file", error: type[Exception] = UsageError,
+                   max_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
+    """The UTF-8 text of a file the user gave (a study, character or expression-set file), or ``error``.
+
+    Refuses, with a one-line message naming the file, what would otherwise hang or fill memory: a FIFO
+    or device (``/dev/zero``), a folder, a file over ``max_bytes``; and text that is not UTF-8 (a UTF-8
+    byte-order mark is accepted). At most ``max_bytes + 1`` bytes are ever read.
+    """
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO nobody writes to returns at once instead of waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise error(f"{path}: is a folder, not a {what}")
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: not a regular file (a pipe or device); give the {what} itself")
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than {max_bytes // (1024 * 1024)} MiB; a {what} is a small text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                    f"save the {what} as UTF-8") from None

@@ -45,10 +45,10 @@ def load_character(path_or_toml: str | Path) -> Character:
     if path.suffix.lower() == ".toml":
         if not path.is_file():
             raise CharacterError(f"{path}: character file not found")
+        from expressiongrid.paths import read_text_file
+
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CharacterError(f"{path}: cannot read character file ({exc})") from exc
+            data = tomllib.loads(read_text_file(path, "character file", CharacterError))
         except tomllib.TOMLDecodeError as exc:
             raise CharacterError(f"{path}: invalid TOML: {exc}") from exc
         return character_from_dict(data, base_dir=path.parent, default_id=path.stem, where=str(path), file=path)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import math
 import os
 import random
 import re
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from expressiongrid.errors import StudyError
+from expressiongrid.limits import MAX_CELLS
 
 __all__ = [
     "AXIS_TYPES",
@@ -264,6 +266,13 @@ def _number(axis: str, item: str, text: str, convert, help_text: str):
         ) from None
 
 
+def _check_count(axis: str, item: str, count: float, so_far: int) -> None:
+    """A range that would expand past the cell limit is refused before it is expanded."""
+    if count + so_far > MAX_CELLS:
+        raise AxisError(f"{axis} axis: {item[:40]!r} gives {count:,.0f} values; an axis may have at most "
+                        f"{MAX_CELLS:,}", axis, item)
+
+
 def _int_values(axis: str, items: list[str]) -> list[int]:
     out: list[int] = []
     for item in items:
@@ -278,6 +287,7 @@ def _int_values(axis: str, items: list[str]) -> list[int]:
             if step == 0:
                 raise AxisError(f"{axis} axis: {item!r} has a step of 0; use (+1) or (-1)", axis, item)
             # A1111 keeps the "+1" of an ascending range even when stepping down: 5-1 (-1) is 5,4,3.
+            _check_count(axis, item, len(range(start, end + 1, step)), len(out))
             out.extend(range(start, end + 1, step))
         elif mc is not None:
             import numpy as np
@@ -285,6 +295,7 @@ def _int_values(axis: str, items: list[str]) -> list[int]:
             start = _number(axis, item, mc.group(1), int, _INT_HELP)
             end = _number(axis, item, mc.group(2), int, _INT_HELP)
             count = int(mc.group(3)) if mc.group(3) is not None else 1
+            _check_count(axis, item, count, len(out))
             out.extend(int(x) for x in np.linspace(start, end, num=count).tolist())
         else:
             out.append(_number(axis, item, item, int, _INT_HELP))
@@ -306,6 +317,9 @@ def _float_values(axis: str, items: list[str]) -> list[float]:
             step = _number(axis, item, m.group(3), float, _FLOAT_HELP) if m.group(3) is not None else 1.0
             if step == 0:
                 raise AxisError(f"{axis} axis: {item!r} has a step of 0; use e.g. (+0.5)", axis, item)
+            if not all(math.isfinite(x) for x in (start, end, step)):
+                raise AxisError(f"{axis} axis: {item[:40]!r} is not a range of finite numbers", axis, item)
+            _check_count(axis, item, max(0.0, (end + step - start) / step), len(out))
             # numpy.arange like A1111: steps accumulate float error and can overshoot the end.
             out.extend(float(x) for x in np.arange(start, end + step, step).tolist())
         elif mc is not None:
@@ -314,6 +328,7 @@ def _float_values(axis: str, items: list[str]) -> list[float]:
             start = _number(axis, item, mc.group(1), float, _FLOAT_HELP)
             end = _number(axis, item, mc.group(2), float, _FLOAT_HELP)
             count = _number(axis, item, mc.group(3), int, _FLOAT_HELP) if mc.group(3) is not None else 1
+            _check_count(axis, item, count, len(out))
             out.extend(float(x) for x in np.linspace(start, end, num=count).tolist())
         else:
             out.append(_number(axis, item, item, float, _FLOAT_HELP))
@@ -396,6 +411,7 @@ def parse_axis(
         elif axis.kind == "float":
             values = _float_values(axis.name, items)
         elif axis.kind == "permutations":
+            _check_count(axis.name, text, math.factorial(len(items)), 0)
             values = [list(p) for p in itertools.permutations(items)]
         else:
             values = items

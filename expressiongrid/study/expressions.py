@@ -219,19 +219,15 @@ def load_expression_set(path: str | os.PathLike) -> ExpressionSet:
     """Load and validate an expression set file; ExpressionSetError lists every problem in it."""
     path = Path(path)
     where = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         raise ExpressionSetError(
             f"{where}: expression set not found; give a .toml file or one of: "
             f"{', '.join(s.id for s in list_expression_sets()) or '(no built-in sets found)'}"
-        ) from None
-    except OSError as exc:
-        raise ExpressionSetError(f"{where}: cannot read expression set: {exc.strerror}") from None
+        )
+    from expressiongrid.paths import read_text_file
+
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ExpressionSetError(f"{where}: expected a UTF-8 TOML file") from None
+        data = tomllib.loads(read_text_file(path, "expression set", ExpressionSetError))
     except tomllib.TOMLDecodeError as exc:
         raise ExpressionSetError(f"{where}: not valid TOML: {exc}") from None
 

@@ -10,6 +10,7 @@ The file format is documented in ``docs/study-file.md``.
 from __future__ import annotations
 
 import glob
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 
 from expressiongrid.config import load as load_config
 from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
+from expressiongrid.limits import MAX_CELLS, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS
 
 PLACEHOLDERS = ("expression", "character")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -233,13 +235,10 @@ def load_study(path: str | Path, *, strict: bool = False) -> Study:
     Problems inside character files (a corrupt LoRA, an embedding for another model family) are kept in
     ``Study.column_problems`` so only that column fails; with ``strict`` they are study problems too.
     """
+    from expressiongrid.paths import read_text_file
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise StudyError(f"study file not found: {path}") from None
-    except OSError as exc:
-        raise StudyError(f"cannot read study file {path}: {exc}") from None
+    text = read_text_file(path, "study file", StudyError)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -275,7 +274,8 @@ def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<s
     axes = {"rows": rows, "columns": columns, "pages": pages}
     _check_placeholders(prompt, negative, axes, problems)
     _check_axis_combination(axes, sampling, problems)
-    _check_prompts(prompt, negative, sampling, problems)
+    _check_prompts(prompt, negative, axes, sampling, problems)
+    _check_cell_count(axes, sampling, problems)
     column_problems: dict[str, list[str]] = {}
     characters = _check_characters(axes, model, problems, column_problems)
     if strict:
@@ -357,13 +357,13 @@ def _read_sampling(t: dict, problems: _Problems) -> Sampling:
     s = Sampling()
     s.sampler = _get(t, "sampler", str, load_config().default("sampler"), p, problems)
     _check_sampler(s.sampler, p + "sampler", problems)
-    s.steps = _get(t, "steps", int, s.steps, p, problems, check=lambda v: 1 <= v <= 1000,
-                   expect="an integer from 1 to 1000")
-    s.cfg_scale = _get(t, "cfg_scale", float, s.cfg_scale, p, problems, check=lambda v: 0 <= v <= 100,
+    s.steps = _get(t, "steps", int, s.steps, p, problems, check=lambda v: 1 <= v <= MAX_STEPS,
+                   expect=f"an integer from 1 to {MAX_STEPS}")
+    s.cfg_scale = _get(t, "cfg_scale", float, s.cfg_scale, p, problems, check=_finite_within(0, 100),
                        expect="a number from 0 to 100")
     for key in ("width", "height"):
-        setattr(s, key, _get(t, key, int, getattr(s, key), p, problems, check=lambda v: 8 <= v <= 8192 and v % 8 == 0,
-                             expect="a multiple of 8 from 8 to 8192"))
+        setattr(s, key, _get(t, key, int, getattr(s, key), p, problems, check=lambda v: 8 <= v <= MAX_SIDE and v % 8 == 0,
+                             expect=f"a multiple of 8 from 8 to {MAX_SIDE}"))
     s.seed = _get(t, "seed", int, s.seed, p, problems, check=lambda v: -1 <= v < 2**32,
                   expect="an integer from 0 to 4294967295, or -1 for a random seed fixed for the run")
     s.seed_policy = _get(t, "seed_policy", str, s.seed_policy, p, problems, check=lambda v: v in SEED_POLICIES,
@@ -663,7 +663,46 @@ def _a1111_axis(kind: str, t: dict, p: str, problems: _Problems) -> Axis:
     except ExpressionGridError as exc:
         problems.add(p + "values", str(exc))
         return Axis(kind, [], raw_text)
+    _check_axis_values(kind, values, p + "values", problems)
     return Axis(kind, [AxisValue(_value_id(v), label, v) for v, label in zip(values, labels)], raw_text)
+
+
+def _finite_within(low: float, high: float):
+    return lambda v: math.isfinite(v) and low <= v <= high
+
+
+def _size_ok(value) -> bool:
+    from expressiongrid.study.axes import AxisError, parse_size
+
+    try:
+        w, h = parse_size(value)
+    except AxisError:
+        return False
+    return 8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE
+
+
+# What each applied axis accepts: the same ranges as the [sampling] keys, so a bad value is a study
+# problem now instead of a failed cell after the model has loaded.
+_AXIS_VALUE_RULES = {
+    "Steps": (lambda v: 1 <= v <= MAX_STEPS, f"whole numbers from 1 to {MAX_STEPS}"),
+    "Seed": (lambda v: 0 <= v < 2**32, "seeds from 0 to 4294967295, or -1 for a random one"),
+    "CFG Scale": (_finite_within(0, 100), "numbers from 0 to 100"),
+    "Clip skip": (lambda v: 1 <= v <= 12, "whole numbers from 1 to 12"),
+    "LoRA weight": (_finite_within(-MAX_NETWORK_WEIGHT, MAX_NETWORK_WEIGHT),
+                    f"numbers from {-MAX_NETWORK_WEIGHT:g} to {MAX_NETWORK_WEIGHT:g}"),
+    "Size": (_size_ok, f"sizes WIDTHxHEIGHT with multiples of 8 from 8 to {MAX_SIDE}, e.g. 512x768"),
+}
+
+
+def _check_axis_values(kind: str, values: list, key: str, problems: _Problems) -> None:
+    rule = _AXIS_VALUE_RULES.get(kind)
+    if rule is None:
+        return
+    ok, expect = rule
+    bad = [v for v in values if not ok(v)]
+    if bad:
+        shown = ", ".join(str(v)[:24] for v in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        problems.add(key, f"{kind} axis: {shown} out of range; expected {expect}")
 
 
 def _csv_quote(value: str) -> str:
@@ -704,6 +743,19 @@ def _check_placeholders(prompt: str, negative: str, axes: dict, problems: _Probl
             problems.add("prompt.positive", f"the prompt uses {{{placeholder}}} but no axis is {kind}")
 
 
+def _check_cell_count(axes: dict, sampling: Sampling, problems: _Problems) -> None:
+    """Refuse a study too large to plan before anything is expanded (counting is instant)."""
+    count = sampling.seeds_per_cell
+    for axis in axes.values():
+        if axis is not None:
+            count *= max(1, len(axis))
+    if count > MAX_CELLS:
+        sizes = " x ".join(str(len(a)) for a in axes.values() if a is not None)
+        problems.add("study", f"{count:,} cells ({sizes}"
+                     + (f" x {sampling.seeds_per_cell} seeds" if sampling.seeds_per_cell > 1 else "")
+                     + f"); a study may have at most {MAX_CELLS:,}: split it into several studies")
+
+
 def _check_axis_combination(axes: dict, sampling: Sampling, problems: _Problems) -> None:
     seen: dict[str, str] = {}
     for name, axis in axes.items():
@@ -717,25 +769,42 @@ def _check_axis_combination(axes: dict, sampling: Sampling, problems: _Problems)
             problems.add("sampling.vary", f"cannot vary seeds along {axis_name}: the study has no [{axis_name}]")
 
 
-def _check_prompts(prompt: str, negative: str, sampling: Sampling, problems: _Problems) -> None:
-    """Prompt syntax errors A1111 would reject, found now instead of at the first cell."""
+def _check_prompts(prompt: str, negative: str, axes: dict, sampling: Sampling, problems: _Problems) -> None:
+    """Prompt syntax errors A1111 would reject, found now instead of at the first cell.
+
+    Each piece is checked on its own (the templates, every expression text, character text and Prompt
+    S/R value): linear in the number of rows and columns, where checking every filled-in prompt would
+    grow with the number of cells.
+    """
+    pieces = [("prompt.positive", _PLACEHOLDER_RE.sub("x", prompt), True),
+              ("prompt.negative", _PLACEHOLDER_RE.sub("x", negative), False)]
+    for name, axis in axes.items():
+        if axis is None:
+            continue
+        for v in axis.values:
+            if axis.kind == "expressions" and isinstance(v.value, str):
+                pieces.append((f"{name}: expression {v.label!r}", v.value, True))
+            elif axis.kind == "characters" and v.value is not None:
+                pieces.append((f"{name}: character {v.label!r} text", getattr(v.value, "text", "") or "", True))
+            elif axis.kind == "Prompt S/R":
+                pieces.append((f"{name}: Prompt S/R value {str(v.value)[:40]!r}", str(v.value), True))
+    for key, text, positive in pieces:
+        for message in prompt_problems(text, sampling.steps, sampling.sampler, positive=positive):
+            problems.add(key, message)
+
+
+def prompt_problems(text: str, steps: int, sampler: str | None, *, positive: bool = True) -> list[str]:
+    """Why A1111 would stop on ``text`` (or it is beyond our limits); empty when it can be used."""
+    from expressiongrid.prompts import explain
+
+    if len(text) > MAX_PROMPT_CHARS:
+        return [f"{len(text):,} characters; a prompt may have at most {MAX_PROMPT_CHARS:,} (about "
+                f"{MAX_PROMPT_CHARS // 300} chunks of 75 tokens): shorten it"]
     try:
-        from expressiongrid.prompts import explain
-    except ImportError:
-        return
-    filled = _PLACEHOLDER_RE.sub("x", prompt)
-    for key, text in (("prompt.positive", filled), ("prompt.negative", _PLACEHOLDER_RE.sub("x", negative))):
-        try:
-            explanation = explain(text, sampling.steps, sampling.sampler)
-        except ExpressionGridError as exc:
-            problems.add(key, str(exc))
-            continue
-        except Exception:  # a bug in the checker must not hide the other problems
-            continue
-        for warning in getattr(explanation, "warnings", []):
-            # A1111 raises on these at generation time (every cell would fail): refuse now.
-            if getattr(warning, "kind", "") == "syntax-error":
-                problems.add(key, str(warning))
+        explanation = explain(text, steps, sampler) if positive else explain("", steps, sampler, negative_prompt=text)
+    except ExpressionGridError as exc:
+        return [str(exc)]
+    return [str(w) for w in explanation.warnings if w.kind == "syntax-error"]
 
 
 def _check_characters(axes: dict, model: ModelConfig, problems: _Problems,
