@@ -299,3 +299,33 @@ def test_a_checkpoint_is_not_taken_for_a_character(tmp_path):
                "first_stage_model.decoder.conv_in.weight": torch.zeros(4, 4)}, str(path))
     (problem,) = check_characters([Character("c", "c", loras=[LoraRef(path)])])
     assert "neither a LoRA nor an embedding" in problem and str(path) in problem
+
+
+def test_files_the_tool_writes_are_byte_identical_for_the_same_inputs(tmp_path):
+    # safetensors keeps metadata in a hash map: without sorting, each save had another order and hash.
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    from expressiongrid.characters.demo import make_demo_characters
+    from expressiongrid.characters.formats import read_safetensors_header, save_safetensors
+    from expressiongrid.engine.tiny import build_tiny_pipeline
+
+    meta = {f"ss_key_{i}": str(i) for i in range(30)}
+    digests = set()
+    for i in range(4):
+        path = save_safetensors({"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(5)}, tmp_path / f"{i}.safetensors",
+                                metadata=meta)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    assert read_safetensors_header(path).metadata == meta
+    assert torch.equal(load_file(str(path))["b"], torch.arange(6.0).reshape(2, 3))
+
+    pipe = build_tiny_pipeline()
+    make_demo_characters(pipe, tmp_path / "one")
+    make_demo_characters(pipe, tmp_path / "two")
+    made = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "demo_lora.safetensors" in made
+    for name in made:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -94,7 +94,8 @@ def save_kohya_lora(pipe, path, *, rank: int = 4, alpha: float | None = 2.0, var
     file with the same effect and uniform scale 1: the reference the varied-alpha file must match.
     """
     import torch
-    from safetensors.torch import save_file
+
+    from expressiongrid.characters.formats import save_safetensors
 
     state = {}
     for i, (target, mpath, down, up) in enumerate(lora_factors(pipe, rank=rank, conv=conv, te=te, seed=seed,
@@ -117,7 +118,7 @@ def save_kohya_lora(pipe, path, *, rank: int = 4, alpha: float | None = 2.0, var
     meta.update(metadata or {})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata=meta)
+    save_safetensors(state, path, metadata=meta)
     return path
 
 
@@ -203,9 +204,9 @@ def save_a1111_embedding(path, vectors, *, parameter_dict: bool = False, name: s
 
 def save_safetensors_embedding(path, vectors, key: str = "emb_params") -> Path:
     """The civitai ``.safetensors`` layout (``emb_params``, or ``string_to_param.*`` with that key)."""
-    from safetensors.torch import save_file
+    from expressiongrid.characters.formats import save_safetensors
 
-    save_file({key: vectors.contiguous()}, str(path))
+    save_safetensors({key: vectors.contiguous()}, path)
     return Path(path)
 
 
@@ -215,9 +216,9 @@ def save_diffusers_embedding(path, vector, token: str = "<concept>") -> Path:
 
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from expressiongrid.characters.formats import save_safetensors
 
-        save_file({token: vector.reshape(-1).contiguous()}, str(path))
+        save_safetensors({token: vector.reshape(-1).contiguous()}, path)
     else:
         torch.save({token: vector.reshape(-1).clone()}, str(path))
     return path
@@ -226,7 +227,7 @@ def save_diffusers_embedding(path, vector, token: str = "<concept>") -> Path:
 def save_sdxl_lora(path, rank: int = 2) -> Path:
     """A kohya SDXL LoRA key set (``lora_te1_``/``lora_te2_``, sgm ``input_blocks`` names, 2048-wide context)."""
     import torch
-    from safetensors.torch import save_file
+    from expressiongrid.characters.formats import save_safetensors
 
     state = {}
     for name, (out_f, in_f) in {
@@ -238,7 +239,7 @@ def save_sdxl_lora(path, rank: int = 2) -> Path:
         state[f"{name}.lora_down.weight"] = torch.zeros(rank, in_f)
         state[f"{name}.lora_up.weight"] = torch.zeros(out_f, rank)
         state[f"{name}.alpha"] = torch.tensor(1.0)
-    save_file(state, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    save_safetensors(state, path, metadata={"ss_base_model_version": "sdxl_base_v1-0"})
     return Path(path)
 
 

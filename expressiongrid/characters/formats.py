@@ -60,19 +60,74 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
     except (UnicodeDecodeError, ValueError) as exc:
         raise CharacterError(f"{path}: corrupt safetensors header ({exc}); download it again") from exc
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CharacterError(f"{path}: corrupt safetensors header (__metadata__ must map names to strings); "
+                             "download it again")
     end = 0
     for name, info in header.items():
-        try:
-            start, stop = info["data_offsets"]
-            info["shape"] = list(info["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CharacterError(f"{path}: corrupt safetensors header entry {name!r}") from exc
-        end = max(end, stop)
+        problem = _entry_problem(info)
+        if problem:
+            raise CharacterError(f"{path}: corrupt safetensors header entry {name[:80]!r}: {problem}; "
+                                 "download it again")
+        end = max(end, info["data_offsets"][1])
     if 8 + n + end > size:
         raise CharacterError(
             f"{path}: truncated ({size} bytes, the header needs {8 + n + end}); download it again"
         )
-    return SafetensorsHeader(tensors=header, metadata={str(k): str(v) for k, v in metadata.items()}, data_start=8 + n)
+    return SafetensorsHeader(tensors=header, metadata=dict(metadata), data_start=8 + n)
+
+
+# Bytes per element of each safetensors dtype.
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(info) -> str | None:
+    """Why one tensor entry of a header cannot be right (None when it can): what safetensors checks too
+    late or not at all (string offsets, nested shapes, a shape that does not match its bytes)."""
+    if not isinstance(info, dict):
+        return "not a table"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _DTYPE_BYTES:
+        return f"unknown dtype {str(dtype)[:20]!r}"
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        return "shape must be a list of sizes"
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets) \
+            or offsets[0] > offsets[1]:
+        return "data_offsets must be two ascending byte offsets"
+    count = 1
+    for d in shape:
+        count *= d
+    if count * _DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+        return f"shape {shape} needs {count * _DTYPE_BYTES[dtype]} bytes, the offsets give {offsets[1] - offsets[0]}"
+    return None
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file byte for byte the same for the same tensors and metadata.
+
+    safetensors keeps ``__metadata__`` in a hash map, so its order (and the file's hash, which is the
+    A1111 LoRA hash and part of every cell key) changes from one process to the next; here the header is
+    re-written with sorted metadata, same length, same tensor layout. Written atomically.
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    blob = blob.ljust(n, b" ")  # same content, so never longer: the tensor data keeps its alignment
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data[:8] + blob + data[8 + n :])
+    os.replace(tmp, path)
+    return path
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:

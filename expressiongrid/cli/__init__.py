@@ -10,6 +10,7 @@ re-raises with the traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -34,6 +35,25 @@ LAZY_COMMANDS: dict[str, str] = {
     "judge": "expressiongrid.cli.judge:judge",
     "config": "expressiongrid.cli.config:config",
 }
+
+
+def _environment_message(exc: BaseException) -> str | None:
+    """A one-line message for a failure of the machine rather than of the input (disk full, permissions)."""
+    import sqlite3
+
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"the disk is full{where}: free some space and run the same command again to resume"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"permission denied{where}: {exc.strerror}; choose a folder you can write to"
+        return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        if "full" in text:
+            return "the disk is full (run.sqlite): free some space and run the same command again to resume"
+        return f"database error: {text}; the output folder's run.sqlite may be damaged or in use"
+    return None
 
 
 def debug_enabled(ctx: click.Context | None = None) -> bool:
@@ -70,6 +90,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx):
+        from expressiongrid.cli._common import terminal_safe
         from expressiongrid.errors import ExpressionGridError
 
         try:
@@ -78,10 +99,16 @@ class LazyGroup(click.Group):
             if debug_enabled(ctx):
                 raise
             message = str(exc).strip() or exc.__class__.__name__
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {terminal_safe(message)}", err=True)
             for problem in getattr(exc, "problems", []) or []:
-                click.echo(f"  - {problem}", err=True)
+                click.echo(f"  - {terminal_safe(problem)}", err=True)
             ctx.exit(exc.exit_code)
+        except Exception as exc:
+            message = None if debug_enabled(ctx) else _environment_message(exc)
+            if message is None:
+                raise
+            click.echo(f"error: {terminal_safe(message)}", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             if debug_enabled(ctx):
                 raise

@@ -1,8 +1,9 @@
-"""Small helpers shared by the CLI modules (printing JSON, custom parameter types)."""
+"""Small helpers shared by the CLI modules (printing JSON and user text, custom parameter types)."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
@@ -23,3 +24,13 @@ def echo_json(data: Any) -> None:
         raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=default))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: object) -> str:
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``), so what a user wrote in a label or
+    a file name can neither move the cursor, recolour or retitle the terminal, nor break a message
+    into several lines. Only the CLI prints, so only the CLI needs this."""
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(text))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import echo_json
+from expressiongrid.cli._common import echo_json, terminal_safe
 
 
 @click.group(epilog="Example:\n\n  expressiongrid characters inspect characters/anna_v2.safetensors")
@@ -79,7 +79,7 @@ def list_command(directory: Path, as_json: bool) -> None:
     width = max(len(str(e.path.relative_to(directory))) for e in entries)
     for e in entries:
         rel = str(e.path.relative_to(directory))
-        click.echo(f"{rel:<{width}}  {e.kind:<10} {e.label}" + (f"  [{e.detail}]" if e.detail else ""))
+        click.echo(terminal_safe(f"{rel:<{width}}  {e.kind:<10} {e.label}" + (f"  [{e.detail}]" if e.detail else "")))
 
 
 @characters.command("fetch", epilog="Example:\n\n  CIVITAI_API_KEY=... expressiongrid characters fetch civitai:128713\n"

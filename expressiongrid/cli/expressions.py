@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import echo_json
+from expressiongrid.cli._common import echo_json, terminal_safe
 
 
 @click.group(epilog="\b\nExample:\n  expressiongrid expressions list seed-study")
@@ -85,4 +85,4 @@ def list_command(file: str | None, as_json: bool) -> None:
     au_w = max(max(len(t) for t in au_texts), len("AUs"))
     click.echo(f"\n{'id':<{id_w}}  {'label':<{label_w}}  {'AUs':<{au_w}}  prompt")
     for e, aus in zip(expression_set.expressions, au_texts):
-        click.echo(f"{e.id:<{id_w}}  {e.label:<{label_w}}  {aus:<{au_w}}  {e.prompt}")
+        click.echo(terminal_safe(f"{e.id:<{id_w}}  {e.label:<{label_w}}  {aus:<{au_w}}  {e.prompt}"))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from expressiongrid.cli._common import terminal_safe
 from expressiongrid.errors import UsageError
 
 
@@ -93,7 +94,7 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     labels = {v.id: v.label for v in study.columns.values}
     for char_id, problems in study.column_problems.items():
         for problem in problems:
-            click.echo(f"warning: column {labels.get(char_id, char_id)!r} will fail: {problem}", err=True)
+            click.echo(terminal_safe(f"warning: column {labels.get(char_id, char_id)!r} will fail: {problem}"), err=True)
     if dry_run:
         click.echo("dry run: nothing generated")
         return
@@ -123,7 +124,8 @@ def _print_launch(outcome) -> None:
     click.echo(f"study: {r.get('cells_done', 0)} of {r.get('cells_total', 0)} cells done, "
                f"{r.get('cells_failed', 0)} failed", err=True)
     for failure in r.get("failures", []):
-        click.echo(f"  failed: column {failure['column']} ({len(failure['rows'])} cells): {failure['error']}", err=True)
+        click.echo(terminal_safe(f"  failed: column {failure['column']} ({len(failure['rows'])} cells): "
+                                f"{failure['error']}"), err=True)
     if r.get("status") != "done":
         click.echo("run incomplete: run the same command again to retry the failed cells", err=True)
 
@@ -136,7 +138,7 @@ def _print_summary(summary) -> None:
     if repaired:
         click.echo("repaired before the run: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in repaired.items()))
     for failure in summary.failures[:10]:
-        click.echo(f"  failed: {failure.col_label} / {failure.row_label}: {failure.error}", err=True)
+        click.echo(terminal_safe(f"  failed: {failure.col_label} / {failure.row_label}: {failure.error}"), err=True)
     if len(summary.failures) > 10:
         click.echo(f"  ... and {len(summary.failures) - 10} more (expressiongrid runs show {summary.run_dir})", err=True)
     for path in summary.grids:

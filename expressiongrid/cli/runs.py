@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import echo_json
+from expressiongrid.cli._common import echo_json, terminal_safe
 
 
 @click.group()
@@ -91,5 +91,5 @@ def show_run(run_dir: Path, as_json: bool) -> None:
     click.echo(f"{'page':>4} {'column':20} {'row':24} {'status':8} {'seed':>10} {'s':>6}  file")
     for c in cells:
         secs = f"{c.seconds:.2f}" if c.seconds is not None else "-"
-        click.echo(f"{c.page:>4} {c.col_label[:20]:20} {c.row_label[:24]:24} {c.status:8} {c.seed:>10} {secs:>6}  "
-                   f"{c.file or c.error or '-'}")
+        click.echo(terminal_safe(f"{c.page:>4} {c.col_label[:20]:20} {c.row_label[:24]:24} {c.status:8} "
+                                 f"{c.seed:>10} {secs:>6}  {c.file or c.error or '-'}"))
