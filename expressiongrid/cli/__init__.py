@@ -28,6 +28,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "xyz": "expressiongrid.cli.run:xyz",
     "demo": "expressiongrid.cli.run:demo",
     "init": "expressiongrid.cli.init:init",
+    "import": "expressiongrid.cli.imports:import_command",
     "runs": "expressiongrid.cli.runs:runs",
     "queue": "expressiongrid.cli.queue:queue",
     "analyze": "expressiongrid.cli.analysis:analyze",

@@ -1,0 +1,180 @@
+"""`expressiongrid import`: A1111 parameters (images, text, X/Y/Z grid infotexts) become studies that remake them."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import load_jsonl
+from expressiongrid.cli import main
+from expressiongrid.output.infotext import format_parameters, parse_parameters
+from expressiongrid.study.importer import import_parameters, import_source
+from expressiongrid.study.plan import plan
+from expressiongrid.study.study import load_study, study_from_dict
+
+RUNS = [c for c in load_jsonl("xyz_runs.jsonl") if "expected" in c]
+A1111_EXAMPLE = (  # A1111.md §10, as A1111 1.10 writes it
+    "a photo of a [cat:dog:0.5], masterpiece <lora:add_detail:0.6>\n"
+    "Negative prompt: easynegative, blurry\n"
+    "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5.0, Seed: 1234, Size: 512x512, "
+    "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Lora hashes: \"add_detail: 7c6bad76eb54\", "
+    "TI hashes: \"easynegative: c74b4e810b03\", Script: X/Y/Z plot, X Type: CFG Scale, X Values: \"5,7\", "
+    "Version: v1.10.1")
+
+
+def _a1111_grid_infotext(case) -> str:
+    """The grid infotext A1111 wrote for a run of xyz_runs.jsonl: cell (0,0,0)'s parameters plus the axes."""
+    base, call = case["base"], case["expected"]["calls"][0]
+    extra = case["expected"]["result_infotexts"][0]
+    return format_parameters(call["prompt"], call["negative_prompt"], steps=call["steps"], sampler=call["sampler_name"],
+                             cfg_scale=call["cfg_scale"], seed=call["seed"], width=base["width"], height=base["height"],
+                             model="v1-5-pruned-emaonly", extra=extra, version="v1.10.1")
+
+
+@pytest.fixture
+def webui(tmp_path, monkeypatch):
+    root = tmp_path / "webui"
+    for rel in ("models/Stable-diffusion/v1-5-pruned-emaonly.safetensors",
+                "models/Stable-diffusion/sub/dreamshaper_8.safetensors"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"\0" * 64 + rel.encode())
+    (root / "models/Lora").mkdir(parents=True)
+    (root / "embeddings").mkdir()
+    conf = tmp_path / "config.toml"
+    conf.write_text(f'[paths]\nwebui = "{root}"\n', encoding="utf-8")
+    monkeypatch.setenv("EXPRESSIONGRID_CONFIG", str(conf))
+    return root
+
+
+# A1111 does not write "Vary seeds" into the grid's infotext, so no import can know it was on.
+REPLAYABLE = [c for c in RUNS if not any(c["input"].get(s, [""])[0] == "Schedule type" for s in "xyz")
+              and not any(c["input"].get("vary", []))]
+
+
+@pytest.mark.parametrize("case", REPLAYABLE, ids=lambda c: c["name"])
+def test_a1111_xyz_grid_infotext_becomes_a_study_that_replays_a1111s_calls(case, webui, tmp_path):
+    result = import_parameters(_a1111_grid_infotext(case), name=case["name"])
+    assert result.unresolved == []  # every axis and setting of these runs carries over
+    study = study_from_dict(tomllib.loads(result.toml), base_dir=tmp_path, source="imported")
+    assert Path(study.model.source) == webui / "models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
+    exp = case["expected"]
+    p = plan(study)
+    assert [[c.col_index, c.row_index, c.page] for c in p.cells] == exp["order"]
+    assert [v.label for v in study.columns.values] == exp["labels"]["x"]
+    assert [v.label for v in study.rows.values] == exp["labels"]["y"]
+    for cell, call in zip(p.cells, exp["calls"], strict=True):
+        s = cell.spec
+        assert (s.prompt, s.negative_prompt, s.seed, s.steps, s.cfg_scale, s.width, s.height, s.sampler) == (
+            call["prompt"], call["negative_prompt"], call["seed"], call["steps"], call["cfg_scale"], call["width"],
+            call["height"], call["sampler_name"])
+        ckpt = call["override_settings"].get("sd_model_checkpoint")
+        if ckpt:  # found in the configured A1111 folder, by the name the grid wrote
+            assert Path(s.model.source) == webui / "models/Stable-diffusion" / ckpt
+
+
+def test_a1111_parameters_with_models_loras_and_embeddings_found_by_hash(webui, tmp_path):
+    import hashlib
+
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    # the user's files carry other names than the image's, as after a rename: found by hash, renamed in the prompt
+    lora = webui / "models/Lora/detail-tweaker.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": np.zeros((1, 4), np.float32)}, str(lora))
+    emb = webui / "embeddings/EasyNeg.safetensors"
+    save_file({"emb_params": np.ones((1, 4), np.float32)}, str(emb))
+    ckpt = webui / "models/Stable-diffusion/v1-5-pruned-emaonly.safetensors"
+    from expressiongrid.characters.hashes import lora_short_hash
+
+    text = A1111_EXAMPLE.replace("6ce0161689", hashlib.sha256(ckpt.read_bytes()).hexdigest()[:10])
+    text = text.replace("7c6bad76eb54", lora_short_hash(lora)).replace("c74b4e810b03",
+                                                                       hashlib.sha256(emb.read_bytes()).hexdigest()[:12])
+    text = text.replace("Version: v1.10.1", "Hires upscale: 2, Hires steps: 10, Version: v1.10.1")
+    result = import_parameters(text, name="example")
+    data = tomllib.loads(result.toml)
+    assert data["model"]["source"] == "v1-5-pruned-emaonly.safetensors"
+    assert data["prompt"]["positive"] == "a photo of a [cat:dog:0.5], masterpiece <lora:detail-tweaker:0.6>"
+    assert data["prompt"]["negative"] == "EasyNeg, blurry"
+    assert data["sampling"] == {"sampler": "DPM++ 2M Karras", "steps": 20, "cfg_scale": 5.0, "seed": 1234,
+                                "width": 512, "height": 512, "noise_source": "gpu"}
+    assert data["columns"] == {"axis": "CFG Scale", "values": "5,7"} and data["rows"] == {"axis": "Nothing"}
+    # what this tool does not have is said, in the result and at the top of the file
+    assert [u.split(":")[0] for u in result.unresolved] == ["Hires upscale", "Hires steps"]
+    assert "#   - Hires upscale: 2: not a setting of this tool" in result.toml
+    assert any("GPU noise" in n for n in result.notes)
+
+
+def test_what_cannot_be_found_is_listed_with_the_folders_searched(webui):
+    result = import_parameters(A1111_EXAMPLE.replace("X Type: CFG Scale", "X Type: Denoising"))
+    text = "\n".join(result.unresolved)
+    assert "LoRA add_detail (hash 7c6bad76eb54): not found (searched " + str(webui / "models/Lora") in text
+    assert "embedding easynegative (hash c74b4e810b03): not found" in text
+    assert "Model: v1-5-pruned-emaonly (hash 6ce0161689)" not in text  # found by name: the hash is not required
+    assert "X axis Denoising: 5,7: not an axis this tool runs" in text
+
+
+def _xyz(tmp_path, out: str, *extra) -> Path:
+    result = CliRunner().invoke(main, ["xyz", "--prompt", "a portrait, (smile:1.2)", "--negative-prompt", "blurry",
+                                       "--seed", "77", "--width", "64", "--height", "64", "--sampler", "DPM++ 2M Karras",
+                                       "--out", str(tmp_path / out), *extra])
+    assert result.exit_code == 0, result.output
+    return tmp_path / out
+
+
+def _cell_parameters(run_dir: Path) -> list[str]:
+    from expressiongrid.study.store import Store
+
+    return [c.parameters for c in Store.open_existing(run_dir).cells()]
+
+
+@pytest.mark.slow
+def test_round_trip_grid_and_single_image_remake_the_same_metadata(tmp_path):
+    """An X/Y/Z grid made here, imported and run again, makes cells whose parameters match the first run's;
+    one cell's PNG, and a JPEG upload copy carrying it in EXIF, import to the same one-cell study."""
+    first = _xyz(tmp_path, "first", "--x", "Steps: 2,3", "--y", "CFG Scale: 4,6", "--clip-skip", "2")
+    grid = next((first / "grids").glob("*.png"))
+    out = tmp_path / "remake.toml"
+    result = CliRunner().invoke(main, ["import", str(grid), "--out", str(out)])
+    assert result.exit_code == 0 and "not carried over" not in result.output, result.output
+    study = load_study(out)
+    assert (study.columns.kind, study.rows.kind) == ("Steps", "CFG Scale")
+    again = CliRunner().invoke(main, ["run", str(out), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    assert sorted(_cell_parameters(tmp_path / "again")) == sorted(_cell_parameters(first))
+
+    from PIL import Image
+
+    from expressiongrid.output.images import read_parameters, save_jpeg
+    from expressiongrid.study.store import Store
+
+    cell = Store.open_existing(first).cells()[0]
+    png = first / cell.file
+    jpeg = tmp_path / "upload.jpg"
+    with Image.open(png) as im:
+        save_jpeg(jpeg, im, read_parameters(png))
+    one = import_source(png)
+    from_jpeg = import_source(jpeg)
+    assert {**from_jpeg.study, "name": ""} == {**one.study, "name": ""} and one.unresolved == from_jpeg.unresolved == []
+    (tmp_path / "one.toml").write_text(one.toml, encoding="utf-8")
+    single = CliRunner().invoke(main, ["run", str(tmp_path / "one.toml"), "--out", str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    assert _cell_parameters(tmp_path / "one") == [cell.parameters]
+
+
+def test_bad_sources_are_one_line_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
+    (tmp_path / "prose.txt").write_text("just a prompt, no settings line\n", encoding="utf-8")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
+    for name, message in (("empty.txt", "empty"), ("prose.txt", "not A1111 parameters"),
+                          ("plain.png", "has no A1111 parameters"), ("missing.png", "file not found")):
+        result = CliRunner().invoke(main, ["import", str(tmp_path / name), "--out", str(tmp_path / "x.toml")])
+        assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1, result.output
+    (tmp_path / "x.toml").write_text("mine", encoding="utf-8")
+    (tmp_path / "ok.txt").write_text(A1111_EXAMPLE, encoding="utf-8")
+    refused = CliRunner().invoke(main, ["import", str(tmp_path / "ok.txt"), "--out", str(tmp_path / "x.toml")])
+    assert refused.exit_code == 2 and (tmp_path / "x.toml").read_text() == "mine"
