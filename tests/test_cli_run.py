@@ -178,6 +178,30 @@ def test_dry_run_loads_nothing(tmp_path, demo_chars):
     assert not (tmp_path / "o").exists()
 
 
+def test_dry_run_json_prints_the_plan_with_grid_pages_and_sizes(tmp_path, demo_chars):
+    rows = [f"expression {i}" for i in range(9)]
+    study = _study(tmp_path, demo_chars, rows=rows)
+    text = study.read_text(encoding="utf-8").replace("width = 64", "width = 512").replace("height = 64", "height = 512")
+    study.write_text(text + '\n[output]\naxis_titles = true\ncaption = true\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", str(study), "--out", str(tmp_path / "o"), "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert (plan["rows"], plan["columns"], plan["cells"]) == (9, 3, 27)
+    assert plan["grid_plan"]["pages"] == 1 and plan["grid_plan"]["page_sizes"] == [plan["grid_size"]]
+    assert plan["upload_copy"]["single_image"] and plan["upload_copy"]["format"] == "jpeg"
+    assert not (tmp_path / "o").exists()
+
+    study.write_text(study.read_text(encoding="utf-8") + "max_cells_per_page = 9\n", encoding="utf-8")
+    split = json.loads(CliRunner().invoke(main, ["run", str(study), "--dry-run", "--json"]).stdout)
+    assert split["grid_plan"]["pages"] == 3
+    assert all((c["rows"][1] - c["rows"][0]) * (c["columns"][1] - c["columns"][0]) <= 9
+               for c in split["grid_plan"]["page_cells"])
+    assert len(split["grid_plan"]["page_sizes"]) == 3
+
+    refused = CliRunner().invoke(main, ["run", str(study), "--json"])
+    assert refused.exit_code == 2 and "--dry-run" in refused.output
+
+
 def test_missing_study_file_is_a_one_line_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2

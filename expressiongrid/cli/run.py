@@ -85,16 +85,26 @@ class _Bar:
 
 
 def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
-             xyz: bool = False, notify_url: str | None = None) -> None:
+             xyz: bool = False, notify_url: str | None = None, as_json: bool = False) -> None:
     from expressiongrid.study.plan import plan as make_plan
     from expressiongrid.study.runner import previous_random_seed
 
     plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
-    _describe(plan, out_dir, xyz=xyz)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({**plan.describe(), "out_dir": str(out_dir),
+                               "already_done": _already_done(out_dir, plan)}, ensure_ascii=False, indent=2))
+    else:
+        _describe(plan, out_dir, xyz=xyz)
     labels = {v.id: v.label for v in study.columns.values}
     for char_id, problems in study.column_problems.items():
         for problem in problems:
             click.echo(terminal_safe(f"warning: column {labels.get(char_id, char_id)!r} will fail: {problem}"), err=True)
+    for warning in plan.grid_plan().warnings:
+        click.echo(terminal_safe(f"warning: {warning}"), err=True)
+    if dry_run and as_json:
+        return
     if dry_run:
         click.echo("dry run: nothing generated")
         return
@@ -173,13 +183,15 @@ def _default_out(study, given: str | None) -> Path:
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per UNet batch (default: as many as fit in memory).")
 @click.option("--dry-run", is_flag=True, help="Check the study and show what would be made; generate nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="With --dry-run: print the plan as JSON (cells, grid pages and their pixel sizes, upload copy).")
 @click.option("--notify", "notify_url", metavar="URL", default=None,
               help="POST a JSON summary to URL when the run ends (see docs/overnight.md).")
 @click.option("--strict", is_flag=True,
               help="Refuse the study if a character file is broken (default: that column fails, the rest runs).")
 @click.pass_context
 def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int | None, dry_run: bool,
-        notify_url: str | None, strict: bool) -> None:
+        as_json: bool, notify_url: str | None, strict: bool) -> None:
     """Run a study file: make the cells not made yet, then compose the grids.
 
     Every problem in the study is reported at once before any model loads. A broken character file
@@ -188,12 +200,15 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
     """
     from expressiongrid.study.study import load_study
 
+    if as_json and not dry_run:
+        raise click.UsageError("--json prints the plan of a dry run: add --dry-run")
     if notify_url is not None:
         from expressiongrid.notify import check_url
 
         check_url(notify_url)  # a bad URL is a usage error now, not a lost message in the morning
     study = load_study(study_file, strict=strict)
-    _execute(ctx, study, _default_out(study, out), dry_run=dry_run, batch_size=batch_size, notify_url=notify_url)
+    _execute(ctx, study, _default_out(study, out), dry_run=dry_run, batch_size=batch_size, notify_url=notify_url,
+             as_json=as_json)
 
 
 @click.command(epilog='Example:\n\n  expressiongrid xyz --prompt "a photo of a cat" --x "Steps: 10,20" '

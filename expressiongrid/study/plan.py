@@ -124,18 +124,45 @@ class Plan:
             "grid_megapixels": round(w * h / 1e6, 2),
             "grid_parts_per_page": grid.page_count,
             "grid": grid.describe(),
+            "grid_plan": grid.to_dict(),
+            "upload_copy": self.upload_plan(),
             "total_steps": self.total_steps(),
         }
 
+    def grid_options(self):
+        """The study's ``[output]`` grid settings (``output.grid.GridOptions``)."""
+        from expressiongrid.output.grid import GridOptions
+
+        study = self.study
+        return GridOptions.from_output(vars(study.output), study.rows.kind, study.columns.kind,
+                                       study.pages.kind if study.pages else None)
+
     def grid_plan(self):
         """The compositor's layout for one page of this plan (``output.grid.plan_grid``), before drawing."""
-        from expressiongrid.output.grid import GridStyle, plan_grid
+        from expressiongrid.output.grid import plan_grid
 
         study, s = self.study, self.study.sampling
         return plan_grid(self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
                          [v.label for v in study.rows.values], [v.label for v in study.columns.values],
-                         study.output.title, fmt=study.output.grid_formats[0],
-                         style=GridStyle(margin=study.output.margin))
+                         study.output.title, fmt=study.output.grid_formats[0], **self.grid_options().plan_kwargs())
+
+    def upload_plan(self) -> dict | None:
+        """The upload copy each page gets: one image of the whole grid, or one per grid part."""
+        from expressiongrid.output.grid import plan_grid, upload_cell_size, UPLOAD_LIMITS
+
+        study, s = self.study, self.study.sampling
+        if not study.output.upload_copy:
+            return None
+        args = (self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
+                [v.label for v in study.rows.values], [v.label for v in study.columns.values], study.output.title)
+        kwargs = self.grid_options().plan_kwargs()
+        kwargs.pop("max_cells_per_page")
+        size = upload_cell_size(*args, upload_fmt=study.output.upload_copy, **kwargs)
+        if size is None:
+            return {"format": study.output.upload_copy, "single_image": False}
+        whole = plan_grid(*args[:2], size, *args[3:], limits=UPLOAD_LIMITS[study.output.upload_copy], **kwargs)
+        return {"format": study.output.upload_copy, "single_image": True, "cell_size": list(size),
+                "size": list(whole.unsplit_size)}
 
 
 # ----------------------------------------------------------------------------------------------------

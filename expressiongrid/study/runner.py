@@ -459,20 +459,34 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
         title = output.get("title")
         if page.get("label"):
             title = f"{title} — {page['label']}" if title else page["label"]
-        images = grid_mod.compose_grid(cells, [r["label"] for r in rows], [c["label"] for c in cols],
-                                       title=title, style=grid_mod.GridStyle(margin=output.get("margin", 0)))
+        row_labels, col_labels = [r["label"] for r in rows], [c["label"] for c in cols]
         parameters = _grid_parameters(info, records, positions, page_index, format_parameters, grid_axes_params,
                                       merge_hashes, parse_parameters)
+        options = grid_mod.GridOptions.from_output(
+            output, info["rows"]["kind"], info["columns"]["kind"], info["pages"]["kind"] if info.get("pages") else None)
+        labels = dict(row_title=options.row_title, col_title=options.col_title,
+                      caption=options.caption_text(parse_parameters(parameters) if parameters else None))
+        images = grid_mod.compose_grid(cells, row_labels, col_labels, title=title, style=options.style,
+                                       fmt=output.get("grid_formats", ["png"])[0],
+                                       max_cells_per_page=options.max_cells_per_page, **labels)
         stem = name if len(pages) == 1 else f"{name}-page{page_index + 1}"
         for part, image in enumerate(images):
             part_stem = stem if len(images) == 1 else f"{stem}-part{part + 1}"
             for fmt in output.get("grid_formats", ["png"]):
                 suffix = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[fmt]
                 grids.append(save_image(out_dir / f"{part_stem}{suffix}", image, parameters))
-            upload = output.get("upload_copy")
-            if upload:
-                suffix = ".jpg" if upload == "jpeg" else ".webp"
-                copies.append(save_upload_copy(out_dir / f"{part_stem}.upload{suffix}", image, parameters, fmt=upload))
+        upload = output.get("upload_copy")
+        if upload:
+            suffix = ".jpg" if upload == "jpeg" else ".webp"
+            # One upload image of the whole grid when its cells can stay a useful size, else one per part.
+            whole = images[0] if len(images) == 1 else grid_mod.compose_upload_copy(
+                cells, row_labels, col_labels, title, upload_fmt=upload, style=options.style, **labels)
+            if whole is not None:
+                copies.append(save_upload_copy(out_dir / f"{stem}.upload{suffix}", whole, parameters, fmt=upload))
+            else:
+                for part, image in enumerate(images):
+                    copies.append(save_upload_copy(out_dir / f"{stem}-part{part + 1}.upload{suffix}", image,
+                                                   parameters, fmt=upload))
     return grids, copies
 
 

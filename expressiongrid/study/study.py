@@ -104,6 +104,9 @@ class OutputOptions:
     upload_copy: str | None = "jpeg"  # an upload-sized JPEG/WebP beside each grid, or None
     margin: int = 0
     max_cells_per_page: int | None = None
+    font: str | None = None  # a font file drawn first for grid labels (output/fonts.py has the chain after it)
+    axis_titles: bool = False  # name what varies along rows and columns ("Expression", "Character")
+    caption: bool | str = False  # a line under the grid: model, sampler, steps, CFG, seed (or this text)
 
 
 @dataclass
@@ -189,7 +192,8 @@ _KNOWN_KEYS = {
                  "seeds_per_cell", "noise_source", "batch_size"},
     "prompt": {"positive", "negative", "reference"},
     "axis": {"axis", "set", "only", "items", "values", "files", "reference", "reference_label"},
-    "output": {"dir", "title", "grid_formats", "upload_copy", "margin", "max_cells_per_page"},
+    "output": {"dir", "title", "grid_formats", "upload_copy", "margin", "max_cells_per_page", "font", "axis_titles",
+               "caption"},
 }
 
 
@@ -270,6 +274,12 @@ def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<s
     pages = _read_axis(data, "pages", base_dir, problems, check_files, reference_text) if "pages" in data else None
     output = _read_output(_table(data, "output", problems), problems)
     output.title = output.title or _get(data, "title", str, None, "", problems)
+    if output.font:
+        font = Path(output.font).expanduser()
+        font = font if font.is_absolute() else base_dir / font
+        if check_files and not font.is_file():
+            problems.add("output.font", f"no font file at {font}; give a .ttf, .otf or .ttc file")
+        output.font = str(font)
 
     axes = {"rows": rows, "columns": columns, "pages": pages}
     _check_placeholders(prompt, negative, axes, problems)
@@ -425,6 +435,9 @@ def _read_output(t: dict, problems: _Problems) -> OutputOptions:
     o.margin = _get(t, "margin", int, 0, p, problems, check=lambda v: 0 <= v <= 500, expect="pixels from 0 to 500")
     o.max_cells_per_page = _get(t, "max_cells_per_page", int, None, p, problems, check=lambda v: v >= 1,
                                 expect="a positive integer")
+    o.font = _get(t, "font", str, None, p, problems)
+    o.axis_titles = _get(t, "axis_titles", bool, False, p, problems)
+    o.caption = _get(t, "caption", (bool, str), False, p, problems, expect="true, false or a text")
     return o
 
 

@@ -1,0 +1,155 @@
+"""Fonts for grid labels: a fallback chain so any label text renders, and a note when a glyph cannot.
+
+Pillow draws each string with one font file and shows a box for every character that file lacks, and its
+bundled font covers little beyond ASCII ("Zoë" and "李" came out as boxes). Labels are therefore drawn with
+a chain of fonts: each character uses the first font in the chain that has it.
+
+The chain, first found first (see docs/grids-and-metadata.md, "Fonts"):
+
+1. the study's ``[output] font`` (a TrueType/OpenType file or collection), when set;
+2. Noto Sans CJK (Latin, Greek, Cyrillic, Chinese, Japanese, Korean): Debian/Ubuntu ``fonts-noto-cjk``,
+   Fedora ``google-noto-sans-cjk-fonts``, Arch ``noto-fonts-cjk``; on Windows Microsoft YaHei, on macOS
+   Hiragino Sans GB / Arial Unicode;
+3. DejaVu Sans (Latin, Greek, Cyrillic, many symbols): Debian ``fonts-dejavu-core`` and most Linux systems;
+4. Pillow's bundled font (ASCII only), so a grid is always drawn.
+
+Characters no font in the chain has are reported by `missing_glyphs` before anything is generated.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import ImageFont
+
+from expressiongrid.errors import UsageError
+
+__all__ = ["LabelFont", "SYSTEM_FONTS", "font_chain", "label_font", "missing_glyphs"]
+
+# (regular, bold) file names of each system font, in chain order.
+SYSTEM_FONTS: list[tuple[str, str]] = [
+    ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc"),
+    ("/usr/share/fonts/google-noto-sans-cjk-fonts/NotoSansCJK-Regular.ttc",
+     "/usr/share/fonts/google-noto-sans-cjk-fonts/NotoSansCJK-Bold.ttc"),
+    ("/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc", "/usr/share/fonts/noto-cjk/NotoSansCJK-Bold.ttc"),
+    ("C:/Windows/Fonts/msyh.ttc", "C:/Windows/Fonts/msyhbd.ttc"),
+    ("/System/Library/Fonts/Hiragino Sans GB.ttc", "/System/Library/Fonts/Hiragino Sans GB.ttc"),
+    ("/Library/Fonts/Arial Unicode.ttf", "/Library/Fonts/Arial Unicode.ttf"),
+    ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+    ("/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf", "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans-Bold.ttf"),
+    ("/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans-Bold.ttf"),
+    ("C:/Windows/Fonts/segoeui.ttf", "C:/Windows/Fonts/segoeuib.ttf"),
+]
+_NOT_A_CHARACTER = "\U0010fffd"  # private use, plane 16: no label font draws it, so it shows the "missing" box
+
+
+def font_chain(path: str | None = None, bold: bool = False) -> tuple[str | None, ...]:
+    """The font files labels are drawn with, in order; ``None`` stands for Pillow's bundled font.
+
+    Only one file per font family is kept (the first found), so a chain is short.
+    """
+    chain: list[str | None] = []
+    if path:
+        if not Path(path).expanduser().is_file():
+            raise UsageError(f"grid font {path}: no such file; give a .ttf, .otf or .ttc file ([output] font)")
+        chain.append(str(Path(path).expanduser()))
+    families: set[str] = set()
+    for regular, heavy in SYSTEM_FONTS:
+        family = Path(regular).stem.split("-")[0]
+        if family in families:
+            continue
+        chosen = heavy if bold and os.path.isfile(heavy) else regular
+        if os.path.isfile(chosen):
+            chain.append(chosen)
+            families.add(family)
+    chain.append(None)
+    return tuple(chain)
+
+
+@lru_cache(maxsize=64)
+def _load(path: str | None, size: int) -> ImageFont.FreeTypeFont:
+    if path is None:
+        return ImageFont.load_default(size=size)
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError as exc:
+        raise UsageError(f"grid font {path}: cannot load it as a TrueType/OpenType font ({exc})") from None
+
+
+def _signature(font: ImageFont.FreeTypeFont, ch: str) -> tuple:
+    mask = font.getmask(ch)
+    return mask.size, bytes(mask), font.getlength(ch)
+
+
+@lru_cache(maxsize=65536)
+def _has_glyph(path: str | None, ch: str) -> bool:
+    """Does the font file draw `ch` as itself (not as its "missing glyph" box)? Measured at 24 px."""
+    if ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf", "Cc"):
+        return True  # marks and controls go with the character before them
+    font = _load(path, 24)
+    return _signature(font, ch) != _signature(font, _NOT_A_CHARACTER)
+
+
+@dataclass(frozen=True)
+class LabelFont:
+    """One size of a font chain: measures and draws text, each character in the first font that has it."""
+
+    chain: tuple[str | None, ...]
+    size: int
+
+    @property
+    def primary(self) -> ImageFont.FreeTypeFont:
+        return _load(self.chain[0], self.size)
+
+    def runs(self, text: str) -> list[tuple[ImageFont.FreeTypeFont, str]]:
+        """`text` split into pieces that one font of the chain draws; unknown characters stay with the
+        first font (drawn as its box; `missing_glyphs` reports them)."""
+        out: list[tuple[int, str]] = []
+        for ch in text:
+            index = next((i for i, p in enumerate(self.chain) if _has_glyph(p, ch)), 0)
+            if out and (index == out[-1][0] or ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf")):
+                out[-1] = (out[-1][0], out[-1][1] + ch)
+            else:
+                out.append((index, ch))
+        return [(_load(self.chain[i], self.size), piece) for i, piece in out]
+
+    def getlength(self, text: str) -> float:
+        return sum(font.getlength(piece) for font, piece in self.runs(text))
+
+    def getmetrics(self) -> tuple[int, int]:
+        """Ascent and descent covering every font of the chain the text may use."""
+        metrics = [_load(p, self.size).getmetrics() for p in self.chain]
+        return max(a for a, _ in metrics), max(d for _, d in metrics)
+
+    def draw(self, draw, xy: tuple[float, float], text: str, fill, *, align: str = "centre",
+             stroke_width: int = 0, stroke_fill=None) -> None:
+        """Draw `text` with its top (the chain's ascent line) at ``xy[1]``; ``xy[0]`` is the centre of the
+        line (``align="centre"``) or its left end (``"left"``)."""
+        x, top = xy
+        if align == "centre":
+            x -= self.getlength(text) / 2
+        baseline = top + self.getmetrics()[0]
+        for font, piece in self.runs(text):
+            draw.text((x, baseline), piece, font=font, fill=fill, anchor="ls", stroke_width=stroke_width,
+                      stroke_fill=stroke_fill)
+            x += font.getlength(piece)
+
+
+def label_font(size: int, path: str | None = None, bold: bool = False) -> LabelFont:
+    """The label font chain at `size` px (`path`: the study's ``[output] font``)."""
+    return LabelFont(font_chain(path, bold), size)
+
+
+def missing_glyphs(texts, path: str | None = None) -> dict[str, list[str]]:
+    """For each text that has characters no font of the chain can draw: those characters (in order, once)."""
+    chain = font_chain(path)
+    out: dict[str, list[str]] = {}
+    for text in texts:
+        missing = [ch for ch in dict.fromkeys(str(text)) if not any(_has_glyph(p, ch) for p in chain)]
+        if missing:
+            out[str(text)] = missing
+    return out
