@@ -47,7 +47,7 @@ SUFFIXES: dict[str, tuple[str, ...]] = {
     "vaes": (".safetensors", ".pt", ".ckpt"),
 }
 DEFAULT_KEYS = ("dtype", "device", "sampler")
-BUILTIN_DEFAULTS: dict[str, str | None] = {"dtype": "fp32", "device": None, "sampler": "Euler a"}
+BUILTIN_DEFAULTS: dict[str, str | None] = {"dtype": "auto", "device": None, "sampler": "Euler a"}
 _PATH_KEYS = ("webui", *KINDS)
 # A1111's checkpoint title: "sub/name.safetensors [abcdef1234]" (the hash is AutoV2, 10 hex digits; older
 # titles carry the 8-digit AutoV1 hash).

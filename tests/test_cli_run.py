@@ -76,6 +76,7 @@ def test_run_makes_cells_and_grid_then_resumes_with_nothing_new(tmp_path, demo_c
     grid = out / "grids" / "mini.png"
     assert f"grid: {grid}" in result.output and grid.is_file()
     assert f"database: {out / 'run.sqlite'}" in result.output
+    assert "model tiny on cpu: fp32, not compiled" in (out / "run.log").read_text()
 
     rows = _rows(out, "SELECT status, seed, file, row_label, col_label, character_id, prompt FROM cells ORDER BY col_index, row_index")
     assert [r[0] for r in rows] == ["done"] * 6
@@ -175,6 +176,7 @@ def test_dry_run_loads_nothing(tmp_path, demo_chars):
     result = CliRunner().invoke(main, ["run", str(_study(tmp_path, demo_chars)), "--out", str(tmp_path / "o"), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "dry run: nothing generated" in result.output
+    assert "model: tiny on cpu, fp32, not compiled" in result.output  # dtype auto = fp32 on the CPU
     assert not (tmp_path / "o").exists()
 
 

@@ -86,17 +86,21 @@ class _Bar:
 
 def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
              xyz: bool = False, notify_url: str | None = None, as_json: bool = False) -> None:
+    from expressiongrid.engine.precision import describe_settings, resolve_study
     from expressiongrid.study.plan import plan as make_plan
     from expressiongrid.study.runner import previous_random_seed
 
+    study = resolve_study(study)
     plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
+    settings = describe_settings(study.model)
     if as_json:
         import json
 
-        click.echo(json.dumps({**plan.describe(), "out_dir": str(out_dir),
+        click.echo(json.dumps({**plan.describe(), "out_dir": str(out_dir), "model": f"{study.model.source} on {settings}",
                                "already_done": _already_done(out_dir, plan)}, ensure_ascii=False, indent=2))
     else:
         _describe(plan, out_dir, xyz=xyz)
+        click.echo(f"model: {study.model.source} on {settings}")
     labels = {v.id: v.label for v in study.columns.values}
     for char_id, problems in study.column_problems.items():
         for problem in problems:
@@ -232,8 +236,9 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
                    '(file name, stem or A1111 title "name [hash]").')
 @click.option("--vae", default=None, help="A separate VAE file or folder.")
 @click.option("--clip-skip", type=click.IntRange(1, 12), default=1, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-              help="Weights' dtype (default: the configuration's [defaults] dtype, else fp32).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default=None,
+              help="Weights' dtype (default: the configuration's [defaults] dtype, else auto: fp16 on CUDA, "
+                   "fp32 on CPU).")
 @click.option("--vary-seeds", type=click.Choice(["x", "y", "z"]), multiple=True,
               help="A1111's 'Vary seeds for X/Y/Z' (repeatable).")
 @click.option("--seeds-per-cell", type=click.IntRange(1, 64), default=1, show_default=True)

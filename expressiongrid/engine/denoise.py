@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 @dataclass
 class DecodedBatch:
-    """Decoded images (``[B, 3, H, W]`` float in [0, 1] on the CPU) and per-image numeric health."""
+    """Decoded images (host ``uint8 [B, H, W, 3]``) and per-image numeric health."""
 
     pixels: object  # torch.Tensor
     errors: list[str | None]  # None when the image is fine
@@ -61,7 +61,8 @@ def _cond_parts(cond, batch: int, device, dtype):
     return rows, weights[rows, parts].view(-1, 1, 1, 1), part_index.to(device)[rows, parts]
 
 
-def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, generators=None, seeds=None):
+def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, generators=None, seeds=None,
+                  prepare_noise: bool | None = None):
     """Run the sampler over a batch and return the final latents.
 
     - `scheduler`: a fresh diffusers scheduler with ``set_timesteps`` already called.
@@ -74,6 +75,10 @@ def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, genera
     - `guidance_scale`: one CFG scale per row.
     - `generators`: one ``torch.Generator`` per row, passed to ``scheduler.step`` so ancestral/SDE noise
       of each image comes from its own stream; `seeds` seed the Brownian trees of DPM++ SDE per image.
+    - `prepare_noise`: draw the sampler's per-step noise for the whole batch ahead and copy it to the
+      latents' device at once (``noise.PreparedNoise``; the same numbers as drawing step by step).
+      Default: when the generators live on another device than the latents (CPU noise, CUDA model).
+    - `unet` may be the model's ``CompiledUNet`` (same call signature).
 
     Each iteration over ``scheduler.timesteps`` is exactly one model evaluation (second-order schedulers
     in diffusers interleave their two evaluations as separate timesteps), so the loop index is A1111's
@@ -110,6 +115,30 @@ def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, genera
 
     part_rows, part_weights, part_index = _cond_parts(cond, batch, device, dtype)
     latents = latents * scheduler.init_noise_sigma
+    with _step_noise(scheduler, step_kwargs.get("generator"), device, len(timesteps), prepare_noise):
+        return _loop(unet, scheduler, latents, timesteps, cond_table, uncond_table, part_index, uncond_index,
+                     part_rows, part_weights, scales, step_kwargs)
+
+
+def _step_noise(scheduler, generators, device, num_calls: int, prepare: bool | None):
+    """The context that serves the sampler's per-step noise from a `PreparedNoise` (or does nothing)."""
+    import contextlib
+
+    from expressiongrid.engine.noise import PreparedNoise, serve_prepared_noise
+
+    if generators is None:
+        return contextlib.nullcontext()
+    if prepare is None:
+        prepare = any(g.device != device for g in generators)
+    if not prepare or not serve_prepared_noise(scheduler):
+        return contextlib.nullcontext()
+    return PreparedNoise(generators, device, num_calls)
+
+
+def _loop(unet, scheduler, latents, timesteps, cond_table, uncond_table, part_index, uncond_index, part_rows,
+          part_weights, scales, step_kwargs):
+    import torch
+
     for call, t in enumerate(timesteps):
         # 1. conditioning of this model call, per row (and per AND part)
         cond_ctx = cond_table[part_index[:, call]]
@@ -140,17 +169,24 @@ def _decode(vae, latents):
     return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
 
 
-def decode_latents(vae, latents) -> DecodedBatch:
+def decode_latents(vae, latents, decode=None) -> DecodedBatch:
     """One VAE decode for the batch; images with NaN/inf are found per image.
 
     NaN/inf in the latents means the UNet diverged: the image is reported failed. NaN/inf only after the
     decode is the classic fp16 VAE overflow (A1111's black images): those images are decoded again with
-    the VAE upcast to fp32, and reported failed only if that also fails.
+    the VAE upcast to fp32, and reported failed only if that also fails. `decode` (default
+    ``vae.decode``) may be the model's ``CompiledDecode``; the fp32 retry always runs the plain VAE.
+
+    The images are turned into 8-bit pixels on the device, so only ``uint8`` crosses to the host (a
+    quarter of the fp32 bytes); the rounding is diffusers' ``numpy_to_pil``'s.
     """
     import torch
 
     bad_latents = _nonfinite_rows(latents)
-    decoded = _decode(vae, latents).float()
+    if decode is None:
+        decoded = _decode(vae, latents).float()
+    else:
+        decoded = decode(latents / vae.config.scaling_factor).float()
     bad_pixels = _nonfinite_rows(decoded)
     errors: list[str | None] = [None] * latents.shape[0]
     retried = [False] * latents.shape[0]
@@ -175,13 +211,19 @@ def decode_latents(vae, latents) -> DecodedBatch:
                 errors[i] = "NaN/inf in the decoded image, also when decoded again with the VAE in fp32"
             else:
                 decoded[i] = again[j]
-    pixels = (decoded / 2 + 0.5).clamp(0, 1).cpu()
-    return DecodedBatch(pixels=pixels, errors=errors, nan_retried=retried)
+    return DecodedBatch(pixels=to_uint8(decoded), errors=errors, nan_retried=retried)
+
+
+def to_uint8(decoded):
+    """VAE output ``[B, 3, H, W]`` in [-1, 1] to host ``uint8 [B, H, W, 3]`` (NaN/inf become 0)."""
+    import torch
+
+    pixels = (torch.nan_to_num(decoded, nan=-1.0, posinf=-1.0, neginf=-1.0) / 2 + 0.5).clamp(0, 1)
+    return (pixels * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
 
 
 def to_pil(pixels) -> list:
-    """``[B, 3, H, W]`` floats in [0, 1] to PIL RGB images (rounded like diffusers' ``numpy_to_pil``)."""
+    """Host ``uint8 [B, H, W, 3]`` (``decode_latents``' pixels) to PIL RGB images."""
     from PIL import Image
 
-    arrays = (pixels.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    return [Image.fromarray(a) for a in arrays]
+    return [Image.fromarray(a) for a in pixels.numpy()]

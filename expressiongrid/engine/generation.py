@@ -216,10 +216,10 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
         generators = make_generators(seeds, first.noise_source, model.device)
         shape = (pipe.unet.config.in_channels, first.height // 8, first.width // 8)
         latents = initial_noise(generators, shape, model.device, model.dtype)
-        latents = denoise_batch(pipe.unet, scheduler, latents, cond, uncond, [r.cfg_scale for r in requests],
-                                generators=generators, seeds=seeds)
-        decoded = decode_latents(pipe.vae, latents)
-    images = to_pil(torch.nan_to_num(decoded.pixels))
+        latents = denoise_batch(model.unet_call or pipe.unet, scheduler, latents, cond, uncond,
+                                [r.cfg_scale for r in requests], generators=generators, seeds=seeds)
+        decoded = decode_latents(pipe.vae, latents, decode=model.vae_decode)
+    images = to_pil(decoded.pixels)
     seconds = (time.perf_counter() - start) / len(requests)
     return [
         ImageResult(image=None if err else img, seed=seed, ok=err is None, error=err, nan_retried=retried,

@@ -19,7 +19,7 @@ from expressiongrid.errors import ModelError, UsageError
 
 SD15_CONFIG_DIR = Path(__file__).parent / "configs" / "sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-DTYPES = ("fp32", "fp16", "bf16")
+from expressiongrid.engine.precision import DTYPE_CHOICES as DTYPES
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -30,15 +30,19 @@ class ModelSpec:
     `vae`: optional separate VAE (a single file or a diffusers VAE folder). `config`: the diffusers
     config folder used to convert single-file checkpoints (default: the shipped SD1.5 configs).
     `cache_dir`: the Hugging Face cache to use for repo ids (default: huggingface_hub's).
+    `dtype`: ``auto`` (fp16 on CUDA, fp32 on CPU: see ``engine.precision``), ``fp32``, ``fp16``, ``bf16``.
+    `compile`: ``auto`` (on CUDA), ``on`` or ``off``: ``torch.compile`` of the UNet and the VAE decode
+    (see ``engine.compiled``).
     """
 
     source: str = "tiny"
     vae: str | None = None
     clip_skip: int = 1
-    dtype: str = "fp32"
+    dtype: str = "auto"
     device: str | None = None
     config: str | None = None
     cache_dir: str | None = None
+    compile: str = "auto"
 
 
 @dataclass
@@ -55,6 +59,21 @@ class LoadedModel:
     dtype: object  # torch.dtype
     clip_skip: int = 1
     spec: ModelSpec = field(default_factory=ModelSpec)
+    compiled: bool = False  # UNet and VAE decode run through torch.compile
+    tf32: bool = False  # fp32 matrix products may use TF32 (CUDA, fp32 only)
+    unet_call: object = None  # engine.compiled.CompiledUNet, or None for pipe.unet itself
+    vae_decode: object = None  # engine.compiled.CompiledDecode, or None for pipe.vae.decode
+
+    @property
+    def dtype_name(self) -> str:
+        """``fp32``/``fp16``/``bf16``: the dtype the model runs in (``auto`` already resolved)."""
+        return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[str(self.dtype).removeprefix("torch.")]
+
+    def describe(self) -> str:
+        """One line for the run log: model, device, dtype, compilation."""
+        extras = [self.dtype_name + (" (TF32 matmuls)" if self.tf32 else "")]
+        extras.append("torch.compile on" if self.compiled else "not compiled")
+        return f"model {self.name} on {self.device}: {', '.join(extras)}"
 
 
 def pick_device(requested: str | None = None):
@@ -84,7 +103,7 @@ def torch_dtype(name: str):
 
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if name not in table:
-        raise UsageError(f"unknown dtype {name!r}; use one of: {', '.join(DTYPES)}")
+        raise UsageError(f"unknown dtype {name!r}; use one of: {', '.join(DTYPES)} (auto is resolved by load_model)")
     return table[name]
 
 
@@ -95,8 +114,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """
     if spec.clip_skip < 1:
         raise UsageError(f"clip skip must be 1 or more (got {spec.clip_skip}); 1 means the last layer")
-    dtype = torch_dtype(spec.dtype)
+    from expressiongrid.engine.compiled import should_compile
+    from expressiongrid.engine.precision import allow_tf32, resolve_dtype
+
     device = pick_device(spec.device)
+    dtype_name = resolve_dtype(spec.dtype, device)
+    dtype = torch_dtype(dtype_name)
+    compile_now = should_compile(spec.compile, device)
 
     source = spec.source
     path = Path(source).expanduser()
@@ -126,8 +150,30 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):
         _move(part, device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(pipe=pipe, name=name, hash=model_hash, vae_name=vae_name, vae_hash=vae_hash,
-                       family="sd15", device=device, dtype=dtype, clip_skip=spec.clip_skip, spec=spec)
+    model = LoadedModel(pipe=pipe, name=name, hash=model_hash, vae_name=vae_name, vae_hash=vae_hash,
+                        family="sd15", device=device, dtype=dtype, clip_skip=spec.clip_skip, spec=spec,
+                        tf32=allow_tf32(device, dtype_name))
+    if compile_now:
+        enable_compile(model)
+    return model
+
+
+def enable_compile(model: LoadedModel, *, backend: str = "inductor", mode: str | None = None) -> LoadedModel:
+    """Route `model`'s UNet calls and VAE decodes through ``torch.compile`` (static shapes, padded batches).
+
+    On CUDA the UNet and VAE are also put in channels-last memory format, the layout cuDNN's and
+    Inductor's fastest convolutions use. The uncompiled modules stay in ``model.pipe`` and share the weights.
+    """
+    import torch
+
+    from expressiongrid.engine.compiled import compile_parts
+
+    if model.device.type == "cuda":
+        model.pipe.unet.to(memory_format=torch.channels_last)
+        model.pipe.vae.to(memory_format=torch.channels_last)
+    model.unet_call, model.vae_decode = compile_parts(model.pipe.unet, model.pipe.vae, backend=backend, mode=mode)
+    model.compiled = True
+    return model
 
 
 def _pipeline_class():

@@ -8,6 +8,9 @@ share its batch. Nothing here reads torch's global RNG.
 
 from __future__ import annotations
 
+import sys
+import threading
+
 NOISE_SOURCES = ("cpu", "gpu")
 
 
@@ -36,4 +39,99 @@ def initial_noise(generators: list, shape: tuple[int, int, int], device, dtype):
     import torch
 
     draws = [torch.randn((1, *shape), generator=g, device=g.device, dtype=torch.float32) for g in generators]
-    return torch.cat(draws).to(device=device, dtype=dtype)
+    return to_device(torch.cat(draws), torch.device(device)).to(dtype)
+
+
+def to_device(tensor, device):
+    """`tensor` on `device`; a CPU tensor goes to CUDA through pinned memory without blocking the host."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+# -- per-step noise of CPU generators, prepared for the whole batch ------------------------------------
+#
+# Stochastic diffusers schedulers (Euler a, Euler, DPM2 a, DPM++ 2M SDE, ...) draw their per-step noise in
+# ``step`` through their module's ``randn_tensor``: with a list of CPU generators and a CUDA model that is
+# one small draw per image and a blocking host-to-device copy on every step, which stalls the GPU queue.
+# There is no argument to hand them noise (only DDIM and DPM++ multistep take ``variance_noise``), so each
+# scheduler module's ``randn_tensor`` is wrapped once: while a `PreparedNoise` is active on this thread
+# and the scheduler asks with that batch's own generator list, it gets the next step's noise from a batch
+# drawn ahead and copied once; every other call goes to diffusers' function unchanged.
+
+_active = threading.local()
+_install_lock = threading.Lock()
+
+
+class PreparedNoise:
+    """Per-step noise for one batch's generators, drawn ahead on the CPU and copied to `device` at once.
+
+    The draws are the very calls diffusers' ``randn_tensor`` makes (per image, shape ``(1, ...)``, the
+    model's dtype, in step order), so the noise is bit-identical to drawing step by step. Up to
+    `max_draws` steps are drawn at the first request (the scheduler's own first step, so the host draws
+    while the GPU runs the first UNet call); unused draws are discarded with the batch's generators.
+    """
+
+    def __init__(self, generators: list, device, max_draws: int):
+        self.generators = generators
+        self.device = device
+        self.max_draws = max_draws
+        self._served = 0
+        self._noise = None
+        self._key = None
+
+    def next(self, shape, dtype, device):
+        import torch
+
+        from expressiongrid.errors import GenerationError
+
+        key = (tuple(shape), dtype)
+        if self._noise is None:
+            count = max(1, self.max_draws - self._served)
+            per_image = (1, *tuple(shape)[1:])
+            draws = [torch.cat([torch.randn(per_image, generator=g, device=g.device, dtype=dtype)
+                                for g in self.generators]) for _ in range(count)]
+            self._noise, self._key, self._first = to_device(torch.stack(draws), torch.device(device)), key, self._served
+        if key != self._key or self._served - self._first >= self._noise.shape[0]:
+            raise GenerationError(f"prepared sampler noise does not cover draw {self._served} of shape {shape}")
+        noise = self._noise[self._served - self._first]
+        self._served += 1
+        return noise
+
+    def __enter__(self):
+        if getattr(_active, "noise", None) is not None:
+            raise RuntimeError("a PreparedNoise is already active on this thread")
+        _active.noise = self
+        return self
+
+    def __exit__(self, *exc):
+        _active.noise = None
+        return False
+
+
+def _serving(original):
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        prepared = getattr(_active, "noise", None)
+        if prepared is not None and generator is prepared.generators:
+            return prepared.next(shape, dtype, device)
+        return original(shape, generator=generator, device=device, dtype=dtype, layout=layout)
+
+    randn_tensor.prepared_noise_original = original
+    return randn_tensor
+
+
+def serve_prepared_noise(scheduler) -> bool:
+    """Wrap `scheduler`'s module-level ``randn_tensor`` (once) so a `PreparedNoise` can answer it.
+
+    Returns False for schedulers that do not draw through ``randn_tensor`` (DPM++ SDE's Brownian trees).
+    """
+    module = sys.modules[type(scheduler).__module__]
+    with _install_lock:
+        current = getattr(module, "randn_tensor", None)
+        if current is None:
+            return False
+        if not hasattr(current, "prepared_noise_original"):
+            module.randn_tensor = _serving(current)
+    return True

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -144,8 +145,13 @@ def run_study(
     ``repair=False`` skips ``Store.reconcile`` (under accelerate only the main process repairs, before the
     others start writing); ``on_ready`` is called once the plan is registered, before any cell is made.
     """
+    from expressiongrid.engine.precision import resolve_study
+
     started = time.monotonic()
-    p = plan if plan is not None else make_plan(study, random_seed=previous_random_seed(out_dir, study))
+    if plan is None:
+        study = resolve_study(study)  # dtype "auto" becomes fp16/fp32 before it goes into the cell keys
+        plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
+    p = plan
     store = Store(out_dir)
     try:
         repaired = store.reconcile() if repair else {}
@@ -198,7 +204,8 @@ def _model_spec(cell: PlannedCell):
     from expressiongrid.engine import ModelSpec
 
     m = cell.spec.model
-    return ModelSpec(source=m.source, vae=m.vae, clip_skip=m.clip_skip, dtype=m.dtype, device=m.device)
+    return ModelSpec(source=m.source, vae=m.vae, clip_skip=m.clip_skip, dtype=m.dtype, device=m.device,
+                     compile=m.compile)
 
 
 def _weighted(character, weight: float):
@@ -239,6 +246,7 @@ def _generate_all(store: Store, run_id: int, todo: list[PlannedCell], summary: R
         report(f"loading model {first.spec.model.source}")
         try:
             model = load_model(_model_spec(first))
+            logging.getLogger("expressiongrid.run").info(model.describe())
         except ExpressionGridError as exc:
             for group in model_groups:
                 _fail(store, run_id, group, f"model {first.spec.model.source}: {exc}", summary)

@@ -26,7 +26,8 @@ _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 SEED_POLICIES = ("fixed", "vary", "per-cell")
 VARY_AXES = ("columns", "rows", "pages")
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = ("auto", "fp32", "fp16", "bf16")  # engine.precision.DTYPE_CHOICES (no torch here)
+COMPILE_CHOICES = ("auto", "on", "off")  # engine.compiled.COMPILE_CHOICES
 NOISE_SOURCES = ("cpu", "gpu")
 GRID_FORMATS = ("png", "jpeg", "webp")
 
@@ -77,8 +78,9 @@ class ModelConfig:
     source: str = "tiny"
     vae: str | None = None
     clip_skip: int = 1
-    dtype: str = "fp32"
+    dtype: str = "auto"  # fp16 on CUDA, fp32 on CPU (engine.precision); resolved before planning
     device: str | None = None
+    compile: str = "auto"  # torch.compile of UNet and VAE decode: auto = on CUDA
 
 
 @dataclass
@@ -187,7 +189,7 @@ class _Problems:
 
 _KNOWN_KEYS = {
     "": {"name", "title", "model", "sampling", "prompt", "rows", "columns", "pages", "output"},
-    "model": {"source", "vae", "clip_skip", "dtype", "device"},
+    "model": {"source", "vae", "clip_skip", "dtype", "device", "compile"},
     "sampling": {"sampler", "steps", "cfg_scale", "width", "height", "seed", "seed_policy", "vary",
                  "seeds_per_cell", "noise_source", "batch_size"},
     "prompt": {"positive", "negative", "reference"},
@@ -324,6 +326,8 @@ def _read_model(t: dict, base_dir: Path, problems: _Problems, check_files: bool)
                        expect="an integer from 1 to 12 (1 = last layer, A1111's default)")
     m.dtype = _get(t, "dtype", str, user_config.default("dtype"), "model.", problems, check=lambda v: v in DTYPES,
                    expect=" or ".join(DTYPES))
+    m.compile = _get(t, "compile", str, "auto", "model.", problems, check=lambda v: v in COMPILE_CHOICES,
+                     expect=" or ".join(COMPILE_CHOICES))
     m.device = _get(t, "device", str, user_config.default("device"), "model.", problems)
     if check_files:
         m.source = _resolve_model_path(m.source, base_dir, "model.source", problems)

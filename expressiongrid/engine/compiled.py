@@ -1,0 +1,112 @@
+"""``torch.compile`` for the UNet and the VAE decode, with static shapes.
+
+Compiled code is specialised to the shapes it saw (``dynamic=False``): a new batch size would compile
+again (a minute or more at SD1.5 size on a GPU). So calls are padded: a batch is padded with copies of its
+last row up to the smallest batch size already compiled for the same per-image shapes, and only a batch
+larger than every compiled one compiles a new size. A run whose batches are the rows of a column compiles
+once; the last, shorter batch of a column reuses the full-size code. Padding rows are computed and dropped;
+rows never mix in the UNet or the VAE, so a row's result does not depend on the padding (up to the
+kernels' rounding for a different batch size, the same as batching itself).
+
+What keeps a run at one compilation:
+
+- LoRA columns write their deltas into the existing weight tensors in place
+  (``characters.CharacterActivator``): same parameters, same shapes, no new modules, nothing for the
+  compiled code's guards to notice. diffusers' ``fuse_lora``/peft layers would add modules and recompile.
+- Textual-inversion embeddings live in the text encoder, which is not compiled; the UNet sees the same
+  ``[batch, 77·k, 768]`` conditioning.
+- What does compile again: a longer prompt (another 75-token chunk changes the conditioning's shape; it
+  is not padded, since extra tokens would change the cross-attention and the pixels), another image
+  size, and the fp32 decode retry, which runs the uncompiled VAE instead.
+
+``auto`` compiles on CUDA only: on a CPU the compile time is not earned back by one grid, and on MPS
+torch.compile is not mature.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+COMPILE_CHOICES = ("auto", "on", "off")
+
+
+def should_compile(choice: str, device) -> bool:
+    """Whether `choice` (``auto``/``on``/``off``) compiles on `device`; unknown choices raise `UsageError`."""
+    from expressiongrid.errors import UsageError
+
+    if choice not in COMPILE_CHOICES:
+        raise UsageError(f"unknown compile setting {choice!r}; use one of: {', '.join(COMPILE_CHOICES)}")
+    if choice == "auto":
+        return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    return choice == "on"
+
+
+class BatchBuckets:
+    """The batch sizes compiled so far, per per-image signature; picks the size a batch is padded to."""
+
+    def __init__(self):
+        self._sizes: dict[tuple, list[int]] = {}
+
+    def size_for(self, n: int, signature: tuple) -> int:
+        sizes = self._sizes.setdefault(signature, [])
+        fitting = [s for s in sizes if s >= n]
+        if fitting:
+            return min(fitting)
+        sizes.append(n)
+        return n
+
+    def compiled_sizes(self) -> dict[tuple, list[int]]:
+        return {k: sorted(v) for k, v in self._sizes.items()}
+
+
+def _pad_rows(tensor, size: int):
+    import torch
+
+    n = tensor.shape[0]
+    if size == n:
+        return tensor
+    return torch.cat([tensor, tensor[-1:].expand(size - n, *tensor.shape[1:])])
+
+
+class CompiledUNet:
+    """A compiled UNet called like ``unet(sample, t, encoder_hidden_states=..., return_dict=False)``.
+
+    Shares its parameters with `unet` (writes into `unet`'s weights reach the compiled code).
+    """
+
+    def __init__(self, unet, *, backend: str = "inductor", mode: str | None = None):
+        import torch
+
+        self.unet = unet
+        self.config = unet.config
+        self.buckets = BatchBuckets()
+        self._compiled = torch.compile(unet, backend=backend, mode=mode, dynamic=False, fullgraph=True)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = False):
+        n = sample.shape[0]
+        signature = (tuple(sample.shape[1:]), tuple(encoder_hidden_states.shape[1:]), sample.dtype)
+        size = self.buckets.size_for(n, signature)
+        out = self._compiled(_pad_rows(sample, size), timestep, encoder_hidden_states=_pad_rows(encoder_hidden_states, size),
+                             return_dict=False)[0]
+        return (out[:n],)
+
+
+class CompiledDecode:
+    """The VAE's ``decode`` compiled, called as ``decode(latents) -> images`` (already unscaled latents)."""
+
+    def __init__(self, vae, *, backend: str = "inductor", mode: str | None = None):
+        import torch
+
+        self.vae = vae
+        self.buckets = BatchBuckets()
+        self._compiled = torch.compile(vae.decode, backend=backend, mode=mode, dynamic=False, fullgraph=True)
+
+    def __call__(self, latents):
+        n = latents.shape[0]
+        size = self.buckets.size_for(n, (tuple(latents.shape[1:]), latents.dtype))
+        return self._compiled(_pad_rows(latents, size), return_dict=False)[0][:n]
+
+
+def compile_parts(unet, vae, *, backend: str = "inductor", mode: str | None = None):
+    """``(CompiledUNet, CompiledDecode)`` for a model's UNet and VAE (compilation happens at first call)."""
+    return CompiledUNet(unet, backend=backend, mode=mode), CompiledDecode(vae, backend=backend, mode=mode)

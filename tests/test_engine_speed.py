@@ -1,0 +1,181 @@
+"""The fast path: default dtype, torch.compile without recompiles, prepared sampler noise, uint8 decode."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from expressiongrid.characters import CharacterActivator, load_character
+from expressiongrid.characters import demo
+from expressiongrid.engine import ImageRequest, ModelSpec, generate, load_model, make_scheduler
+from expressiongrid.engine.compiled import BatchBuckets, should_compile
+from expressiongrid.engine.denoise import decode_latents, denoise_batch
+from expressiongrid.engine.generation import encode_batch, _default_encoder
+from expressiongrid.engine.loading import enable_compile
+from expressiongrid.engine.noise import PreparedNoise, initial_noise, make_generators
+from expressiongrid.engine.precision import allow_tf32, default_dtype, resolve_dtype
+from expressiongrid.errors import UsageError
+
+PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: {expr}: 0.2], RAW photo, {char}"
+EXPRESSIONS = ("neutral face expression", "angry", "crying")
+
+
+def requests(char="1girl", n=3, steps=3):
+    return [ImageRequest(PROMPT.format(expr=e, char=char), "blurry", seed=10 + i, steps=steps, width=64, height=64,
+                         sampler="Euler a") for i, e in enumerate((EXPRESSIONS * 3)[:n])]
+
+
+# -- dtype --------------------------------------------------------------------------------------------
+
+
+def test_auto_dtype_is_fp32_on_cpu_and_the_loaded_model_says_so():
+    assert default_dtype(torch.device("cpu")) == "fp32"
+    model = load_model(ModelSpec("tiny"))
+    assert model.dtype == torch.float32 and model.dtype_name == "fp32"
+    assert not model.compiled and "fp32" in model.describe() and "not compiled" in model.describe()
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), "fp16"), ((8, 6), "fp16"), ((7, 0), "fp16"), ((6, 1), "fp32")])
+def test_auto_dtype_on_cuda_is_fp16_where_tensor_cores_run_it(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert default_dtype(torch.device("cuda")) == expected
+    assert resolve_dtype("bf16", torch.device("cuda")) == "bf16"  # asked for: kept
+
+
+def test_unknown_dtype_is_a_usage_error():
+    with pytest.raises(UsageError, match="auto, fp32, fp16, bf16"):
+        resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_tf32_only_for_fp32_on_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "set_float32_matmul_precision", calls.append)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", torch.backends.cudnn.allow_tf32)
+    assert not allow_tf32(torch.device("cpu"), "fp32") and not allow_tf32(torch.device("cuda"), "fp16")
+    assert calls == []
+    assert allow_tf32(torch.device("cuda"), "fp32") and calls == ["high"]
+
+
+def test_compile_is_automatic_on_cuda_only():
+    assert not should_compile("auto", torch.device("cpu"))
+    assert should_compile("on", torch.device("cpu")) and not should_compile("off", torch.device("cuda"))
+    with pytest.raises(UsageError, match="auto, on, off"):
+        should_compile("yes", torch.device("cpu"))
+
+
+def test_batches_pad_to_a_compiled_size_and_only_a_larger_batch_adds_one():
+    b = BatchBuckets()
+    assert [b.size_for(n, ("sig",)) for n in (18, 18, 4, 2)] == [18, 18, 18, 18]
+    assert b.size_for(20, ("sig",)) == 20 and b.size_for(19, ("sig",)) == 20 and b.size_for(6, ("sig",)) == 18
+    assert b.size_for(4, ("other",)) == 4  # another per-image shape is another compilation
+
+
+# -- torch.compile: no recompilation across columns ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def characters(tmp_path_factory):
+    d = tmp_path_factory.mktemp("chars")
+    pipe = load_model(ModelSpec("tiny")).pipe
+    lora_toml, emb_toml = demo.make_demo_characters(pipe, d)
+    other = demo.save_kohya_lora(pipe, d / "other.safetensors", rank=4, alpha=2.0, seed=3, strength=1.5)
+    (d / "other.toml").write_text(f'label = "other"\ntext = "1girl"\n\n[[lora]]\nfile = "{other.name}"\n')
+    return [load_character(p) for p in (lora_toml, d / "other.toml", emb_toml)]
+
+
+def test_lora_and_embedding_columns_never_recompile_the_unet(characters):
+    """One compilation for the reference column; LoRA swaps, an embedding column and a short tail batch
+    run under dynamo's fail-on-recompile stance. A longer prompt (new conditioning shape) does recompile:
+    the guard is live."""
+    model = enable_compile(load_model(ModelSpec("tiny")), backend="eager")
+    activator = CharacterActivator(model)
+    activator.prepare(characters)
+    torch._dynamo.reset()
+    reference = generate(model, requests(steps=2), batch_size=3)
+    assert all(r.ok for r in reference)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        for ch in characters:
+            with activator.activate(ch) as active:
+                results = generate(model, requests(ch.text, steps=2), batch_size=3, embeddings=active.embeddings)
+            assert all(r.ok for r in results)
+        tail = generate(model, requests(n=2, steps=2), batch_size=2)  # padded to the compiled batch of 3
+        assert all(r.ok for r in tail)
+        long_prompt = ", ".join(["a very detailed photo of a smiling woman"] * 12)
+        with pytest.raises(Exception, match="(?i)recompil"):
+            generate(model, [ImageRequest(long_prompt, "", seed=1, steps=2, width=64, height=64)], batch_size=1)
+    # the swaps changed the images, so the compiled UNet saw the written weights
+    assert reference[0].image.tobytes() != results[0].image.tobytes()
+
+
+def test_compiled_model_makes_the_pixels_of_the_uncompiled_one():
+    """The compiled path (dynamo graph capture, AOT autograd's decompositions, padded batches) gives the
+    uncompiled model's 8-bit images: equal within 1 level. Inductor's generated kernels are compared the
+    same way at SD1.5 size on the GPU by scripts/gpu_check.py (compiling them on a CPU takes minutes)."""
+    import numpy as np
+
+    torch._dynamo.reset()
+    plain = load_model(ModelSpec("tiny"))
+    compiled = enable_compile(load_model(ModelSpec("tiny")), backend="aot_eager")
+    want = generate(plain, requests(steps=3), batch_size=3)
+    got = generate(compiled, requests(steps=3), batch_size=3)
+    tail = generate(compiled, requests(n=2, steps=3), batch_size=2)  # padded to the compiled batch of 3
+    for a, b in zip(want + want[:2], got + tail):
+        diff = np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16))
+        assert diff.max() <= 1
+
+
+# -- sampler noise prepared for the batch -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(ModelSpec("tiny"))
+
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM2 a", "DPM++ 2M SDE Karras"])
+def test_prepared_noise_gives_bit_identical_latents(model, sampler, monkeypatch):
+    reqs = [ImageRequest(PROMPT.format(expr=e, char="1girl"), "", seed=5 + i, steps=4, width=64, height=64,
+                         sampler=sampler) for i, e in enumerate(EXPRESSIONS)]
+    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.prompts import total_model_calls
+
+    info = get_sampler(sampler)
+    with torch.inference_mode():
+        cond, uncond = encode_batch(_default_encoder(model, None), reqs, total_model_calls(4, info.name))
+
+    served = []
+    original_next = PreparedNoise.next
+    monkeypatch.setattr(PreparedNoise, "next", lambda self, *a: served.append(1) or original_next(self, *a))
+
+    def run(prepare):
+        scheduler = make_scheduler(info.name, model.pipe.scheduler.config)
+        scheduler.set_timesteps(4)
+        gens = make_generators([r.seed for r in reqs], "cpu", model.device)
+        latents = initial_noise(gens, (4, 8, 8), model.device, model.dtype)
+        with torch.inference_mode():
+            return denoise_batch(model.pipe.unet, scheduler, latents, cond, uncond, [7.0] * 3, generators=gens,
+                                 seeds=[r.seed for r in reqs], prepare_noise=prepare)
+
+    step_by_step = run(False)
+    assert served == []
+    prepared = run(True)
+    assert served, "the sampler's noise did not come from the prepared batch"
+    assert torch.equal(step_by_step, prepared)
+
+
+# -- decode -------------------------------------------------------------------------------------------
+
+
+def test_decoded_images_cross_to_the_host_as_uint8_with_diffusers_rounding(model):
+    import numpy as np
+
+    latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        decoded = decode_latents(model.pipe.vae, latents)
+        image = model.pipe.vae.decode(latents / model.pipe.vae.config.scaling_factor).sample
+    assert decoded.pixels.dtype == torch.uint8 and tuple(decoded.pixels.shape) == (2, 64, 64, 3)
+    want = (((image / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    assert np.array_equal(decoded.pixels.numpy(), want)
