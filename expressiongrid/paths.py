@@ -59,3 +59,30 @@ def read_text_file(path: str | os.PathLike, what: str = "file", error: type[Exce
         line = data.count(b"\n", 0, exc.start) + 1
         raise error(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
                     f"save the {what} as UTF-8") from None
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """Refuse an output folder a run could not use, before anything is loaded (``--dry-run`` included).
+
+    A file where the folder, its ``cells``/``grids`` folders or its ``run.sqlite`` should be, and a folder
+    on a read-only file system or without write permission, are each a one-line ``UsageError``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output folder {out} is a file: give a folder with --out")
+    for name in ("cells", "grids"):
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UsageError(f"{out / name} is a file, but a run keeps its {name} there: move it away or use "
+                             "another --out")
+    if (out / "run.sqlite").exists() and not (out / "run.sqlite").is_file():
+        raise UsageError(f"{out / 'run.sqlite'} is not a file: move it away or use another --out")
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot make output folder {out}: {existing} is a file")
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if read_only else "is not writable"
+        raise UsageError(f"output folder {out} cannot be written ({existing} {why}): choose another --out")
+    return out

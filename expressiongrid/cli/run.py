@@ -87,9 +87,11 @@ class _Bar:
 def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
              xyz: bool = False, notify_url: str | None = None, as_json: bool = False) -> None:
     from expressiongrid.engine.precision import describe_settings, resolve_study
+    from expressiongrid.paths import check_output_folder
     from expressiongrid.study.plan import plan as make_plan
     from expressiongrid.study.runner import previous_random_seed
 
+    check_output_folder(out_dir)
     study = resolve_study(study)
     plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
     settings = describe_settings(study.model)

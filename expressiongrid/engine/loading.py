@@ -176,6 +176,37 @@ def enable_compile(model: LoadedModel, *, backend: str = "inductor", mode: str |
     return model
 
 
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why the file at `path` cannot be an SD1.5 checkpoint, from its first bytes only (no torch); None if
+    it may be one. Lets a study refuse a garbage or wrong-kind file before any model loads."""
+    from expressiongrid.characters.formats import read_safetensors_header
+    from expressiongrid.errors import CharacterError
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SINGLE_FILE_SUFFIXES:
+        return f"unsupported checkpoint type {suffix!r}; use .safetensors or .ckpt"
+    if suffix == ".safetensors":
+        try:
+            names = read_safetensors_header(path).tensors.keys()
+        except CharacterError as exc:
+            return str(exc).removeprefix(f"{path}: ")
+        if any(n.startswith("conditioner.embedders.") for n in names):
+            return "an SDXL checkpoint; only SD1.5-family checkpoints are supported"
+        if not any(n.startswith("model.diffusion_model.") for n in names):
+            return ("not a Stable Diffusion checkpoint (no model.diffusion_model.* UNet weights; a LoRA or an "
+                    "embedding belongs in a character, not in model.source)")
+        return None
+    try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle); download it again"
+    return None
+
+
 def _pipeline_class():
     from diffusers import StableDiffusionPipeline
 

@@ -345,7 +345,7 @@ def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Proble
     if not candidate.is_absolute():
         candidate = base_dir / candidate
     if candidate.exists():
-        return str(candidate)
+        return _checked_checkpoint(candidate, key, problems, kind)
     user_config = load_config()
     try:
         found = user_config.find_checkpoint(source) if kind == "checkpoints" else user_config.find_file(kind, source)
@@ -353,7 +353,7 @@ def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Proble
         problems.add(key, str(exc))
         return source
     if found is not None:
-        return str(found)
+        return _checked_checkpoint(Path(found), key, problems, kind)
     search = user_config.describe_search(kind)
     if source.rstrip().endswith("]") or not (_looks_like_path(source) or Path(source).suffix or "/" in source):
         problems.add(key, f"{source!r} not found: no {kind} file of that name ({search}); or give a path "
@@ -363,6 +363,17 @@ def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Proble
         problems.add(key, f"file not found: {candidate} (expected {what}; paths are relative to the study file), "
                           f"nor a {kind} file of that name ({search})")
     return source  # a hub id such as "runwayml/stable-diffusion-v1-5"
+
+
+def _checked_checkpoint(path: Path, key: str, problems: _Problems, kind: str) -> str:
+    """``path`` as a string, after refusing a checkpoint file whose first bytes show it cannot be one."""
+    if kind == "checkpoints" and path.is_file():
+        from expressiongrid.engine.loading import checkpoint_problem
+
+        problem = checkpoint_problem(path)
+        if problem:
+            problems.add(key, f"{path}: {problem}")
+    return str(path)
 
 
 def _read_sampling(t: dict, problems: _Problems) -> Sampling:
