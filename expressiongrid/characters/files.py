@@ -43,7 +43,7 @@ def load_character(path_or_toml: str | Path) -> Character:
     """
     path = Path(path_or_toml)
     if path.suffix.lower() == ".toml":
-        if not path.is_file():
+        if not path.exists():
             raise CharacterError(f"{path}: character file not found")
         from expressiongrid.paths import read_text_file
 
