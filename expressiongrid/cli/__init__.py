@@ -34,6 +34,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "analyze": "expressiongrid.cli.analysis:analyze",
     "report": "expressiongrid.cli.analysis:report",
     "judge": "expressiongrid.cli.judge:judge",
+    "view": "expressiongrid.cli.view:view",
     "config": "expressiongrid.cli.config:config",
 }
 
