@@ -158,7 +158,7 @@ WRONG = [
     ("model", 5, "model: expected a table"), ("model.source", 5, "model.source: expected"),
     ("model.source", "  ", "model.source: expected"), ("model.vae", 5, "model.vae: expected a string"),
     ("model.clip_skip", "2", "model.clip_skip: expected an integer"), ("model.clip_skip", 99, "1 to 12"),
-    ("model.dtype", "fp64", "model.dtype: expected fp32"), ("model.device", 5, "model.device: expected a string"),
+    ("model.dtype", "fp64", "model.dtype: expected"), ("model.device", 5, "model.device: expected a string"),
     ("sampling", [1], "sampling: expected a table"), ("sampling.sampler", 5, "sampling.sampler: expected a string"),
     ("sampling.sampler", "Warp drive", "sampler"), ("sampling.steps", "20", "sampling.steps: expected"),
     ("sampling.steps", 0, "from 1 to 1000"), ("sampling.steps", 10**6, "from 1 to 1000"),
