@@ -116,11 +116,11 @@ def test_fidelity_reads_each_row_against_its_own_neutral_and_the_reference(analy
     s = _cell_scores(run_dir)
     assert s[("neutral", "hopper")]["fidelity"] is None  # the baseline row has no target
     for row in ("open", "sad"):
-        assert s[(row, "reference")]["fidelity"] > 0.9
-        assert s[(row, "hopper")]["fidelity"] > 0.9
+        assert s[(row, "reference")]["fidelity"] > 0.45
+        assert s[(row, "hopper")]["fidelity"] > 0.45
         assert s[(row, "hopper")]["reference_fidelity"] == s[(row, "reference")]["fidelity"]
         assert s[(row, "stiff")]["fidelity"] == 0.0  # neutral burned through: nothing moved
-        assert s[(row, "stiff")]["fidelity_vs_reference"] < -0.9
+        assert s[(row, "stiff")]["fidelity_vs_reference"] < -0.45
     assert s[("sleepy", "reference")]["fidelity"] > 0.5
     assert s[("open", "noface")]["fidelity"] is None and s[("open", "noface")]["note"] == "no face found"
     aus = json.loads(s[("open", "hopper")]["aus_json"])
@@ -168,8 +168,8 @@ def _m(key, row, col, feats, ref=False, emb=None):
                        features=feats, embedding=emb)
 
 
-NEUTRAL = dict(mouth_open=0.05, jaw_drop=0.9, lip_corner_lift=0.02, mouth_width=0.85, eye_open_left=0.3,
-               eye_open_right=0.3, brow_raise_inner=0.3, brow_raise_outer=0.25, brow_gap=0.5)
+NEUTRAL = dict(mouth_open=0.05, jaw_drop=0.9, lip_corner_lift=0.02, mouth_width=0.85, upper_lid=0.25,
+               lower_lid=0.1, brow_raise_inner=0.3, brow_raise_outer=0.25, brow_gap=0.5)
 
 
 def _with(**changes):
@@ -179,7 +179,7 @@ def _with(**changes):
 def test_difficulty_separates_hard_for_the_base_model_from_lost_with_characters():
     rows = [{"id": "neutral", "action_units": []}, {"id": "smile", "action_units": [12]},
             {"id": "gasp", "action_units": [25]}, {"id": "shut", "action_units": [43]}]
-    smile, gasp, shut = _with(lip_corner_lift=0.1), _with(mouth_open=0.25), _with(eye_open_left=0.05, eye_open_right=0.05)
+    smile, gasp, shut = _with(lip_corner_lift=0.2), _with(mouth_open=0.25), _with(upper_lid=0.0)
     measures = []
     for col, ref in (("reference", True), ("a", False), ("b", False)):
         measures.append(_m(f"n{col}", "neutral", col, NEUTRAL, ref))
@@ -197,11 +197,11 @@ def test_difficulty_separates_hard_for_the_base_model_from_lost_with_characters(
 def test_a_character_without_faces_loses_reach_but_an_unmeasurable_reference_is_not_held_against_it():
     rows = [{"id": "neutral", "action_units": []}, {"id": "smile", "action_units": [12]}]
     measures = [_m("n1", "neutral", "reference", NEUTRAL, True), _m("s1", "smile", "reference", None, True),
-                _m("n2", "neutral", "a", NEUTRAL), _m("s2", "smile", "a", _with(lip_corner_lift=0.1))]
+                _m("n2", "neutral", "a", NEUTRAL), _m("s2", "smile", "a", _with(lip_corner_lift=0.2))]
     scores = compute_scores(measures, rows)
     assert scores.characters["a"].reach is None  # no reference face in the only expression row
     assert scores.expressions["smile"].verdict.startswith("not measured")
-    measures[1] = _m("s1", "smile", "reference", _with(lip_corner_lift=0.1), True)
+    measures[1] = _m("s1", "smile", "reference", _with(lip_corner_lift=0.2), True)
     measures[3] = _m("s2", "smile", "a", None)
     scores = compute_scores(measures, rows)
     assert scores.characters["a"].reach == 0.0 and scores.characters["a"].flexibility == 0.0
@@ -218,7 +218,7 @@ def test_analyze_shows_a_progress_bar_with_eta_on_stderr(tmp_path):
 
 def test_several_samples_per_cell_are_each_read_against_their_own_neutral_sample():
     rows = [{"id": "neutral", "action_units": []}, {"id": "smile", "action_units": [12]}]
-    smiling = _with(lip_corner_lift=0.1)
+    smiling = _with(lip_corner_lift=0.2)
     measures = []
     # Sample 0: neutral, then a smile. Sample 1: the seed gave a smiling "neutral" and the same smile.
     for sample, rest in ((0, NEUTRAL), (1, smiling)):
@@ -243,4 +243,15 @@ def test_an_unreadable_cell_image_is_recorded_and_the_rest_is_analysed(tmp_path)
     assert "measured 7" in result.output and "1 unreadable" in result.output
     s = _cell_scores(run_dir)
     assert s[("open", "hopper")]["note"].startswith("unreadable:")
-    assert s[("sad", "hopper")]["fidelity"] > 0.9
+    assert s[("sad", "hopper")]["fidelity"] > 0.45
+
+
+def test_a_cell_whose_head_turned_far_from_its_neutral_is_flagged_not_scored():
+    rows = [{"id": "neutral", "action_units": []}, {"id": "smile", "action_units": [12]}]
+    measures = [_m("n1", "neutral", "reference", NEUTRAL, True), _m("s1", "smile", "reference", _with(lip_corner_lift=0.2), True),
+                _m("n2", "neutral", "a", NEUTRAL), _m("s2", "smile", "a", _with(lip_corner_lift=0.2, yaw=25.0))]
+    scores = compute_scores(measures, rows)
+    turned = scores.cells["s2"]
+    assert turned.pose_flag and turned.fidelity is None and turned.aus is None
+    assert "head turned 25 degrees" in turned.note
+    assert scores.cells["s1"].fidelity == pytest.approx(1.0) and not scores.cells["s1"].pose_flag

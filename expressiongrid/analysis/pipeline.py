@@ -47,21 +47,34 @@ def reference_columns(info: dict) -> set[str]:
     return {c["id"] for c in study_columns(info) if c.get("reference") or c["id"] == "reference"} or {"reference"}
 
 
-def measure_image(image):
-    """(FaceResult, ExpressionFeatures | None, entropy, noise) of one PIL image; landmarks in its own pixels."""
-    from expressiongrid.analysis import faces, quality
-    from expressiongrid.analysis.features import features_from_landmarks
+def _detect(image, with_embedding=True):
+    """``analyze_face`` on a copy at most ``DETECT_MAX_SIDE`` a side; landmarks and box in ``image``'s pixels."""
+    from expressiongrid.analysis import faces
 
     scale = min(1.0, DETECT_MAX_SIDE / max(image.size))
     small = image if scale >= 1.0 else image.resize(
         (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-    face = faces.analyze_face(small)
-    features = None
+    face = faces.analyze_face(small, with_embedding=with_embedding)
     if face.found:
         face.landmarks = [(x / scale, y / scale) for x, y in face.landmarks]
         if face.box:
             face.box = tuple(round(v / scale) for v in face.box)
-        features = features_from_landmarks(face.landmarks)
+    return face
+
+
+def detect_landmarks(image):
+    """The 68 landmarks of the most confident face in a PIL image, or ``None`` when there is no face."""
+    face = _detect(image, with_embedding=False)
+    return face.landmarks if face.found else None
+
+
+def measure_image(image):
+    """(FaceResult, ExpressionFeatures | None, entropy, noise) of one PIL image; landmarks in its own pixels."""
+    from expressiongrid.analysis import quality
+    from expressiongrid.analysis.features import features_from_landmarks
+
+    face = _detect(image)
+    features = features_from_landmarks(face.landmarks) if face.found else None
     return face, features, quality.entropy(image), quality.noise_sigma(image)
 
 

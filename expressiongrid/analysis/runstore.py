@@ -14,7 +14,7 @@ import time
 from expressiongrid.study.store import register_migrations
 
 # Bump when a change to the measurements makes old rows wrong; rows of older versions are measured again.
-ANALYZER_VERSION = 1
+ANALYZER_VERSION = 2  # 2: pose-corrected features, lids split, data-derived scales
 
 
 def _m001_analysis(conn: sqlite3.Connection) -> None:

@@ -9,7 +9,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from expressiongrid.analysis.features import AUS, ExpressionFeatures, au_activations, target_aus
+from expressiongrid.analysis.features import (
+    AUS,
+    MAX_POSE_CHANGE,
+    ExpressionFeatures,
+    au_activations,
+    pose_change,
+    target_aus,
+)
 from expressiongrid.analysis.identity import IDENTITY_THRESHOLD, identity_distance, identity_flag
 
 __all__ = ["IDENTITY_THRESHOLD", "CellMeasure", "Scores", "compute_scores", "neutral_row_id"]
@@ -60,6 +67,7 @@ class CellScore:
     identity_to_neutral: float | None = None      # 128-d distance to the same character's neutral cell
     identity_to_others: float | None = None       # smallest distance to another character's neutral cell
     identity_flag: str | None = None              # why the character stops looking like itself, if it does
+    pose_flag: bool = False                       # head pose too far from the neutral cell: not scored
     note: str | None = None
 
 
@@ -151,6 +159,10 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
         measured = targets.get(m.row_id, ([], []))[0]
         if f_rest is None:
             cs.note = "no face in this column's neutral cell: expression and identity not measured"
+        elif pose_change(f_now, f_rest) > MAX_POSE_CHANGE:
+            cs.pose_flag = True
+            cs.note = (f"head turned {pose_change(f_now, f_rest):.0f} degrees from this column's neutral cell "
+                       f"(more than {MAX_POSE_CHANGE:.0f}): expression not scored")
         else:
             cs.aus = {k: round(v, 4) for k, v in au_activations(f_now, f_rest).items()}
             if m.row_id != neutral and measured:

@@ -191,3 +191,137 @@ def build_validation_run(run_dir, columns: dict[str, tuple[str, dict]], side: in
         save_png(store.run_dir / rel, small, params)
         store.mark_done(cell.key, file=rel, parameters=params, seconds=0.1, run_id=run_id)
     return store
+
+
+# Controlled expressions as landmark moves, in inter-ocular units (x towards the subject's own left is
+# handled per side; y grows downwards). Each entry: point indices -> (dx outward, dy) at full strength.
+_UPPER_LIDS = (37, 38, 43, 44)
+WARPS: dict[str, dict[tuple[int, ...], tuple[float, float]]] = {
+    # AU12: corners up and out, the lips next to them half as far.
+    "smile": {(48, 54): (0.05, -0.10), (49, 53, 59, 55, 60, 64): (0.025, -0.05)},
+    # AU26: the jaw drops, lower lip and chin with it; the corners ride half way, the upper lip stays.
+    "jaw drop": {(5, 6, 7, 8, 9, 10, 11, 55, 56, 57, 58, 59, 65, 66, 67): (0.0, 0.22),
+                 (48, 54, 60, 64): (0.0, 0.11), (4, 12): (0.0, 0.06)},
+    # AU15: corners down.
+    "corners down": {(48, 54): (0.0, 0.10), (49, 53, 59, 55, 60, 64): (0.0, 0.05)},
+    # AU1+2: brows up.
+    "brows raised": {(17, 18, 19, 20, 21, 22, 23, 24, 25, 26): (0.0, -0.10)},
+    # AU4: brows down and drawn together.
+    "brows lowered": {(19, 20, 24, 23): (0.0, 0.06), (21, 22): (-0.06, 0.07)},
+    # AU43: the upper lids come down (amount = share of the lid gap closed, see ``warp_expression``).
+    "eyes closed": {_UPPER_LIDS: (0.0, 0.8)},
+}
+
+
+def moved_landmarks(landmarks, warp: str, strength: float = 1.0):
+    """The landmarks after the controlled expression ``warp`` at ``strength`` (1 = full, 0.5 = half)."""
+    pts = [list(p) for p in landmarks]
+    iod = math.dist(_centre(landmarks[36:42]), _centre(landmarks[42:48]))
+    mid_x = (_centre(landmarks[36:42])[0] + _centre(landmarks[42:48])[0]) / 2
+    for indices, (dx, dy) in WARPS[warp].items():
+        for i in indices:
+            if warp == "eyes closed":
+                lower = landmarks[41 if i in (37, 38) else 47][1] if i in (37, 43) else \
+                    landmarks[40 if i == 38 else 46][1]
+                pts[i][1] += strength * dy * (lower - landmarks[i][1])
+                continue
+            outward = 1.0 if landmarks[i][0] > mid_x else -1.0
+            pts[i][0] += strength * dx * outward * iod
+            pts[i][1] += strength * dy * iod
+    return [tuple(p) for p in pts]
+
+
+def warp_to_landmarks(image, landmarks, target):
+    """Warp ``image`` smoothly so its ``landmarks`` land on ``target``.
+
+    The displacement is a Gaussian radial-basis interpolation (width a quarter of the inter-ocular distance)
+    through every landmark, moved or not, so it stays local: skin between moved and fixed points stretches,
+    and the rest of the image does not move. Moves are kept small against that width, so nothing folds.
+    """
+    import numpy as np
+
+    interpolate = _need("scipy.interpolate")
+    iod = math.dist(_centre(landmarks[36:42]), _centre(landmarks[42:48]))
+    dst = np.array(target, dtype=float)
+    src = np.array(landmarks, dtype=float)
+    spline = interpolate.RBFInterpolator(dst, src - dst, kernel="gaussian", epsilon=1.0 / (0.25 * iod),
+                                         smoothing=1e-6)
+    xs, ys = _grid(image)
+    grid = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    shift = spline(grid)
+    return _remap(image, (xs.ravel() + shift[:, 0]).reshape(xs.shape), (ys.ravel() + shift[:, 1]).reshape(ys.shape))
+
+
+def warp_expression(image, landmarks, warp: str, strength: float = 1.0):
+    """``image`` showing the controlled expression ``warp`` (a key of ``WARPS``) at ``strength``."""
+    return warp_to_landmarks(image, landmarks, moved_landmarks(landmarks, warp, strength))
+
+
+def auc(positives, negatives) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def labelled_aus(items, landmarks: dict) -> dict:
+    """{item id: (item, AUs)} for every labelled image with a face, read against its person's median neutral
+    frames (or the generic neutral for a person without any)."""
+    import statistics
+
+    from expressiongrid.analysis.features import (
+        ExpressionFeatures,
+        au_activations,
+        features_from_landmarks,
+        generic_neutral,
+    )
+
+    feats = {it.id: features_from_landmarks(landmarks[it.id]) for it in items if landmarks.get(it.id)}
+    neutral = {}
+    for person in {it.person for it in items if it.person}:
+        rows = [feats[it.id].as_dict() for it in items
+                if it.person == person and it.expression == "neutral" and it.id in feats]
+        if rows:
+            neutral[person] = ExpressionFeatures.from_dict({k: statistics.median(r[k] for r in rows) for k in rows[0]})
+    return {it.id: (it, au_activations(feats[it.id], neutral.get(it.person) or generic_neutral()))
+            for it in items if it.id in feats}
+
+
+def _au(name):
+    return lambda aus: aus[name]
+
+
+# The separations docs/scores.md reports: (task, positives, negatives, score). A person's neutral frames are
+# their baseline (tuning split); every other image is scored on the holdout split.
+SMILE_NEGATIVES = ("other-not-smiling", "mouth-open-not-smiling", "anger", "surprise")
+HOLDOUT_TASKS = [
+    ("smile vs not, across people (generic neutral)", lambda it: it.person is None and it.expression == "smile",
+     lambda it: it.person is None and it.expression in SMILE_NEGATIVES, _au("AU12")),
+    ("smile vs neutral, one person (sf)", lambda it: it.source == "sf" and it.expression == "smile",
+     lambda it: it.source == "sf" and it.expression == "neutral", _au("AU12")),
+    ("laughing vs crying, one person (wolf)", lambda it: it.source == "wolf" and it.expression == "laugh",
+     lambda it: it.source == "wolf" and it.expression == "cry", _au("AU12")),
+    ("eyes closed vs open (wolf; open includes laughing squints)",
+     lambda it: it.source == "wolf" and it.eyes == "closed", lambda it: it.source == "wolf" and it.eyes == "open",
+     _au("AU43")),
+    ("brows knit vs raised (wolf): AU4", lambda it: it.source == "wolf" and it.brows == "knit",
+     lambda it: it.source == "wolf" and it.brows == "raised", _au("AU4")),
+    ("brows raised vs knit (wolf): AU1+AU2", lambda it: it.source == "wolf" and it.brows == "raised",
+     lambda it: it.source == "wolf" and it.brows == "knit", lambda a: a["AU1"] + a["AU2"]),
+    ("brows raised vs lowered across people (surprise, anger): AU1+AU2-AU4",
+     lambda it: it.person is None and it.brows == "raised", lambda it: it.person is None and it.brows == "lowered",
+     lambda a: a["AU1"] + a["AU2"] - a["AU4"]),
+]
+
+
+def task_scores(measured: dict, pick, score) -> list[float]:
+    return [score(aus) for it, aus in measured.values()
+            if (it.split == "holdout" or it.expression == "neutral") and pick(it)]
+
+
+def holdout_separations(measured: dict) -> dict[str, tuple[float, int, int]]:
+    """{task: (AUC, positives, negatives)} of ``HOLDOUT_TASKS`` on ``labelled_aus`` output."""
+    out = {}
+    for name, pos, neg, score in HOLDOUT_TASKS:
+        p, n = task_scores(measured, pos, score), task_scores(measured, neg, score)
+        out[name] = (auc(p, n) if p and n else float("nan"), len(p), len(n))
+    return out
