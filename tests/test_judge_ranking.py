@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from expressiongrid.judge.agreement import judge_pair_agreement, kendall_tau, pairwise_accuracy
-from expressiongrid.judge.bt import Outcome, fit_bradley_terry
+from expressiongrid.judge.bt import DEFAULT_PRIOR_SD, Outcome, fit_bradley_terry
 from expressiongrid.judge.db import Judgement
 from expressiongrid.judge.questions import Question
 from expressiongrid.judge.rankings import agreement_with_scores_from, fit_questions, rankings_from
@@ -86,8 +86,8 @@ def test_uncertainty_shrinks_as_answers_grow():
 def test_no_answers_means_no_preference():
     fit = fit_bradley_terry(["a", "b"], [])
     assert list(fit.scores) == [0.0, 0.0]
-    # Centred scores: with no answers the difference is as unsure as the prior allows (sd 2 each, 2 items).
-    assert fit.difference_variance("a", "b") == pytest.approx(8.0)
+    # Centred scores: with no answers the difference is as unsure as the prior allows (2 items).
+    assert fit.difference_variance("a", "b") == pytest.approx(2 * DEFAULT_PRIOR_SD**2)
     assert fit.win_probability("a", "b") == 0.5
 
 
@@ -226,3 +226,23 @@ def test_rankings_report_judge_agreement_and_score_agreement():
     assert flipped["kendall_tau"] > 0.8
     # Identity questions are not mixed into an expression check.
     assert agreement_with_scores_from([q], honest_a, TRUE, kind="identity")["questions"] == []
+
+
+@pytest.mark.parametrize("items,answers_per_item", [(5, 10), (8, 30), (12, 20)])
+def test_95_percent_intervals_cover_the_true_strengths_when_items_differ_widely(items, answers_per_item):
+    # Neighbours 1.5 logits apart (the top item beats the bottom one of 12 almost always): the prior must not
+    # pull the ends together so far that their intervals miss.
+    rng = np.random.default_rng(11)
+    keys = [f"k{i}" for i in range(items)]
+    truth = np.arange(items) * 1.5
+    truth -= truth.mean()
+    covered = []
+    for _ in range(60):
+        outcomes = []
+        for _ in range(answers_per_item * items // 2):
+            i, j = rng.choice(items, 2, replace=False)
+            a_wins = rng.random() < 1.0 / (1.0 + np.exp(-(truth[i] - truth[j])))
+            outcomes.append(Outcome(keys[i], keys[j], keys[i] if a_wins else keys[j]))
+        fit = fit_bradley_terry(keys, outcomes)
+        covered.append(np.mean(np.abs(fit.scores - truth) <= 1.959964 * fit.se))
+    assert np.mean(covered) >= 0.9

@@ -3,7 +3,7 @@
 The model: item ``i`` has a latent strength ``s_i`` and ``P(i beats j) = sigmoid(s_i - s_j)``. People cannot
 rate "how angry" a face is on a scale, but their "which is angrier?" answers fit this model well.
 
-Fitting is a maximum a-posteriori estimate with a weak Gaussian prior ``s ~ N(0, prior_sd^2)``. The prior is
+Fitting is a maximum a-posteriori estimate with a weak Gaussian prior ``s ~ N(0, prior_sd^2)`` (sd 10). The prior is
 what keeps the estimate finite when one item has won every comparison so far (the plain maximum-likelihood
 estimate would run off to infinity), and it centres the scores so they are comparable between fits. The
 uncertainty is the Laplace approximation: the inverse of the Hessian of the negative log posterior at the
@@ -22,7 +22,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-DEFAULT_PRIOR_SD = 2.0
+# Wide enough not to shrink real differences: in simulation (tests/test_judge_ranking.py) 95 % intervals
+# cover the true strengths >= 90 % of the time with up to 12 items 1.5 logits apart; sd 2 covered 24-66 %.
+DEFAULT_PRIOR_SD = 10.0
 _Z95 = 1.959963984540054
 
 
