@@ -99,16 +99,26 @@ def test_rerun_skips_analysed_cells_and_measures_a_redone_cell(analysed_run, tmp
     result = runner.invoke(main, ["analyze", str(run_dir)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
     assert result.exit_code == 0 and "measured 0, skipped 20" in result.output
     assert _rows(run_dir, "SELECT key, analysed_at FROM analysis_cells") == before
-    # A cell made again (new file) is measured again; the others stay skipped.
+    # The same image under a new file name is not measured again; its new name is recorded.
     with Store.open_existing(run_dir) as store:
         cell = next(c for c in store.cells() if c.row_id == "sad" and c.col_id == "stiff")
         new_rel = cell.file.replace(".png", "-again.png")
         (run_dir / new_rel).write_bytes((run_dir / cell.file).read_bytes())
         store.mark_done(cell.key, file=new_rel, parameters=cell.parameters, seconds=0.1, run_id=cell.run_id)
     result = runner.invoke(main, ["analyze", str(run_dir)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
-    assert "measured 1, skipped 19" in result.output
+    assert "measured 0, skipped 20" in result.output
     [row] = _rows(run_dir, f"SELECT file FROM analysis_cells WHERE key = '{cell.key}'")
     assert row["file"] == new_rel
+    # A cell image replaced in place (same path, new content) is measured again; the others stay skipped.
+    with Image.open(run_dir / new_rel) as im:
+        im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(run_dir / new_rel)
+    result = runner.invoke(main, ["analyze", str(run_dir)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert "measured 1, skipped 19" in result.output
+    # Put the cell back as it was (the run is shared with the other tests of this module).
+    with Image.open(run_dir / new_rel) as im:
+        im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(run_dir / new_rel)
+    assert "measured 1, skipped 19" in runner.invoke(main, ["analyze", str(run_dir)],
+                                                      env={"EXPRESSIONGRID_NO_PROGRESS": "1"}).output
 
 
 def test_fidelity_reads_each_row_against_its_own_neutral_and_the_reference(analysed_run):
@@ -255,3 +265,37 @@ def test_a_cell_whose_head_turned_far_from_its_neutral_is_flagged_not_scored():
     assert turned.pose_flag and turned.fidelity is None and turned.aus is None
     assert "head turned 25 degrees" in turned.note
     assert scores.cells["s1"].fidelity == pytest.approx(1.0) and not scores.cells["s1"].pose_flag
+
+
+def test_the_scores_and_the_judging_questions_read_against_the_same_neutral_row():
+    from types import SimpleNamespace
+
+    from expressiongrid.judge.questions import build_questions
+
+    # No row has the id "neutral"; the resting row is labelled so, after a row without target AUs.
+    rows = [{"id": "blank", "label": "blank stare", "action_units": []},
+            {"id": "smile", "label": "smile", "action_units": [12]},
+            {"id": "rest", "label": "Neutral face", "action_units": []},
+            {"id": "wink", "label": "wink", "action_units": [46]}]
+    measures = [_m(f"{r['id']}a", r["id"], "a", NEUTRAL) for r in rows] + \
+        [_m(f"{r['id']}r", r["id"], "reference", NEUTRAL, True) for r in rows]
+    scores = compute_scores(measures, rows)
+    cells = [SimpleNamespace(key=f"{r['id']}a", page=0, row_index=i, col_index=1, row_id=r["id"], row_label=r["label"],
+                             col_id="a", col_label="a", status="done", file="x.png") for i, r in enumerate(rows)]
+    [identity] = [q for q in build_questions(cells, kinds=("identity",))]
+    assert scores.neutral_row == "rest" == identity.to_dict()["reference_key"].removesuffix("a")
+
+
+def test_cells_without_a_face_are_counted_and_stay_in_the_stability_denominator():
+    rows = [{"id": "neutral", "action_units": []}, {"id": "smile", "action_units": [12]},
+            {"id": "gasp", "action_units": [25]}]
+    me = [0.0] * 128
+    measures = [_m("nr", "neutral", "reference", NEUTRAL, True, me), _m("sr", "smile", "reference", NEUTRAL, True, me),
+                _m("gr", "gasp", "reference", NEUTRAL, True, me),
+                _m("na", "neutral", "a", NEUTRAL, emb=me), _m("sa", "smile", "a", NEUTRAL, emb=[0.01] * 128),
+                _m("ga", "gasp", "a", None)]
+    scores = compute_scores(measures, rows)
+    a = scores.characters["a"]
+    # One of two expressive cells kept the identity; the one that lost its face did not.
+    assert a.no_face == 1 and a.identity_stability == pytest.approx(0.5) and a.flagged == 0
+    assert scores.expressions["gasp"].no_face == 1 and scores.expressions["smile"].no_face == 0

@@ -78,6 +78,20 @@ def measure_image(image):
     return face, features, quality.entropy(image), quality.noise_sigma(image)
 
 
+def _file_sha256(path) -> str | None:
+    """SHA-256 of a cell image (None when it cannot be read: it is then measured, and recorded as unreadable)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _cell_measure(cell, row, is_reference: bool):
     """A stored ``analysis_cells`` row as the input of ``compute_scores``."""
     from expressiongrid.analysis.scores import CellMeasure
@@ -95,8 +109,8 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
                 progress: Callable[[int, int], None] | None = None) -> AnalysisSummary:
     """Measure every finished cell of the run in ``run_dir`` not measured yet, then recompute all scores.
 
-    ``progress(done, total)`` is called after each cell measured. Cells already in ``analysis_cells`` (same
-    file, same analyzer version) are skipped; with a CLIP model, cells without a CLIP score get one.
+    ``progress(done, total)`` is called after each cell measured. Cells already in ``analysis_cells`` with
+    the same image content (SHA-256) and analyzer version are skipped, whatever their file is called; with a CLIP model, cells without a CLIP score get one.
     Raises ``AnalysisError`` (with the install hint) when the ``analysis`` extra is missing.
     """
     from PIL import Image
@@ -117,7 +131,12 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
         info = store.study_info()
         cells = store.cells("done")
         known = runstore.analysed(conn)
-        todo = [c for c in cells if c.key not in known or known[c.key]["file"] != c.file]
+        digests = {c.key: _file_sha256(store.run_dir / c.file) for c in cells}
+        todo = [c for c in cells if c.key not in known or digests[c.key] is None
+                or known[c.key]["content_sha256"] != digests[c.key]]
+        for c in cells:
+            if c not in todo and known[c.key]["file"] != c.file:
+                runstore.update_file(conn, c.key, c.file)  # same image under a new name: nothing to measure
         if scorer is not None:
             todo += [c for c in cells if c.key in known and c not in todo and known[c.key]["clip_score"] is None]
         summary = AnalysisSummary(str(store.run_dir), len(cells), 0, len(cells) - len(todo), 0, 0, 0)
@@ -127,18 +146,20 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
                 with Image.open(path) as im:
                     image = im.convert("RGB")
             except (OSError, ValueError) as exc:
-                runstore.save_cell(conn, cell.key, cell.file, None, None, None, None, error=f"unreadable: {exc}")
+                runstore.save_cell(conn, cell.key, cell.file, None, None, None, None, error=f"unreadable: {exc}",
+                                   content_sha256=digests[cell.key])
                 summary.unreadable += 1
             else:
                 clip = aesthetic = None
                 if scorer is not None:
                     clip, aesthetic = scorer.score(image, cell.prompt)
                     summary.clip_scored += 1
-                if cell.key in known and known[cell.key]["file"] == cell.file:
+                if cell.key in known and known[cell.key]["content_sha256"] == digests[cell.key]:
                     runstore.save_clip(conn, cell.key, clip, aesthetic)
                 else:
                     face, features, ent, noise = measure_image(image)
-                    runstore.save_cell(conn, cell.key, cell.file, face, features, ent, noise, clip, aesthetic)
+                    runstore.save_cell(conn, cell.key, cell.file, face, features, ent, noise, clip, aesthetic,
+                                       content_sha256=digests[cell.key])
                     summary.measured += 1
             if progress is not None:
                 progress(i, len(todo))

@@ -18,6 +18,7 @@ from expressiongrid.analysis.features import (
     target_aus,
 )
 from expressiongrid.analysis.identity import IDENTITY_THRESHOLD, identity_distance, identity_flag
+from expressiongrid.study.expressions import neutral_row_id
 
 __all__ = ["IDENTITY_THRESHOLD", "CellMeasure", "Scores", "compute_scores", "neutral_row_id"]
 # Below this mean fidelity the base model itself does not show the expression.
@@ -83,6 +84,8 @@ class CharacterScore:
     faces_found: int = 0
     cells: int = 0
     flagged: int = 0
+    no_face: int = 0        # cells without a detectable face (or unreadable), counted, never dropped
+    pose_flagged: int = 0   # cells not scored because the head turned too far from the neutral cell
 
 
 @dataclass
@@ -94,6 +97,7 @@ class ExpressionScore:
     character_fidelity: float | None = None
     difficulty: float | None = None
     loss: float | None = None
+    no_face: int = 0        # cells of this row without a detectable face (character columns count them as 0)
     verdict: str = VERDICT_UNMEASURED
 
 
@@ -122,18 +126,6 @@ def _mean(values):
 
 def _dist(a, b) -> float:
     return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
-
-
-def neutral_row_id(rows: list[dict]) -> str:
-    """The row every other row is read against: id "neutral", else the first row without target AUs,
-    else the first row."""
-    for row in rows:
-        if row.get("id") == "neutral":
-            return row["id"]
-    for row in rows:
-        if not row.get("action_units"):
-            return row["id"]
-    return rows[0]["id"]
 
 
 def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
@@ -223,11 +215,17 @@ def _character_score(col_id, is_reference, own, cells, neutral, targets, referen
         sc.flexibility = math.sqrt(sc.reach * sc.distinctness)
     elif sc.reach == 0.0:
         sc.flexibility = 0.0  # no expression reached at all (e.g. no face in any cell): nothing to be distinct
+    sc.no_face = sum(1 for m in own if not m.face_found)
+    sc.pose_flagged = sum(1 for m in own if cells[m.key].pose_flag)
     dists = [cells[m.key].identity_to_neutral for m in own if cells[m.key].identity_to_neutral is not None]
     if dists and not is_reference:
         sc.flagged = sum(1 for m in own if cells[m.key].identity_flag)
         sc.mean_identity_distance = sum(dists) / len(dists)
-        sc.identity_stability = 1.0 - sc.flagged / len(dists)
+        # Every non-neutral cell is in the denominator: a cell where the face is lost did not keep it.
+        expressive = [m for m in own if m.row_id != neutral]
+        kept = sum(1 for m in expressive if cells[m.key].identity_to_neutral is not None
+                   and not cells[m.key].identity_flag)
+        sc.identity_stability = kept / len(expressive)
     return sc
 
 
@@ -267,9 +265,10 @@ def _distinctness(own, cells, reference, by_pos) -> float | None:
 def _expression_score(row_id, target, measures, cells, ref_cols) -> ExpressionScore:
     measured, unmeasured = target
     es = ExpressionScore(row_id=row_id, targets=measured, unmeasured=unmeasured)
+    row = [m for m in measures if m.row_id == row_id]
+    es.no_face = sum(1 for m in row if not m.face_found)
     if not measured:
         return es
-    row = [m for m in measures if m.row_id == row_id]
     es.base_fidelity = _mean(cells[m.key].fidelity for m in row if m.is_reference)
     if es.base_fidelity is None:
         # Without a measured reference there is no "easy or hard for the base model"; characters' own

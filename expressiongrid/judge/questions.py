@@ -6,7 +6,8 @@ Two kinds, matching what the grid is for:
   that row's cells across the characters (the reference column included, as the baseline).
 - ``identity``: one per character column (and page): "Which looks more like the same person as this
   reference?" comparing the column's other expressions against the character's neutral cell, shown above
-  the pair. The neutral row is the one whose id or label is (or else mentions) "neutral", else the first.
+  the pair. The neutral row is the one whose id or label is (or else mentions) "neutral", else the first
+  (``study.expressions.neutral_row_id``, shared with the analysis scores).
 
 Only finished cells ("done" with a file) take part: a failed cell has no image to judge.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
+
+from expressiongrid.study.expressions import neutral_row_id
 
 
 class CellLike(Protocol):
@@ -62,15 +65,9 @@ class Question:
 
 
 def _neutral_row(cells: list) -> str:
-    """The row id of the column's neutral expression: an exact "neutral" id or label first, then one that
-    mentions it, else the first row (an expression set without a neutral row still gets identity questions,
-    against its first expression)."""
-    for test in (lambda c: c.row_id.lower() == "neutral" or c.row_label.strip().lower() == "neutral",
-                 lambda c: "neutral" in c.row_id.lower() or "neutral" in c.row_label.lower()):
-        match = next((c for c in cells if test(c)), None)
-        if match is not None:
-            return match.row_id
-    return cells[0].row_id
+    """The row id of the column's neutral expression (``study.expressions.neutral_row_id``, the rule the
+    scores use); an expression set without a neutral row still gets identity questions, against its first."""
+    return neutral_row_id({"id": c.row_id, "label": c.row_label} for c in cells)
 
 
 def _labels(cells: list, label_of) -> dict[str, str]:

@@ -164,7 +164,8 @@ def _character_rows(data: ReportData) -> list[dict]:
         label += " (reference)" if r["is_reference"] and "reference" not in label.lower() else ""
         out.append({"label": label, **{k: _fmt(r[k]) for k in ("flexibility", "reach", "distinctness",
                                                                "identity_stability", "mean_identity_distance")},
-                    "flagged": r["flagged"] or 0, "faces": f"{r['faces_found']}/{r['cells']}"})
+                    "flagged": r["flagged"] or 0, "faces": f"{r['faces_found']}/{r['cells']}",
+                    "no_face": r["no_face"] or 0, "pose_flagged": r["pose_flagged"] or 0})
     return out
 
 
@@ -173,7 +174,7 @@ def _expression_rows(data: ReportData) -> list[dict]:
     rows = sorted(data.expressions, key=lambda r: -(r["difficulty"] if r["difficulty"] is not None else -1))
     return [{"label": row_labels.get(r["row_id"], r["row_id"]), "difficulty": _fmt(r["difficulty"]),
              "base_fidelity": _fmt(r["base_fidelity"]), "character_fidelity": _fmt(r["character_fidelity"]),
-             "verdict": r["verdict"] or "", "targets": ", ".join(json.loads(r["targets_json"] or "[]")),
+             "verdict": r["verdict"] or "", "no_face": r["no_face"] or 0, "targets": ", ".join(json.loads(r["targets_json"] or "[]")),
              "unmeasured": ", ".join(json.loads(r["unmeasured_json"] or "[]"))} for r in rows]
 
 

@@ -35,6 +35,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = [
+    "neutral_row_id",
     "Expression",
     "ExpressionSet",
     "ExpressionSetError",
@@ -351,3 +352,19 @@ def list_expression_sets(base_dir: str | os.PathLike | None = None) -> list[Expr
         except ExpressionSetError:
             continue
     return sets
+
+
+def neutral_row_id(rows) -> str:
+    """The row every other row of a column is read against, by one rule for the scores and the judging
+    questions: the row whose id or label is "neutral", else the first whose id or label mentions it, else the
+    first row. ``rows`` are dicts with ``id`` and ``label`` in grid order."""
+    rows = list(rows)
+
+    def words(row):
+        return str(row.get("id", "")).strip().lower(), str(row.get("label", "")).strip().lower()
+
+    for test in (lambda r: "neutral" in (words(r)), lambda r: any("neutral" in w for w in words(r))):
+        match = next((r for r in rows if test(r)), None)
+        if match is not None:
+            return match["id"]
+    return rows[0]["id"]
