@@ -320,7 +320,7 @@ def _check_default(key: str, value: str, file: Path) -> str:
     if key == "device" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", value):
         raise ConfigError(f"{file}: [defaults] device {value!r}: expected cpu, cuda, cuda:N or mps")
     if key == "sampler":
-        from expressiongrid.engine.samplers import get_sampler
+        from expressiongrid.samplers import get_sampler
         from expressiongrid.errors import SamplerError
 
         try:

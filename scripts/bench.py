@@ -193,7 +193,7 @@ def run_plain(model, lora_files, args, sync) -> float:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from expressiongrid.engine import make_scheduler
+    from expressiongrid.samplers import make_scheduler
     from expressiongrid.prompts import get_schedule
 
     pipe = StableDiffusionPipeline(**model.pipe.components)

@@ -28,7 +28,7 @@ from expressiongrid.analysis.scores import (
     compute_scores,
 )
 from expressiongrid.cli import main
-from expressiongrid.study.store import Store
+from expressiongrid.store import Store
 
 SIDE = 256
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from expressiongrid.engine.samplers import SAMPLERS, get_sampler, make_scheduler
+from expressiongrid.samplers import SAMPLERS, get_sampler, make_scheduler
 from expressiongrid.errors import SamplerError, UsageError
 
 REQUIRED = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "DPM++ SDE Karras", "DDIM",
@@ -67,7 +67,7 @@ def test_unknown_sampler_lists_the_valid_ones():
 def test_sampler_table_needs_no_torch():
     import subprocess
 
-    code = "import sys; from expressiongrid.engine import SAMPLERS; assert 'torch' not in sys.modules, 'torch'"
+    code = "import sys; from expressiongrid.samplers import SAMPLERS; assert 'torch' not in sys.modules, 'torch'"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

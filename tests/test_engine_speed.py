@@ -139,7 +139,7 @@ def model():
 def test_prepared_noise_gives_bit_identical_latents(model, sampler, monkeypatch):
     reqs = [ImageRequest(PROMPT.format(expr=e, char="1girl"), "", seed=5 + i, steps=4, width=64, height=64,
                          sampler=sampler) for i, e in enumerate(EXPRESSIONS)]
-    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.samplers import get_sampler
     from expressiongrid.prompts import total_model_calls
 
     info = get_sampler(sampler)

@@ -125,7 +125,7 @@ def _xyz(tmp_path, out: str, *extra) -> Path:
 
 
 def _cell_parameters(run_dir: Path) -> list[str]:
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     return [c.parameters for c in Store.open_existing(run_dir).cells()]
 
@@ -148,7 +148,7 @@ def test_round_trip_grid_and_single_image_remake_the_same_metadata(tmp_path):
     from PIL import Image
 
     from expressiongrid.output.images import read_parameters, save_jpeg
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     cell = Store.open_existing(first).cells()[0]
     png = first / cell.file

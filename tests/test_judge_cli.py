@@ -118,8 +118,8 @@ values = "5, 9"
 
 def test_a_real_tiny_run_is_judged_and_ranked(tmp_path):
     """The whole path: the runner makes real cells with the tiny model, the judge serves and ranks them."""
-    from expressiongrid.study.runner import run_study
-    from expressiongrid.study.store import Store
+    from expressiongrid.run.runner import run_study
+    from expressiongrid.store import Store
     from expressiongrid.study.study import load_study
 
     (tmp_path / "study.toml").write_text(STUDY, encoding="utf-8")

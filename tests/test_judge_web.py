@@ -16,7 +16,7 @@ from expressiongrid.judge.app import InvalidToken, JudgeApp
 from expressiongrid.judge.db import load_judgements
 from expressiongrid.judge.rankings import agreement_with_scores, rankings_for_store
 from expressiongrid.judge.server import make_server
-from expressiongrid.study.store import CellRecord, Store, cell_file_for
+from expressiongrid.store import CellRecord, Store, cell_file_for
 
 ROWS = [("neutral", "neutral face expression"), ("smile", "smiling, closed mouth"), ("angry", "angry")]
 COLS = [("reference", "Reference"), ("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")]

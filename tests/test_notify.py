@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from expressiongrid.errors import UsageError
-from expressiongrid.notify import check_url, notify, safe_url
-from expressiongrid.runlog import open_run_log
+from expressiongrid.run.notify import check_url, notify, safe_url
+from expressiongrid.run.runlog import open_run_log
 
 
 class _Server:
@@ -148,8 +148,8 @@ values = "5,7"
 
 
 def test_a_run_that_dies_still_notifies_and_logs_why(tmp_path, monkeypatch):
-    import expressiongrid.study.runner as runner
-    from expressiongrid.study.distributed import run_launched
+    import expressiongrid.run.runner as runner
+    from expressiongrid.run.launch import run_launched
     from expressiongrid.study.study import load_study
 
     def crash(*args, **kwargs):
@@ -211,7 +211,7 @@ def test_a_url_with_a_bad_port_or_no_host_is_a_usage_error_and_never_raises_late
 
 
 def test_redact_argv_hides_the_notify_token_and_password():
-    from expressiongrid.notify import redact_argv
+    from expressiongrid.run.notify import redact_argv
 
     argv = ["run", "s.toml", "--notify", "https://u:secretpw@hooks.example.com/x?token=T0K", "--out", "o"]
     assert redact_argv(argv) == ["run", "s.toml", "--notify", "https://hooks.example.com/x", "--out", "o"]
@@ -221,7 +221,7 @@ def test_redact_argv_hides_the_notify_token_and_password():
 def test_run_log_and_runs_argv_never_hold_the_notify_secret(tmp_path):
     import sqlite3
 
-    from expressiongrid.study.distributed import run_launched
+    from expressiongrid.run.launch import run_launched
     from expressiongrid.study.study import load_study
 
     (tmp_path / "s.toml").write_text(_STUDY.replace('values = "5,7"', 'values = "7"').replace(

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from expressiongrid.cli import main
 from expressiongrid.errors import QueueError, UsageError
-from expressiongrid.study.queue import StudyQueue, classify, run_command, run_queue
+from expressiongrid.run.queue import StudyQueue, classify, run_command, run_queue
 
 
 @pytest.fixture
@@ -164,7 +164,7 @@ def test_run_command_is_the_plain_run_command(tmp_path, home):
 _HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
-    from expressiongrid.study.queue import StudyQueue
+    from expressiongrid.run.queue import StudyQueue
     with StudyQueue().runner_lock():
         print("locked", flush=True)
         time.sleep(60)
@@ -207,7 +207,7 @@ def test_two_queue_runs_started_at_once_run_each_study_once(tmp_path, home):
         f"""
         import os, sys, time
         from expressiongrid.errors import QueueError
-        from expressiongrid.study.queue import StudyQueue, run_queue
+        from expressiongrid.run.queue import StudyQueue, run_queue
         def execute(entry):
             with open({str(log)!r}, "a") as fh:
                 fh.write(entry.study + "\\n")

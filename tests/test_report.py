@@ -154,7 +154,7 @@ def test_post_bundle_images_are_within_civitai_limits_with_metadata_intact(repor
     for i, path in enumerate(grids):
         assert read_parameters(path) == read_parameters(run_dir / "grids" / f"validation-{i:02d}.png")
     # Each character's best cell, then identity-flagged cells, each with its own cell's parameters.
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     with Store.open_existing(run_dir) as store:
         params = {c.parameters for c in store.cells()}
@@ -189,7 +189,7 @@ def test_report_before_analysis_shows_grids_and_says_how_to_get_scores(tmp_path)
 
 def test_report_includes_human_rankings_and_their_agreement_with_fidelity(tmp_path):
     from expressiongrid.judge.app import JudgeApp
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     run_dir = tmp_path / "run"
     build_validation_run(run_dir, dict(list(face_columns().items())[:3])).close()

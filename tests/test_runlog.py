@@ -7,7 +7,7 @@ import logging
 import re
 import warnings
 
-from expressiongrid.runlog import LOG_NAME, environment_versions, open_run_log
+from expressiongrid.run.runlog import LOG_NAME, environment_versions, open_run_log
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
@@ -37,7 +37,7 @@ def test_versions_name_cpu_when_there_is_no_gpu():
 
 def test_warnings_and_failures_from_everywhere_land_in_the_file(tmp_path):
     with open_run_log(tmp_path, process="2/2") as log:
-        logging.getLogger("expressiongrid.study.runner").warning("column alice: LoRA alpha differs per module")
+        logging.getLogger("expressiongrid.run.runner").warning("column alice: LoRA alpha differs per module")
         logging.getLogger("diffusers.loaders").warning("No LoRA keys associated to CLIPTextModel found")
         logging.getLogger("diffusers.loaders").info("chatty info that does not belong in the log")
         with warnings.catch_warnings():

@@ -14,8 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from expressiongrid.study.plan import plan
-from expressiongrid.study.runner import compose_grids, run_study
-from expressiongrid.study.store import Store, is_complete_png
+from expressiongrid.run.runner import compose_grids, run_study
+from expressiongrid.store import Store, is_complete_png
 from expressiongrid.study.study import load_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from expressiongrid.errors import StoreError
-from expressiongrid.study import store as store_mod
-from expressiongrid.study.store import CellRecord, Store, cell_file_for, find_runs, is_complete_png
+from expressiongrid.store import runs as store_mod
+from expressiongrid.store import CellRecord, Store, cell_file_for, find_runs, is_complete_png
 
 
 def _cell(key: str, row: int = 0, col: int = 0, **kw) -> CellRecord:

@@ -118,7 +118,7 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
     from expressiongrid.analysis import faces, runstore
     from expressiongrid.analysis.quality import CLIP_NOTE, ClipScorer
     from expressiongrid.analysis.scores import compute_scores
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     faces.check_available()
     if aesthetic_head is not None and clip_model is None:

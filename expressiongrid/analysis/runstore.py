@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 
-from expressiongrid.study.store import register_migrations
+from expressiongrid.store import register_migrations
 
 # Bump when a change to the measurements makes old rows wrong; rows of older versions are measured again.
 ANALYZER_VERSION = 2  # 2: pose-corrected features, lids split, data-derived scales

@@ -158,7 +158,7 @@ def build_validation_run(run_dir, columns: dict[str, tuple[str, dict]], side: in
     model's column. Rows are ``VALIDATION_ROWS``. Returns the open ``Store`` (close it when done).
     """
     from expressiongrid.output.images import save_png
-    from expressiongrid.study.store import CellRecord, Store, cell_file_for
+    from expressiongrid.store import CellRecord, Store, cell_file_for
 
     store = Store(run_dir)
     cells = []

@@ -40,7 +40,7 @@ def judge(run_dir: Path, port: int, host: str, judge_name: str | None, kinds: tu
     from expressiongrid.judge.app import JudgeApp
     from expressiongrid.judge.rankings import rankings_for_store
     from expressiongrid.judge.server import is_loopback, make_server
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     store = Store.open_existing(run_dir)
     try:

@@ -18,7 +18,7 @@ def _fmt_time(ts: float | None) -> str:
 def _notify_url(ctx, param, value):
     if value is None:
         return None
-    from expressiongrid.notify import check_url
+    from expressiongrid.run.notify import check_url
     from expressiongrid.errors import UsageError
 
     try:
@@ -50,7 +50,7 @@ def add(studies: tuple[str, ...], out: str | None, notify_url: str | None) -> No
       expressiongrid queue add studies/night1.toml studies/night2.toml --out runs
     """
     from expressiongrid.cli.run import _default_out
-    from expressiongrid.study.queue import StudyQueue
+    from expressiongrid.run.queue import StudyQueue
     from expressiongrid.study.study import load_study
 
     q = StudyQueue()
@@ -76,7 +76,7 @@ def list_(as_json: bool) -> None:
 
       expressiongrid queue list
     """
-    from expressiongrid.study.queue import StudyQueue
+    from expressiongrid.run.queue import StudyQueue
 
     q = StudyQueue()
     entries = q.entries()
@@ -113,7 +113,7 @@ def run(max_entries: int | None) -> None:
 
       nohup expressiongrid queue run > queue.out 2>&1 &
     """
-    from expressiongrid.study.queue import StudyQueue, execute_entry, run_queue
+    from expressiongrid.run.queue import StudyQueue, execute_entry, run_queue
 
     q = StudyQueue()
 
@@ -150,7 +150,7 @@ def remove(ids: tuple[int, ...]) -> None:
 
       expressiongrid queue remove 3
     """
-    from expressiongrid.study.queue import StudyQueue
+    from expressiongrid.run.queue import StudyQueue
 
     q = StudyQueue()
     for entry_id in ids:
@@ -167,7 +167,7 @@ def retry(ids: tuple[int, ...]) -> None:
 
       expressiongrid queue retry 2
     """
-    from expressiongrid.study.queue import StudyQueue
+    from expressiongrid.run.queue import StudyQueue
 
     q = StudyQueue()
     for entry_id in ids:

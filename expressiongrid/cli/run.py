@@ -54,7 +54,7 @@ def _describe(plan, out_dir: Path, xyz: bool = False) -> None:
 
 
 def _already_done(out_dir: Path, plan) -> int:
-    from expressiongrid.study.store import DB_NAME, Store
+    from expressiongrid.store import DB_NAME, Store
 
     if not (out_dir / DB_NAME).is_file():
         return 0
@@ -89,7 +89,7 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     from expressiongrid.engine.precision import describe_settings, resolve_study
     from expressiongrid.paths import check_output_folder
     from expressiongrid.study.plan import plan as make_plan
-    from expressiongrid.study.runner import previous_random_seed
+    from expressiongrid.run.runner import previous_random_seed
 
     check_output_folder(out_dir)
     study = resolve_study(study)
@@ -115,7 +115,7 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
         click.echo("dry run: nothing generated")
         return
     # run_launched adds run.log, --notify and, under `accelerate launch`, this process's share of columns.
-    from expressiongrid.study.distributed import run_launched
+    from expressiongrid.run.launch import run_launched
 
     bar = _Bar()
     try:
@@ -209,7 +209,7 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
     if as_json and not dry_run:
         raise click.UsageError("--json prints the plan of a dry run: add --dry-run")
     if notify_url is not None:
-        from expressiongrid.notify import check_url
+        from expressiongrid.run.notify import check_url
 
         check_url(notify_url)  # a bad URL is a usage error now, not a lost message in the morning
     study = load_study(study_file, strict=strict)

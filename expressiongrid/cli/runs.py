@@ -28,7 +28,7 @@ def _when(ts: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_runs(root: Path, as_json: bool) -> None:
     """List run folders under ROOT (default: out) with cell counts and the last run's status."""
-    from expressiongrid.study.store import Store, find_runs
+    from expressiongrid.store import Store, find_runs
 
     rows = []
     for run_dir in find_runs(root):
@@ -59,7 +59,7 @@ def list_runs(root: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON (cells with seeds, files, timings).")
 def show_run(run_dir: Path, as_json: bool) -> None:
     """Show a run folder: its study, its runs, and every cell with status, seed, file and time."""
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     with Store.open_existing(run_dir) as store:
         info = store.study_info()

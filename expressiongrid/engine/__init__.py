@@ -11,7 +11,6 @@ import importlib
 _EXPORTS = {
     "ModelSpec": "loading", "LoadedModel": "loading", "load_model": "loading", "pick_device": "loading",
     "SD15_CONFIG_DIR": "loading",
-    "SAMPLERS": "samplers", "SamplerInfo": "samplers", "make_scheduler": "samplers", "get_sampler": "samplers",
     "ImageRequest": "generation", "ImageResult": "generation", "generate": "generation",
     "auto_batch_size": "generation",
     "denoise_batch": "denoise", "decode_latents": "denoise",

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from expressiongrid.engine.samplers import SamplerInfo, get_sampler
+from expressiongrid.samplers import SamplerInfo, get_sampler
 from expressiongrid.errors import UsageError
 
 MAX_AUTO_BATCH = 16
@@ -204,7 +204,7 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     from expressiongrid.prompts import total_model_calls
     from expressiongrid.engine.denoise import decode_latents, denoise_batch, to_pil
     from expressiongrid.engine.noise import initial_noise, make_generators
-    from expressiongrid.engine.samplers import make_scheduler
+    from expressiongrid.samplers import make_scheduler
 
     start = time.perf_counter()
     pipe, first = model.pipe, requests[0]

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from expressiongrid.errors import UsageError
 from expressiongrid.judge.bt import Outcome
-from expressiongrid.study.store import register_migrations
+from expressiongrid.store import register_migrations
 
 ANSWERS = ("left", "right", "equal", "skip")
 MAX_JUDGE_NAME = 64

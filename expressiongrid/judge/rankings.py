@@ -110,7 +110,7 @@ def rankings_from(questions: list[Question], judgements: list[Judgement],
 def rankings_for_store(store, prior_sd: float = DEFAULT_PRIOR_SD) -> dict:
     """Human rankings of a run, ready for a report: one Bradley–Terry ranking per question.
 
-    ``store`` is an open ``expressiongrid.study.store.Store``. The result is plain JSON-ready data;
+    ``store`` is an open ``expressiongrid.store.Store``. The result is plain JSON-ready data;
     docs/judging.md documents every field. A run nobody has judged yet gives every question with all
     scores 0 and ``answers`` 0.
     """

@@ -22,7 +22,7 @@ def is_second_order(sampler_name: str) -> bool:
     listing the valid names.
     """
     try:
-        from expressiongrid.engine.samplers import is_second_order as engine_is_second_order
+        from expressiongrid.samplers import is_second_order as engine_is_second_order
     except ImportError:  # pragma: no cover - only while the engine area is being built
         key = " ".join(sampler_name.split()).lower()
         for suffix in (" karras", " exponential"):

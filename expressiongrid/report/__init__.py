@@ -27,7 +27,7 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     from expressiongrid.report.data import load_report_data
     from expressiongrid.report.html import render_html
     from expressiongrid.report.markdown import render_markdown
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     with Store.open_existing(run_dir) as store:

@@ -121,7 +121,7 @@ def viewer_data(store) -> tuple[dict, int]:
 def write_viewer(run_dir: str | os.PathLike) -> ViewerFiles:
     """Write ``RUN_DIR/viewer/index.html`` (and its thumbnails) for the run in `run_dir`."""
     from expressiongrid.output.images import atomic_write
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     run_dir = Path(run_dir)
     with Store.open_existing(run_dir) as store:

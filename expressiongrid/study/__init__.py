@@ -1,4 +1,4 @@
-"""Studies: study files, axes, expression sets, the plan of cells, the run store and the runner.
+"""Studies: what to make. Study files, axes, expression sets, seeds, the plan of cells, X/Y/Z plots.
 
 Public names are imported lazily so ``import expressiongrid.study`` stays cheap (no torch) and a
 missing sibling module does not break the others.
@@ -17,12 +17,6 @@ _EXPORTS = {
     "Plan": "expressiongrid.study.plan",
     "PlannedCell": "expressiongrid.study.plan",
     "cell_key": "expressiongrid.study.plan",
-    "Store": "expressiongrid.study.store",
-    "CellRecord": "expressiongrid.study.store",
-    "register_migrations": "expressiongrid.study.store",
-    "run_study": "expressiongrid.study.runner",
-    "compose_grids": "expressiongrid.study.runner",
-    "RunSummary": "expressiongrid.study.runner",
 }
 
 __all__ = sorted(_EXPORTS)

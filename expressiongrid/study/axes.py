@@ -87,7 +87,7 @@ class AxisType:
 
 # A1111 v1.10.1 sampler names and their aliases (`sd_samplers.samplers_map`): the Sampler axis accepts
 # these case-insensitively, like A1111's confirm step. Whether the engine implements one is the planner's
-# check (`engine.SAMPLERS`), kept separate so this module imports no torch.
+# check (`samplers.SAMPLERS`), kept separate so this module imports no torch.
 A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
     "DPM++ 2M": ("k_dpmpp_2m",),
     "DPM++ SDE": ("k_dpmpp_sde",),

@@ -239,7 +239,7 @@ def _resolve_embeddings(prompt: str, negative: str, params: dict, config: Config
 # --- sampler, numbers ------------------------------------------------------------------------------------------
 
 def _sampler(params: dict, unresolved: list[str]) -> str:
-    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.samplers import get_sampler
 
     sampler = str(params.get("Sampler", "Euler a"))
     schedule = str(params.get("Schedule type", "Automatic"))

@@ -270,7 +270,7 @@ def _resolve_cell(study: Study, base_seed: int, *axes: tuple[Axis, AxisValue]) -
 
 def _check_sampler(spec: CellSpec) -> None:
     """A sampler A1111 knows but the engine does not implement is an error now, not a failed cell later."""
-    from expressiongrid.engine.samplers import get_sampler
+    from expressiongrid.samplers import get_sampler
     from expressiongrid.errors import ExpressionGridError
 
     try:

@@ -418,7 +418,7 @@ def _read_sampling(t: dict, problems: _Problems) -> Sampling:
 
 def _check_sampler(name: str, key: str, problems: _Problems) -> None:
     try:
-        from expressiongrid.engine.samplers import get_sampler
+        from expressiongrid.samplers import get_sampler
     except ImportError:  # engine not installed in this checkout: the runner will check
         return
     try:

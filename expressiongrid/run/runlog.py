@@ -134,7 +134,7 @@ class RunLog:
     def header(self, *, study: Any = None, argv: list[str] | None = None,
                versions: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         """Write the start-of-run block: command line, versions, and the resolved study as one JSON line."""
-        from expressiongrid.notify import redact_argv
+        from expressiongrid.run.notify import redact_argv
 
         logger.info("run started: %s", " ".join(redact_argv(argv if argv is not None else sys.argv)))
         for key, value in (versions if versions is not None else environment_versions()).items():

@@ -22,7 +22,7 @@ from typing import Any
 
 from expressiongrid.errors import UsageError
 
-logger = logging.getLogger("expressiongrid.notify")
+logger = logging.getLogger("expressiongrid.run.notify")
 
 DEFAULT_TIMEOUT = 10.0
 # Fields a notification may carry; anything else in a summary stays out.

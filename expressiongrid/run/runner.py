@@ -30,7 +30,7 @@ from pathlib import Path
 
 from expressiongrid.errors import ExpressionGridError, StudyError
 from expressiongrid.study.plan import Plan, PlannedCell, plan as make_plan
-from expressiongrid.study.store import GRIDS_DIR, CellRecord, Store, cell_file_for, is_complete_png
+from expressiongrid.store import GRIDS_DIR, CellRecord, Store, cell_file_for, is_complete_png
 from expressiongrid.study.study import Study, _csv_quote
 
 # progress(done, total, note): images finished so far in this run, images to make, what is happening
@@ -112,7 +112,7 @@ def previous_random_seed(out_dir: str | Path, study: Study) -> int | None:
 
     Resuming a crashed run must not draw a new random seed: the grid would mix two seeds.
     """
-    from expressiongrid.study.store import DB_NAME
+    from expressiongrid.store import DB_NAME
 
     if study.sampling.seed != -1 or not (Path(out_dir) / DB_NAME).is_file():
         return None
@@ -313,7 +313,7 @@ def _auto_chunk(model, cell: PlannedCell) -> int:
 def _sampler_name(cell: PlannedCell) -> str:
     if not cell.spec.schedule_type:
         return cell.spec.sampler
-    from expressiongrid.engine import get_sampler
+    from expressiongrid.samplers import get_sampler
 
     return get_sampler(cell.spec.sampler, cell.spec.schedule_type).name
 
@@ -352,7 +352,7 @@ def _run_batch(store, run_id, model, active, batch: list[PlannedCell], summary: 
 
 def cell_parameters(cell: PlannedCell, model, active) -> str:
     """The A1111 ``parameters`` text of one cell, with civitai's Hashes / Civitai resources."""
-    from expressiongrid.engine import get_sampler
+    from expressiongrid.samplers import get_sampler
     from expressiongrid.output.infotext import format_parameters
 
     s = cell.spec

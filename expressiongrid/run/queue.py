@@ -339,7 +339,7 @@ def _store_report(out_dir: str | None) -> dict | None:
     if not out_dir:
         return None
     from expressiongrid.errors import ExpressionGridError
-    from expressiongrid.study.distributed import study_report
+    from expressiongrid.run.launch import study_report
 
     try:
         return study_report(out_dir, name=Path(out_dir).name)

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from expressiongrid.study.distributed import ProcessInfo, columns_for_process, current_process, finish_shard
-from expressiongrid.study.store import Store
+from expressiongrid.run.launch import ProcessInfo, columns_for_process, current_process, finish_shard
+from expressiongrid.store import Store
 
 
 @given(st.lists(st.text(min_size=1, max_size=4), max_size=30, unique=True), st.integers(1, 9))
@@ -48,8 +48,8 @@ def test_only_the_last_shard_to_finish_composes_and_old_launches_do_not_count(tm
 _SHARD_RACE = textwrap.dedent(
     """
     import sys, time
-    from expressiongrid.study.distributed import ProcessInfo, finish_shard
-    from expressiongrid.study.store import Store
+    from expressiongrid.run.launch import ProcessInfo, finish_shard
+    from expressiongrid.store import Store
     index, count, run_dir, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     store = Store(run_dir)
     import os
@@ -112,8 +112,8 @@ def free_port() -> int:
 _LAUNCHED = textwrap.dedent(
     """
     import sys
-    from expressiongrid.study.distributed import columns_for_process, current_process, finish_shard, wait_for_everyone
-    from expressiongrid.study.store import Store
+    from expressiongrid.run.launch import columns_for_process, current_process, finish_shard, wait_for_everyone
+    from expressiongrid.store import Store
     p = current_process()
     store = Store(sys.argv[1])
     wait_for_everyone(p)

@@ -8,7 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from test_distributed import accelerate_command, accelerate_env, free_port
+from test_run_launch import accelerate_command, accelerate_env, free_port
 from test_resume import ROOT, cells, cli_env, demo_characters, done_images, open_verified, run_cli, write_study
 
 

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from expressiongrid.study.store import register_migrations
+from expressiongrid.store import register_migrations
 
 if TYPE_CHECKING:
     from expressiongrid.study.plan import Plan
-    from expressiongrid.study.runner import Progress, RunSummary
-    from expressiongrid.study.store import Store
+    from expressiongrid.run.runner import Progress, RunSummary
+    from expressiongrid.store import Store
     from expressiongrid.study.study import Study
 
 T = TypeVar("T")
@@ -188,7 +188,7 @@ def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary |
     """
     import socket
 
-    from expressiongrid.study.store import DB_NAME, Store
+    from expressiongrid.store import DB_NAME, Store
 
     report: dict = {"event": "run_finished", "study": name, "out_dir": str(Path(out_dir).resolve()),
                     "host": socket.gethostname(), "process_count": process.count if process else 1}
@@ -228,11 +228,11 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     repairs the store and registers the plan while the others wait; then each makes its columns, and the
     last to finish composes the grids, reports the whole study and sends the notification.
     """
-    from expressiongrid.notify import notify, redact_argv
-    from expressiongrid.runlog import open_run_log
+    from expressiongrid.run.notify import notify, redact_argv
+    from expressiongrid.run.runlog import open_run_log
     from expressiongrid.study.plan import plan as make_plan
-    from expressiongrid.study.runner import compose_grids, run_study
-    from expressiongrid.study.store import Store
+    from expressiongrid.run.runner import compose_grids, run_study
+    from expressiongrid.store import Store
 
     process = process or current_process()
     # The --notify URL's token and user:password stay out of run.log and runs.argv.
