@@ -10,8 +10,8 @@ model's timesteps evenly from 999 to 0 (diffusers' ``timestep_spacing="linspace"
 DDIM in A1111 uses the CompVis "uniform" discretisation (``leading`` with ``steps_offset=1``, the SD1.5
 config default), so DDIM keeps the base config's spacing.
 
-This module imports no torch or diffusers at import time: the table is plain data so `--help` and study
-validation can list sampler names instantly.
+This module is plain data and imports no torch or diffusers: `--help`, study validation, the prompt
+schedule and the metadata all read it. ``engine.schedulers.make_scheduler`` builds the diffusers object.
 """
 
 from __future__ import annotations
@@ -95,20 +95,3 @@ def get_sampler(name: str, schedule_type: str | None = None) -> SamplerInfo:
 def is_second_order(name: str) -> bool:
     """True for samplers that call the model twice per step (A1111 doubles the prompt schedule for them)."""
     return get_sampler(name).second_order
-
-
-def make_scheduler(name: str, base_config: dict | Any):
-    """A fresh diffusers scheduler for A1111 sampler `name`, built on the model's scheduler config.
-
-    `base_config` is the model's scheduler config (``pipe.scheduler.config`` or a plain dict). A new
-    instance is returned every call: multistep schedulers keep per-run state and must not be shared.
-    """
-    import diffusers
-
-    info = get_sampler(name)
-    config = dict(base_config)
-    for private in [k for k in config if k.startswith("_")]:
-        config.pop(private)
-    config.update(info.options)
-    cls = getattr(diffusers, info.scheduler_class)
-    return cls.from_config(config)

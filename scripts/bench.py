@@ -72,7 +72,7 @@ def build_sd15_random(dtype, device):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from expressiongrid.engine.loading import SD15_CONFIG_DIR, LoadedModel, ModelSpec
-    from expressiongrid.engine.tiny import build_scheduler
+    from expressiongrid.tiny import build_scheduler
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_CONFIG_DIR / "unet"))
@@ -193,7 +193,7 @@ def run_plain(model, lora_files, args, sync) -> float:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from expressiongrid.samplers import make_scheduler
+    from expressiongrid.engine.schedulers import make_scheduler
     from expressiongrid.prompts import get_schedule
 
     pipe = StableDiffusionPipeline(**model.pipe.components)

@@ -35,14 +35,14 @@ def load_jsonl(name: str) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_pipeline():
     """The built-in tiny SD1.5-shaped pipeline (fp32, CPU). Do not mutate it in tests; build your own if needed."""
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline()
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from expressiongrid.engine.tiny import build_tokenizer
+    from expressiongrid.tiny import build_tokenizer
 
     return build_tokenizer()
 

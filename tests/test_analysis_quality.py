@@ -52,7 +52,7 @@ def tiny_clip(tmp_path_factory):
     """A tiny CLIP built from a config (random weights) with the tiny model's tokenizer, saved as a folder."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from expressiongrid.engine.tiny import build_tokenizer
+    from expressiongrid.tiny import build_tokenizer
 
     tok = build_tokenizer()
     torch.manual_seed(0)

@@ -29,7 +29,7 @@ def _cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline()  # our own: these tests write into the weights (and restore them)
 
@@ -178,7 +178,7 @@ def test_peft_adapter_matches_peft_applied_by_diffusers(pipe, files):
     try:
         theirs = image(pipe, PROMPT, cfg=1.0)
     finally:
-        from expressiongrid.engine.tiny import build_unet
+        from expressiongrid.tiny import build_unet
 
         pipe.unet.load_state_dict(build_unet().state_dict())
     assert peft_unet is not None

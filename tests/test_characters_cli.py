@@ -24,7 +24,7 @@ def _cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline()
 

@@ -26,7 +26,7 @@ def _cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def pipe():
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline()
 
@@ -310,7 +310,7 @@ def test_files_the_tool_writes_are_byte_identical_for_the_same_inputs(tmp_path):
 
     from expressiongrid.characters.demo import make_demo_characters
     from expressiongrid.characters.formats import read_safetensors_header, save_safetensors
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     meta = {f"ss_key_{i}": str(i) for i in range(30)}
     digests = set()

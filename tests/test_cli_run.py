@@ -21,7 +21,7 @@ SEED_PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: {express
 def demo_chars(tmp_path_factory):
     """The two generated demo characters (a LoRA and an embedding) for the tiny model, made once."""
     from expressiongrid.characters.demo import make_demo_characters
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("chars")
     make_demo_characters(build_tiny_pipeline(), folder)

@@ -150,7 +150,7 @@ def test_a1111_json_and_civitai_info_give_trigger_words_weight_and_link(webui, t
     lora = webui / "models/Lora/anna_v2.safetensors"
     # a real LoRA is needed for a bare-file character: the tiny model's demo generator writes one
     from expressiongrid.characters.demo import save_kohya_lora
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     save_kohya_lora(build_tiny_pipeline(), lora)
     (webui / "models/Lora/anna_v2.civitai.info").write_text(json.dumps(

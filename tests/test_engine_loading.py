@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from expressiongrid.engine import tiny
+from expressiongrid import tiny
 from expressiongrid.engine.loading import SD15_CONFIG_DIR, ModelSpec, load_model, pick_device
 from expressiongrid.errors import ModelError, UsageError
 

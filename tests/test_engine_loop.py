@@ -10,7 +10,8 @@ import torch
 
 from expressiongrid.engine.denoise import denoise_batch
 from expressiongrid.engine.noise import initial_noise, make_generators
-from expressiongrid.samplers import SAMPLERS, make_scheduler
+from expressiongrid.engine.schedulers import make_scheduler
+from expressiongrid.samplers import SAMPLERS
 
 SIZE = 64
 STEPS = 6

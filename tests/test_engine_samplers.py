@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from expressiongrid.samplers import SAMPLERS, get_sampler, make_scheduler
+from expressiongrid.engine.schedulers import make_scheduler
+from expressiongrid.samplers import SAMPLERS, get_sampler
 from expressiongrid.errors import SamplerError, UsageError
 
 REQUIRED = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "DPM++ SDE Karras", "DDIM",

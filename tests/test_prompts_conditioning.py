@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from expressiongrid.engine.tiny import build_text_encoder  # noqa: E402
+from expressiongrid.tiny import build_text_encoder  # noqa: E402
 from expressiongrid.errors import UsageError  # noqa: E402
 from expressiongrid.prompts import get_schedule, schedule_index_for_call  # noqa: E402
 from expressiongrid.prompts.conditioning import PromptEncoder  # noqa: E402

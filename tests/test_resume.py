@@ -26,7 +26,7 @@ def demo_characters(root: Path) -> Path:
     """A folder with the demo LoRA and embedding characters for the tiny model (made once per session)."""
     if "dir" not in _CHARACTERS:
         from expressiongrid.characters.demo import make_demo_characters
-        from expressiongrid.engine.tiny import build_tiny_pipeline
+        from expressiongrid.tiny import build_tiny_pipeline
 
         folder = root / "characters"
         make_demo_characters(build_tiny_pipeline(), folder)

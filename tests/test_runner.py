@@ -14,7 +14,8 @@ from pathlib import Path
 from PIL import Image
 
 from expressiongrid.study.plan import plan
-from expressiongrid.run.runner import compose_grids, run_study
+from expressiongrid.output.run_grids import compose_grids
+from expressiongrid.run.runner import run_study
 from expressiongrid.store import Store, is_complete_png
 from expressiongrid.study.study import load_study
 
@@ -202,7 +203,7 @@ def test_checkpoint_axis_loads_each_model_once(tmp_path, monkeypatch):
     import torch
 
     import expressiongrid.engine.loading as loading
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     pipe.save_pretrained(tmp_path / "model_a")
@@ -232,7 +233,7 @@ def test_checkpoint_axis_loads_each_model_once(tmp_path, monkeypatch):
 
 def test_lora_weight_axis_scales_the_characters_lora(tmp_path):
     from expressiongrid.characters.demo import make_demo_characters
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     make_demo_characters(build_tiny_pipeline(), tmp_path / "chars")
     study = _write(tmp_path, """

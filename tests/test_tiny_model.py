@@ -4,7 +4,7 @@ import time
 
 import torch
 
-from expressiongrid.engine import tiny
+from expressiongrid import tiny
 
 
 def test_vocabulary_matches_clip_conventions(tiny_tokenizer):

@@ -309,7 +309,7 @@ files = ["characters/demo-lora.toml", "characters/demo-embedding.toml"]
 def write_demo_study(out_dir: Path, steps: int = 10) -> Path:
     """Write the demo's characters (generated for the tiny model) and study file into ``out_dir``."""
     from expressiongrid.characters.demo import make_demo_characters
-    from expressiongrid.engine.tiny import build_tiny_pipeline
+    from expressiongrid.tiny import build_tiny_pipeline
 
     out_dir.mkdir(parents=True, exist_ok=True)
     chars = out_dir / "characters"

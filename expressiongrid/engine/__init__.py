@@ -11,6 +11,7 @@ import importlib
 _EXPORTS = {
     "ModelSpec": "loading", "LoadedModel": "loading", "load_model": "loading", "pick_device": "loading",
     "SD15_CONFIG_DIR": "loading",
+    "make_scheduler": "schedulers",
     "ImageRequest": "generation", "ImageResult": "generation", "generate": "generation",
     "auto_batch_size": "generation",
     "denoise_batch": "denoise", "decode_latents": "denoise",

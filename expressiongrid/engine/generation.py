@@ -204,7 +204,7 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     from expressiongrid.prompts import total_model_calls
     from expressiongrid.engine.denoise import decode_latents, denoise_batch, to_pil
     from expressiongrid.engine.noise import initial_noise, make_generators
-    from expressiongrid.samplers import make_scheduler
+    from expressiongrid.engine.schedulers import make_scheduler
 
     start = time.perf_counter()
     pipe, first = model.pipe, requests[0]

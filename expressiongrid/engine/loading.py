@@ -125,7 +125,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     source = spec.source
     path = Path(source).expanduser()
     if source == "tiny":
-        from expressiongrid.engine.tiny import build_tiny_pipeline
+        from expressiongrid.tiny import build_tiny_pipeline
 
         pipe, name, model_hash = build_tiny_pipeline(), "tiny", None
     elif path.is_file():

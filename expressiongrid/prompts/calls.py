@@ -11,24 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
-# A1111's second-order samplers, used only if the engine's sampler table is unavailable.
-_SECOND_ORDER_FALLBACK = {"heun", "dpm2", "dpm2 a", "dpm++ sde", "dpm++ 2s a", "restart"}
-
-
-def is_second_order(sampler_name: str) -> bool:
-    """True for samplers that evaluate the model twice per step (Heun, DPM2, DPM2 a, DPM++ SDE, ...).
-
-    Delegates to the engine's sampler table (pure Python), so an unknown name raises ``SamplerError``
-    listing the valid names.
-    """
-    try:
-        from expressiongrid.samplers import is_second_order as engine_is_second_order
-    except ImportError:  # pragma: no cover - only while the engine area is being built
-        key = " ".join(sampler_name.split()).lower()
-        for suffix in (" karras", " exponential"):
-            key = key.removesuffix(suffix)
-        return key in _SECOND_ORDER_FALLBACK
-    return engine_is_second_order(sampler_name)
+from expressiongrid.samplers import is_second_order
 
 
 def total_model_calls(steps: int, sampler_name: str | None = None) -> int:

@@ -97,7 +97,7 @@ def load_tokenizer(kind: str = "sd15") -> PureClipTokenizer:
         lines = (SD15_TOKENIZER_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
         merges = [tuple(line.split()) for line in lines[1:] if line.strip() and not line.startswith("#version")]
         return PureClipTokenizer(vocab, [m for m in merges if len(m) == 2], name="sd15")
-    from expressiongrid.engine.tiny import tiny_vocab
+    from expressiongrid.tiny import tiny_vocab
 
     vocab, merge_lines = tiny_vocab()
     return PureClipTokenizer(dict(vocab), [tuple(m.split(" ")) for m in merge_lines], name="tiny")

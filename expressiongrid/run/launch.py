@@ -231,7 +231,8 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     from expressiongrid.run.notify import notify, redact_argv
     from expressiongrid.run.runlog import open_run_log
     from expressiongrid.study.plan import plan as make_plan
-    from expressiongrid.run.runner import compose_grids, run_study
+    from expressiongrid.output.run_grids import compose_grids
+    from expressiongrid.run.runner import run_study
     from expressiongrid.store import Store
 
     process = process or current_process()

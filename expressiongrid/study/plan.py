@@ -327,7 +327,7 @@ def _file_identity(path: str) -> str:
     """sha256 of a local file (cached by the characters area), or the source text for hub ids / tiny."""
     if path == "tiny":
         # The tiny model is built from code: its identity is that code, so a changed builder means new cells.
-        from expressiongrid.engine import tiny
+        from expressiongrid import tiny
 
         return f"{TINY_IDENTITY}:{_sha256_file(Path(tiny.__file__))[:16]}"
     p = Path(path)

@@ -20,6 +20,7 @@ from typing import Any
 from expressiongrid.config import load as load_config
 from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
 from expressiongrid.limits import MAX_CELLS, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS
+from expressiongrid.text import csv_join
 
 PLACEHOLDERS = ("expression", "character")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -680,7 +681,7 @@ def _a1111_axis(kind: str, t: dict, p: str, problems: _Problems) -> Axis:
         problems.add(p + "values", f"missing; expected A1111 value text for {kind}, e.g. values = \"5,7,9\"")
         return Axis(kind, [])
     if isinstance(raw, list):
-        raw_text = ",".join(_csv_quote(str(x)) for x in raw)
+        raw_text = csv_join(raw)
     elif isinstance(raw, (str, int, float)):
         raw_text = str(raw)
     else:
@@ -731,12 +732,6 @@ def _check_axis_values(kind: str, values: list, key: str, problems: _Problems) -
     if bad:
         shown = ", ".join(str(v)[:24] for v in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         problems.add(key, f"{kind} axis: {shown} out of range; expected {expect}")
-
-
-def _csv_quote(value: str) -> str:
-    if any(c in value for c in ',"\n'):
-        return '"' + value.replace('"', '""') + '"'
-    return value
 
 
 def _value_id(value: Any) -> str:

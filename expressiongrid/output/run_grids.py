@@ -1,0 +1,168 @@
+"""A run folder's grids: every page composed from the stored cell files, written with its metadata.
+
+The runner calls ``compose_grids`` after generating; it is also safe to call on its own (the last of
+several processes, or after a resumed run). The layout comes from the run's stored ``layout``
+(``[page, row, col, sample, key]``); a missing or failed cell is drawn as a marked placeholder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from expressiongrid.errors import StudyError
+from expressiongrid.store import GRIDS_DIR, CellRecord, Store, is_complete_png
+from expressiongrid.text import csv_join
+
+
+def _failed_placeholder(width: int, height: int):
+    """A failed or missing cell stays visible in its row and column (grey, red cross)."""
+    from expressiongrid.output.grid import failed_cell
+
+    return failed_cell(width, height)
+
+
+def _cell_image(run_dir: Path, record: CellRecord | None, width: int, height: int):
+    from PIL import Image
+
+    if record is not None and record.status == "done" and record.file and is_complete_png(run_dir / record.file):
+        with Image.open(run_dir / record.file) as im:
+            return im.convert("RGB")
+    return _failed_placeholder(width, height)
+
+
+def _join_samples(images: list):
+    """Several seeds per cell: the samples side by side form the cell (A1111's per-cell batch grid)."""
+    if len(images) == 1:
+        return images[0]
+    from PIL import Image
+
+    w = sum(im.width for im in images)
+    h = max(im.height for im in images)
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    x = 0
+    for im in images:
+        out.paste(im, (x, 0))
+        x += im.width
+    return out
+
+
+def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[list[Path], list[Path]]:
+    """Compose every page's grid from the cell files of the latest run in ``run_dir``.
+
+    Returns ``(grid files, upload copies)``. Missing or failed cells are drawn as marked placeholders.
+    Safe to call on its own (e.g. by the last of several processes) and again after a resumed run.
+    """
+    from expressiongrid.output import grid as grid_mod
+    from expressiongrid.output.images import save_image, save_upload_copy
+    from expressiongrid.output.infotext import format_parameters, grid_axes_params, merge_hashes, \
+        parse_parameters
+
+    run_dir = Path(run_dir)
+    own = store is None
+    store = store or Store.open_existing(run_dir)
+    try:
+        info = store.study_info()
+        records = {c.key: c for c in store.cells(all_runs=True)}
+    finally:
+        if own:
+            store.close()
+    layout = info.get("layout") or []
+    if not layout:
+        raise StudyError(f"{run_dir}: the run has no cell layout to compose")
+    rows, cols = info["rows"]["values"], info["columns"]["values"]
+    pages = info["pages"]["values"] if info.get("pages") else [{"id": "0", "label": ""}]
+    width, height = info["sampling"]["width"], info["sampling"]["height"]
+    positions: dict[tuple[int, int, int], list[tuple[int, str]]] = {}
+    for page, row, col, sample, key in layout:
+        positions.setdefault((page, row, col), []).append((sample, key))
+
+    out_dir = run_dir / GRIDS_DIR
+    from expressiongrid.paths import safe_filename
+
+    name = safe_filename(info.get("name") or "", fallback="grid")  # the study name is user text
+    output = info.get("output", {})
+    grids: list[Path] = []
+    copies: list[Path] = []
+    for page_index, page in enumerate(pages):
+        cells = []
+        for r in range(len(rows)):
+            row_images = []
+            for c in range(len(cols)):
+                samples = sorted(positions.get((page_index, r, c), []))
+                row_images.append(_join_samples([
+                    _cell_image(run_dir, records.get(key), width, height) for _, key in samples
+                ] or [_failed_placeholder(width, height)]))
+            cells.append(row_images)
+        title = output.get("title")
+        if page.get("label"):
+            title = f"{title} — {page['label']}" if title else page["label"]
+        row_labels, col_labels = [r["label"] for r in rows], [c["label"] for c in cols]
+        parameters = _grid_parameters(info, records, positions, page_index, format_parameters, grid_axes_params,
+                                      merge_hashes, parse_parameters)
+        options = grid_mod.GridOptions.from_output(
+            output, info["rows"]["kind"], info["columns"]["kind"], info["pages"]["kind"] if info.get("pages") else None)
+        labels = dict(row_title=options.row_title, col_title=options.col_title,
+                      caption=options.caption_text(parse_parameters(parameters) if parameters else None))
+        images = grid_mod.compose_grid(cells, row_labels, col_labels, title=title, style=options.style,
+                                       fmt=output.get("grid_formats", ["png"])[0],
+                                       max_cells_per_page=options.max_cells_per_page, **labels)
+        stem = name if len(pages) == 1 else f"{name}-page{page_index + 1}"
+        for part, image in enumerate(images):
+            part_stem = stem if len(images) == 1 else f"{stem}-part{part + 1}"
+            for fmt in output.get("grid_formats", ["png"]):
+                suffix = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[fmt]
+                grids.append(save_image(out_dir / f"{part_stem}{suffix}", image, parameters))
+        upload = output.get("upload_copy")
+        if upload:
+            suffix = ".jpg" if upload == "jpeg" else ".webp"
+            # One upload image of the whole grid when its cells can stay a useful size, else one per part.
+            whole = images[0] if len(images) == 1 else grid_mod.compose_upload_copy(
+                cells, row_labels, col_labels, title, upload_fmt=upload, style=options.style, **labels)
+            if whole is not None:
+                copies.append(save_upload_copy(out_dir / f"{stem}.upload{suffix}", whole, parameters, fmt=upload))
+            else:
+                for part, image in enumerate(images):
+                    copies.append(save_upload_copy(out_dir / f"{stem}-part{part + 1}.upload{suffix}", image,
+                                                   parameters, fmt=upload))
+    return grids, copies
+
+
+def _grid_parameters(info, records, positions, page_index, format_parameters, grid_axes_params, merge_hashes,
+                     parse_parameters) -> str | None:
+    """The grid's infotext: the first done cell's parameters, every resource's hash, and the axes."""
+    done = [records[key] for (page, _, _), items in sorted(positions.items()) if page == page_index
+            for _, key in items if key in records and records[key].status == "done" and records[key].parameters]
+    if not done:
+        return None
+    first = done[0]
+    parsed = [parse_parameters(c.parameters) for c in done]
+    hashes = merge_hashes(*[p.get("Hashes") if isinstance(p.get("Hashes"), dict) else None for p in parsed])
+    from expressiongrid.output.infotext import merge_civitai_resources, parse_name_hashes
+
+    resources = merge_civitai_resources(*[p.get("Civitai resources") if isinstance(p.get("Civitai resources"), list)
+                                          else None for p in parsed])
+
+    def names(value) -> dict:
+        return value if isinstance(value, dict) else parse_name_hashes(value) if value else {}
+
+    lora = merge_hashes(*[names(p.get("Lora hashes")) for p in parsed])
+    ti = merge_hashes(*[names(p.get("TI hashes")) for p in parsed])
+    axes = []
+    for letter, key in (("X", "columns"), ("Y", "rows"), ("Z", "pages")):
+        axis = info.get(key)
+        if not axis:
+            continue
+        kind = {"expressions": "Expression", "characters": "Character"}.get(axis["kind"], axis["kind"])
+        text = axis.get("raw") or csv_join(v["label"] for v in axis["values"])
+        axes.append((letter, kind, text))
+    p0 = parsed[0]
+    return format_parameters(
+        first.prompt, first.negative_prompt, steps=first.steps, sampler=p0.get("Sampler", first.sampler),
+        schedule_type=p0.get("Schedule type") if p0.get("Schedule type") not in (None, "Automatic") else None,
+        cfg_scale=first.cfg_scale, seed=first.seed, width=first.width, height=first.height,
+        model_hash=p0.get("Model hash"), model=p0.get("Model"), vae_hash=p0.get("VAE hash"), vae=p0.get("VAE"),
+        clip_skip=int(p0.get("Clip skip", 1) or 1), rng=p0.get("RNG") if p0.get("RNG") != "GPU" else None,
+        lora_hashes=lora or None, ti_hashes=ti or None, hashes=hashes or None,
+        civitai_resources=resources or None,
+        extra=grid_axes_params(axes),
+    )
