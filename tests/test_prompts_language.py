@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -216,10 +215,9 @@ def test_cli_explain_unknown_sampler_is_a_usage_error():
     assert "unknown sampler" in result.output
 
 
-def test_prompt_explain_starts_fast_without_torch():
+def test_prompt_explain_runs_without_torch():
     code = (
-        "import sys, time\n"
-        "t = time.perf_counter()\n"
+        "import sys\n"
         "from expressiongrid.cli import main\n"
         "try:\n"
         "    main(['prompt', 'explain', 'a [cat:dog:0.5] (x:1.2) <lora:y:1>', '--steps', '20', '--sampler', 'Heun'])\n"
@@ -227,14 +225,10 @@ def test_prompt_explain_starts_fast_without_torch():
         "    assert e.code in (0, None), e.code\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"
-        "print('SECONDS', time.perf_counter() - t)\n"
     )
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    total = time.perf_counter() - start
-    inner = float(out.stdout.split("SECONDS")[-1])
-    assert inner < 1.0, f"prompt explain took {inner:.2f}s inside the interpreter"
-    assert total < 3.0  # interpreter start included; generous for a loaded CI machine
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "'a cat (x:1.2)'" in out.stdout and "'a dog (x:1.2)'" in out.stdout, out.stdout
 
 
 def test_prompt_language_imports_no_torch():

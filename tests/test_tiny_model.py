@@ -1,6 +1,5 @@
 """The built-in tiny model is deterministic, SD1.5-shaped and fast."""
 
-import time
 
 import torch
 
@@ -31,9 +30,7 @@ def test_building_does_not_touch_global_rng():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_image_in_well_under_a_second(tiny_pipeline):
-    start = time.perf_counter()
+def test_the_tiny_pipeline_makes_a_64px_image(tiny_pipeline):
     out = tiny_pipeline("closeup of woman smiling", num_inference_steps=10, height=64, width=64,
                         generator=torch.Generator().manual_seed(1))
-    assert time.perf_counter() - start < 5  # generous for a loaded CI box; typical 0.2 s
     assert out.images[0].size == (64, 64)
