@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "expressiongrid"
 # Lower numbers are lower layers. A module may import its own area and any area of a lower layer;
 # the foundation (layer 0) modules may import each other.
 LAYERS: dict[str, int] = {
-    "__init__": 0, "errors": 0, "paths": 0, "text": 0, "samplers": 0, "tiny": 0, "templating": 0, "data": 0,
+    "__init__": 0, "errors": 0, "limits": 0, "paths": 0, "text": 0, "samplers": 0, "tiny": 0, "templating": 0,
+    "data": 0,
     "prompts": 1, "store": 1,
     "characters": 2,
     "engine": 3, "output": 3,
@@ -26,7 +27,7 @@ LAYERS: dict[str, int] = {
 
 # Areas whose modules must not import these at module level (``--help``, study validation, prompt
 # explanation and the sampler list stay fast and work without the heavy libraries loaded).
-LIGHT_AREAS = ("prompts", "samplers", "study", "store", "text", "paths", "errors", "tiny", "config")
+LIGHT_AREAS = ("prompts", "samplers", "study", "store", "text", "paths", "errors", "limits", "tiny", "config")
 HEAVY = ("torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "numpy")
 
 
