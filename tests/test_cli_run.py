@@ -203,6 +203,15 @@ def test_dry_run_json_prints_the_plan_with_grid_pages_and_sizes(tmp_path, demo_c
     assert refused.exit_code == 2 and "--dry-run" in refused.output
 
 
+def test_a_label_no_font_can_draw_is_a_warning_before_anything_runs(tmp_path, demo_chars):
+    study = _study(tmp_path, demo_chars, rows=("neutral face expression", "smiling GLYPH"))
+    study.write_text(study.read_text(encoding="utf-8").replace("GLYPH", "\U00013000"), encoding="utf-8")
+    result = CliRunner().invoke(main, ["run", str(study), "--out", str(tmp_path / "o"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "no installed font can draw" in result.stderr and "U+13000" in result.stderr
+    assert "[output] font" in result.stderr
+
+
 def test_missing_study_file_is_a_one_line_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2

@@ -350,3 +350,23 @@ def test_random_seed_is_kept_when_the_run_is_resumed(tmp_path):
     with Store.open_existing(tmp_path / "other") as store:
         assert store.study_info()["base_seed"] != seed  # a new folder draws a new seed, as A1111 does
     assert elsewhere.made == 2
+
+
+def test_split_grid_gets_one_upload_copy_of_the_whole_grid_with_axis_titles_and_caption(tmp_path):
+    from expressiongrid.output.grid import GridOptions
+    from expressiongrid.output.infotext import parse_parameters
+
+    more = "[output]\nmax_cells_per_page = 2\naxis_titles = true\ncaption = true\nupload_copy = \"jpeg\""
+    study = _study(tmp_path, name="split", rows='"smiling", "sad", "angry"', columns='axis = "CFG Scale"\nvalues = "5,9"',
+                   more=more)
+    summary = run_study(load_study(study), tmp_path / "out")
+    assert sorted(p.name for p in summary.grids) == ["split-part1.png", "split-part2.png", "split-part3.png"]
+    assert [p.name for p in summary.upload_copies] == ["split.upload.jpg"]
+    with Image.open(summary.grids[0]) as part, Image.open(summary.upload_copies[0]) as whole:
+        assert whole.size == (part.width, part.height + 2 * 64)  # all three rows of 64 px cells in one image
+        parameters = part.info["parameters"]
+    options = GridOptions.from_output({"caption": True, "axis_titles": True}, "expressions", "CFG Scale")
+    assert (options.row_title, options.col_title) == ("Expression", "CFG Scale")
+    caption = options.caption_text(parse_parameters(parameters))
+    assert "Steps: 2" in caption and "Seed: 5" in caption and "Sampler:" in caption
+    assert "CFG" not in caption  # the columns vary it: the labels say it, not the caption

@@ -162,6 +162,7 @@ def _print_summary(summary) -> None:
     for path in summary.upload_copies:
         click.echo(f"upload copy: {path}")
     click.echo(f"cells: {summary.run_dir / 'cells'}")
+    click.echo(f"browse: expressiongrid view {summary.run_dir}")
     click.echo(f"database: {summary.run_dir / 'run.sqlite'}")
     if summary.failed:
         click.echo(f"run incomplete: {summary.failed} of {summary.planned} images failed; "

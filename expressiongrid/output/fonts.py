@@ -47,6 +47,7 @@ SYSTEM_FONTS: list[tuple[str, str]] = [
 _NOT_A_CHARACTER = "\U0010fffd"  # private use, plane 16: no label font draws it, so it shows the "missing" box
 
 
+@lru_cache(maxsize=32)
 def font_chain(path: str | None = None, bold: bool = False) -> tuple[str | None, ...]:
     """The font files labels are drawn with, in order; ``None`` stands for Pillow's bundled font.
 
