@@ -269,8 +269,8 @@ def test_write_grid_writes_one_upload_copy_of_the_whole_grid(tmp_path, monkeypat
     assert upload is not None and max(upload.size) <= 560
     assert upload.width < plan_grid(4, 4, (128, 128), rows, cols, "Study").unsplit_size[0]  # cells scaled down
     files = write_grid(pages, tmp_path, "grid", "p\nSteps: 1, Sampler: Euler, Seed: 1", upload=upload)
-    assert [f["grid"].name for f in files] == [f"grid-page{i}.png" for i in range(1, 5)]
-    copies = [f["upload"] for f in files if "upload" in f]
+    assert [f["grid"].name for f in files] == [f"grid-part{i}.png" for i in range(1, 5)]
+    copies = [f["upload"] for f in files if f["upload"]]
     assert [c.name for c in copies] == ["grid.upload.jpg"]
     with Image.open(copies[0]) as im:
         assert im.size == upload.size
@@ -342,12 +342,13 @@ def test_write_grid_writes_pages_and_upload_copies_with_metadata(tmp_path):
     pages = compose_grid(cells, ["a", "b", "c"], ["x", "y", "z"], limits=GridLimits(max_side=200))
     files = write_grid(pages, tmp_path, "grid", "prompt\nSteps: 1, Sampler: Euler, Seed: 1")
     assert len(files) == len(pages) > 1
-    assert files[0]["grid"].name == "grid-page1.png" and files[0]["upload"].name == "grid-page1.upload.jpg"
+    assert files[0]["grid"].name == "grid-part1.png" and files[0]["upload"].name == "grid-part1.upload.jpg"
     for entry in files:
         assert read_parameters(entry["grid"]).endswith("Seed: 1")
         assert read_parameters(entry["upload"]).endswith("Seed: 1")
-    single = write_grid(pages[:1], tmp_path / "one", "grid", None, upload_fmt="webp")
-    assert single[0]["grid"].name == "grid.png" and single[0]["upload"].suffix == ".webp"
+    single = write_grid(pages[:1], tmp_path / "one", "grid", None, formats=("png", "webp"), upload_fmt="webp")
+    assert [p.name for p in single[0]["grids"]] == ["grid.png", "grid.webp"]
+    assert single[0]["upload"].name == "grid.upload.webp"
 
 
 def test_cells_from_files(tmp_path):

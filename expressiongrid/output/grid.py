@@ -757,37 +757,40 @@ def image_grid(images: Sequence[Image.Image], rows: int | None = None, backgroun
     return canvas
 
 
+_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}
+
+
 def write_grid(
-    pages: Sequence[Image.Image],
+    parts: Sequence[Image.Image],
     out_dir: str | Path,
     stem: str,
     parameters: str | None = None,
     *,
-    fmt: str = "png",
+    formats: Sequence[str] = ("png",),
     upload_fmt: str | None = "jpeg",
     upload: Image.Image | None = None,
-) -> list[dict[str, Path]]:
-    """Write each page (``<stem>.png`` or ``<stem>-page2.png`` ...) plus an upload-sized copy.
+) -> list[dict[str, Any]]:
+    """Write the parts of one grid (``<stem>.png``, or ``<stem>-part1.png`` ... when it was split) in each
+    of `formats`, and its upload copy (``<stem>.upload.jpg`` or ``.webp``).
 
-    With `upload` (the whole grid as one image, `compose_upload_copy`), a single ``<stem>.upload.jpg`` is
-    written and listed with the first page; without it each page gets its own copy. Every file carries
-    `parameters` (PNG text chunk or EXIF UserComment). Returns, per page, the paths written:
-    ``{"grid": ..., "upload": ...}``.
+    A grid in one part gets an upload copy of that part. A split grid gets one copy of `upload` (the
+    whole grid as one image, `compose_upload_copy`), listed with the first part; without `upload`, each
+    part gets its own (``<stem>-part1.upload.jpg`` ...). Every file carries `parameters` (PNG text chunk or
+    EXIF UserComment). Returns, per part, ``{"grid": first format's file, "grids": [one per format],
+    "upload": path or None}``.
     """
     from expressiongrid.output.images import save_image, save_upload_copy
 
-    ext = {"png": ".png", "jpeg": ".jpg", "jpg": ".jpg", "webp": ".webp"}[fmt.lower()]
     out_dir = Path(out_dir)
+    up_ext = ".webp" if (upload_fmt or "").lower() == "webp" else ".jpg"
     written = []
-    for index, page in enumerate(pages):
-        name = stem if len(pages) == 1 else f"{stem}-page{index + 1}"
-        files = {"grid": save_image(out_dir / f"{name}{ext}", page, parameters)}
-        up_ext = ".webp" if (upload_fmt or "").lower() == "webp" else ".jpg"
-        if upload_fmt and upload is not None and len(pages) > 1:
-            if index == 0:
-                files["upload"] = save_upload_copy(out_dir / f"{stem}.upload{up_ext}", upload, parameters,
-                                                   fmt=upload_fmt)
-        elif upload_fmt:
-            files["upload"] = save_upload_copy(out_dir / f"{name}.upload{up_ext}", page, parameters, fmt=upload_fmt)
+    for index, part in enumerate(parts):
+        name = stem if len(parts) == 1 else f"{stem}-part{index + 1}"
+        grids = [save_image(out_dir / f"{name}{_SUFFIXES[fmt.lower()]}", part, parameters) for fmt in formats]
+        files: dict[str, Any] = {"grid": grids[0], "grids": grids, "upload": None}
+        if upload_fmt and (len(parts) == 1 or upload is None):
+            files["upload"] = save_upload_copy(out_dir / f"{name}.upload{up_ext}", part, parameters, fmt=upload_fmt)
+        elif upload_fmt and index == 0:
+            files["upload"] = save_upload_copy(out_dir / f"{stem}.upload{up_ext}", upload, parameters, fmt=upload_fmt)
         written.append(files)
     return written

@@ -53,7 +53,6 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
     Safe to call on its own (e.g. by the last of several processes) and again after a resumed run.
     """
     from expressiongrid.output import grid as grid_mod
-    from expressiongrid.output.images import save_image, save_upload_copy
     from expressiongrid.output.infotext import format_parameters, grid_axes_params, merge_hashes, \
         parse_parameters
 
@@ -107,23 +106,14 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
                                        fmt=output.get("grid_formats", ["png"])[0],
                                        max_cells_per_page=options.max_cells_per_page, **labels)
         stem = name if len(pages) == 1 else f"{name}-page{page_index + 1}"
-        for part, image in enumerate(images):
-            part_stem = stem if len(images) == 1 else f"{stem}-part{part + 1}"
-            for fmt in output.get("grid_formats", ["png"]):
-                suffix = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}[fmt]
-                grids.append(save_image(out_dir / f"{part_stem}{suffix}", image, parameters))
         upload = output.get("upload_copy")
-        if upload:
-            suffix = ".jpg" if upload == "jpeg" else ".webp"
-            # One upload image of the whole grid when its cells can stay a useful size, else one per part.
-            whole = images[0] if len(images) == 1 else grid_mod.compose_upload_copy(
-                cells, row_labels, col_labels, title, upload_fmt=upload, style=options.style, **labels)
-            if whole is not None:
-                copies.append(save_upload_copy(out_dir / f"{stem}.upload{suffix}", whole, parameters, fmt=upload))
-            else:
-                for part, image in enumerate(images):
-                    copies.append(save_upload_copy(out_dir / f"{stem}-part{part + 1}.upload{suffix}", image,
-                                                   parameters, fmt=upload))
+        # One upload image of the whole grid when its cells can stay a useful size, else one per part.
+        whole = grid_mod.compose_upload_copy(cells, row_labels, col_labels, title, upload_fmt=upload,
+                                             style=options.style, **labels) if upload and len(images) > 1 else None
+        written = grid_mod.write_grid(images, out_dir, stem, parameters, formats=output.get("grid_formats", ["png"]),
+                                      upload_fmt=upload, upload=whole)
+        grids += [path for files in written for path in files["grids"]]
+        copies += [files["upload"] for files in written if files["upload"]]
     return grids, copies
 
 
