@@ -292,6 +292,12 @@ def test_labels_in_any_script_render_as_themselves(a, b):
     assert plan_grid(1, 2, (128, 128), [a], [b, "x"]).warnings == []
 
 
+def test_text_without_spaces_wraps_between_characters():
+    size, lines = fit_label("李王张刘陈杨黄赵吴周徐孙马朱胡", 100, 3, 20, 10)
+    assert size == 20 and len(lines) > 1 and "".join(lines) == "李王张刘陈杨黄赵吴周徐孙马朱胡"
+    assert all(_font(20, None).getlength(line) <= 100 for line in lines)
+
+
 def test_a_character_no_font_has_is_reported_before_drawing():
     plan = plan_grid(1, 1, (128, 128), ["hieroglyph \U00013000"], ["x"])
     assert len(plan.warnings) == 1 and "U+13000" in plan.warnings[0] and "[output] font" in plan.warnings[0]

@@ -169,6 +169,13 @@ def test_a_20_by_30_grid_uses_small_lazy_thumbnails(tmp_path, page):
     assert page.locator("#grid td[data-key]").count() == 600
     loading = page.eval_on_selector_all("#grid td img", "els => els.map(e => [e.loading, e.getAttribute('src')])")
     assert len(loading) == 600 and all(lazy == "lazy" and src.startswith("thumbs/") for lazy, src in loading)
+    # Row and column labels stay in view while the grid scrolls.
+    wrap = page.locator("#grid-wrap").bounding_box()
+    page.eval_on_selector("#grid-wrap", "el => { el.scrollTop = 2500; el.scrollLeft = 3000; }")
+    page.wait_for_function("document.getElementById('grid-wrap').scrollTop > 0")
+    header = page.locator("#grid thead th").nth(5).bounding_box()
+    row_label = page.locator("#grid tbody th").nth(15).bounding_box()
+    assert abs(header["y"] - wrap["y"]) <= 2 and abs(row_label["x"] - wrap["x"]) <= 2
 
 
 def _get(server, path, host=None):
