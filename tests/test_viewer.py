@@ -213,3 +213,26 @@ def test_view_command_writes_the_page(tmp_path):
     assert f"viewer: {tmp_path / 'run' / 'viewer' / 'index.html'} (12 cells, 12 new thumbnails)" in result.output
     missing = CliRunner().invoke(main, ["view", str(tmp_path / "nothing")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_view_serve_command_serves_the_page_until_ctrl_c(tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    make_run(tmp_path / "run").close()
+    proc = subprocess.Popen([sys.executable, "-m", "expressiongrid", "view", str(tmp_path / "run"), "--serve",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/viewer/index\.html)", lines[1]).group(1)
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            assert resp.status == 200 and b'id="viewer-data"' in resp.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err

@@ -34,3 +34,20 @@ def terminal_safe(text: object) -> str:
     a file name can neither move the cursor, recolour or retitle the terminal, nor break a message
     into several lines. Only the CLI prints, so only the CLI needs this."""
     return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(text))
+
+
+def open_in_browser(url: str) -> None:
+    """Open `url` in the user's default web browser (``--open``)."""
+    import webbrowser
+
+    webbrowser.open(url)
+
+
+def serve_until_interrupted(server) -> None:
+    """Serve until Ctrl+C; the server is closed either way."""
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass  # Ctrl+C is how the user stops a local server
+    finally:
+        server.server_close()

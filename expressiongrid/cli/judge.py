@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import echo_json
+from expressiongrid.cli._common import echo_json, open_in_browser, serve_until_interrupted
 
 
 @click.command(
@@ -62,15 +62,8 @@ def judge(run_dir: Path, port: int, host: str, judge_name: str | None, kinds: tu
         click.echo(f"Judging {run_dir} at {url} ({len(app.questions)} questions, {n_pairs} pairs); "
                    "press Ctrl+C to stop.")
         if open_browser:
-            import webbrowser
-
-            webbrowser.open(url)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
+            open_in_browser(url)
+        serve_until_interrupted(server)
         from expressiongrid.judge.db import load_judgements
 
         click.echo(f"stopped; {len(load_judgements(store.connection))} answers stored in {store.db_path}")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from expressiongrid.cli._common import open_in_browser, serve_until_interrupted
+
 
 @click.command(epilog="\b\nExample:\n  expressiongrid view out/seed-study\n  expressiongrid view out/seed-study --serve")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
@@ -32,14 +34,6 @@ def view(run_dir: Path, serve: bool, port: int, open_browser: bool) -> None:
         url = f"http://127.0.0.1:{server.server_address[1]}/viewer/index.html"
         click.echo(f"serving {run_dir} at {url}; press Ctrl+C to stop.")
     if open_browser:
-        import webbrowser
-
-        webbrowser.open(url)
-    if server is None:
-        return
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        open_in_browser(url)
+    if server is not None:
+        serve_until_interrupted(server)
