@@ -1,8 +1,8 @@
 """Fonts for grid labels: a fallback chain so any label text renders, and a note when a glyph cannot.
 
 Pillow draws each string with one font file and shows a box for every character that file lacks, and its
-bundled font covers little beyond ASCII ("Zoë" and "李" came out as boxes). Labels are therefore drawn with
-a chain of fonts: each character uses the first font in the chain that has it.
+bundled font covers little beyond ASCII (with it alone, "Zoë" and "李" are boxes). Labels are therefore drawn
+with a chain of fonts: each character uses the first font in the chain that has it.
 
 The chain, first found first (see docs/grids-and-metadata.md, "Fonts"):
 
