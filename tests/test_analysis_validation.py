@@ -16,17 +16,24 @@ from importlib import resources
 import pytest
 from PIL import Image
 
-from expressiongrid.analysis import calibrate, photos, validation
+from expressiongrid.analysis import calibrate, emotions, photos, validation
 from expressiongrid.analysis.features import AUS, au_activations, features_from_frontal, features_from_landmarks
-from expressiongrid.analysis.pipeline import detect_landmarks
+from expressiongrid.analysis.pipeline import _detect, detect_landmarks
 from expressiongrid.analysis.pose import _Z, fit_pose, frontalize
 
 
 @pytest.fixture(scope="session")
-def labelled():
-    """Every labelled image with its landmarks (None: no face found)."""
+def detections():
+    """Every labelled image with its face (``FaceResult``; ``found`` False when none)."""
     items = photos.labelled_images()
-    return items, {it.id: detect_landmarks(photos.image_of(it)) for it in items}
+    return items, {it.id: _detect(photos.image_of(it), with_embedding=False) for it in items}
+
+
+@pytest.fixture(scope="session")
+def labelled(detections):
+    """Every labelled image with its landmarks (None: no face found)."""
+    items, found = detections
+    return items, {k: (f.landmarks if f.found else None) for k, f in found.items()}
 
 
 @pytest.fixture(scope="session")
@@ -201,3 +208,25 @@ def test_a_nod_or_turn_of_the_head_does_not_read_as_an_expression(labelled, pitc
     # Without the pose correction the same nod moves the features by a full expression's worth.
     raw = au_activations(features_from_frontal(_turn(lm, pitch, yaw, 1.1)), features_from_frontal(lm))
     assert max(raw.values()) > max(aus.values())
+
+
+EMOTION_TASKS = [
+    ("happy", SMILE_ACROSS_PEOPLE[1], SMILE_ACROSS_PEOPLE[2]),
+    ("happy", lambda it: it.source == "wolf" and it.expression == "laugh",
+     lambda it: it.source == "wolf" and it.expression == "cry"),
+    ("sad", lambda it: it.source == "wolf" and it.expression == "cry",
+     lambda it: it.source == "wolf" and it.expression == "laugh"),
+]
+
+
+@pytest.mark.parametrize("emotion,pos,neg", EMOTION_TASKS, ids=["happy: smiles across people", "happy: laughing vs crying",
+                                                               "sad: crying vs laughing"])
+def test_the_emotion_classifier_separates_the_holdout_photos(detections, emotion, pos, neg):
+    assert emotions.available(), "the emotion classifier is part of the test install (.ci/run)"
+    items, found = detections
+    holdout = [it for it in items if it.split == "holdout" and found[it.id].found]
+
+    def probs(pick):
+        return [emotions.classify(photos.image_of(it), found[it.id].box)[emotion] for it in holdout if pick(it)]
+
+    assert validation.auc(probs(pos), probs(neg)) >= 0.9

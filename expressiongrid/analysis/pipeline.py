@@ -101,6 +101,7 @@ def _cell_measure(cell, row, is_reference: bool):
         col_id=cell.col_id, is_reference=is_reference, face_found=bool(row["face_found"]),
         features=json.loads(row["features_json"]) if row["features_json"] else None,
         embedding=json.loads(row["embedding_json"]) if row["embedding_json"] else None, error=row["error"],
+        emotions=json.loads(row["emotions_json"]) if row["emotions_json"] else None,
     )
 
 
@@ -115,7 +116,7 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
     """
     from PIL import Image
 
-    from expressiongrid.analysis import faces, runstore
+    from expressiongrid.analysis import emotions, faces, runstore
     from expressiongrid.analysis.quality import CLIP_NOTE, ClipScorer
     from expressiongrid.analysis.scores import compute_scores
     from expressiongrid.store import Store
@@ -126,6 +127,7 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
 
         raise UsageError("--aesthetic-head needs --clip-model (the head reads that model's image embedding)")
     scorer = ClipScorer.load(clip_model, aesthetic_head) if clip_model is not None else None
+    with_emotions = emotions.available()
     with Store.open_existing(run_dir) as store:
         conn = store.connection
         info = store.study_info()
@@ -158,8 +160,9 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
                     runstore.save_clip(conn, cell.key, clip, aesthetic)
                 else:
                     face, features, ent, noise = measure_image(image)
+                    feelings = emotions.classify(image, face.box) if face.found and with_emotions else None
                     runstore.save_cell(conn, cell.key, cell.file, face, features, ent, noise, clip, aesthetic,
-                                       content_sha256=digests[cell.key])
+                                       content_sha256=digests[cell.key], emotions=feelings)
                     summary.measured += 1
             if progress is not None:
                 progress(i, len(todo))
@@ -173,6 +176,8 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
         has_clip = any(r["clip_score"] is not None for r in rows.values())
         if not has_clip:
             summary.notes.append(CLIP_NOTE)
+        if not with_emotions:
+            summary.notes.append(f"emotion classifier not installed, so no emotion probabilities: {emotions.INSTALL_HINT}")
         if summary.no_face:
             summary.notes.append(f"{summary.no_face} of {len(measures)} cells show no detectable face")
         scores = compute_scores(measures, study_rows(info))

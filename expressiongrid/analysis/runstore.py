@@ -83,7 +83,12 @@ def _m002_content_pose_counts(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE analysis_expression_scores ADD COLUMN no_face INTEGER")
 
 
-MIGRATIONS = [_m001_analysis, _m002_content_pose_counts]
+def _m003_emotion_scores(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE analysis_cell_scores ADD COLUMN emotion TEXT")
+    conn.execute("ALTER TABLE analysis_cell_scores ADD COLUMN emotion_score REAL")
+
+
+MIGRATIONS = [_m001_analysis, _m002_content_pose_counts, _m003_emotion_scores]
 register_migrations("analysis", MIGRATIONS)
 
 
@@ -137,9 +142,10 @@ def save_scores(conn: sqlite3.Connection, scores, meta: dict) -> None:
                       "analysis_meta"):
             conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
         conn.executemany(
-            "INSERT INTO analysis_cell_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO analysis_cell_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(c.key, c.fidelity, c.reference_fidelity, c.fidelity_vs_reference, c.identity_to_neutral,
-              c.identity_to_others, c.identity_flag, json.dumps(c.aus) if c.aus else None, c.note, int(c.pose_flag))
+              c.identity_to_others, c.identity_flag, json.dumps(c.aus) if c.aus else None, c.note, int(c.pose_flag),
+              c.emotion, c.emotion_score)
              for c in scores.cells.values()],
         )
         conn.executemany(

@@ -17,6 +17,7 @@ from expressiongrid.analysis.features import (
     pose_change,
     target_aus,
 )
+from expressiongrid.analysis.emotions import emotion_of_expression
 from expressiongrid.analysis.identity import IDENTITY_THRESHOLD, identity_distance, identity_flag
 from expressiongrid.study.expressions import neutral_row_id
 
@@ -49,6 +50,7 @@ class CellMeasure:
     embedding: list[float] | None = None
     sample: int = 0  # which of several seeds per cell; rows are compared within one page and sample
     error: str | None = None  # the image could not be read (counted like a cell without a face)
+    emotions: dict[str, float] | None = None  # the emotion classifier's probabilities, when it ran
 
     @property
     def slot(self) -> tuple[int, int]:
@@ -69,6 +71,9 @@ class CellScore:
     identity_to_others: float | None = None       # smallest distance to another character's neutral cell
     identity_flag: str | None = None              # why the character stops looking like itself, if it does
     pose_flag: bool = False                       # head pose too far from the neutral cell: not scored
+    emotion: str | None = None                    # the classifier emotion the row names (happy, sad, ...)
+    emotion_score: float | None = None            # the classifier's probability of that emotion here
+    emotions: dict[str, float] | None = None      # all its probabilities
     note: str | None = None
 
 
@@ -132,6 +137,7 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
     """All scores of one run. ``rows`` are the study's rows (``id``, ``action_units``) in grid order."""
     neutral = neutral_row_id(rows) if rows else ""
     targets = {r["id"]: target_aus(r.get("action_units") or []) for r in rows}
+    row_emotion = {r["id"]: emotion_of_expression(r["id"], r.get("label", "")) for r in rows}
     by_pos = {(m.slot, m.row_id, m.col_id): m for m in measures}
     ref_cols = {m.col_id for m in measures if m.is_reference}
     reference = sorted(ref_cols)[0] if ref_cols else None
@@ -146,6 +152,10 @@ def compute_scores(measures: list[CellMeasure], rows: list[dict]) -> Scores:
         if not m.face_found:
             cs.note = m.error or "no face found"
             continue
+        cs.emotions = m.emotions
+        cs.emotion = row_emotion.get(m.row_id)
+        if m.emotions and cs.emotion:
+            cs.emotion_score = m.emotions.get(cs.emotion)
         base = by_pos.get((m.slot, neutral, m.col_id))
         f_now, f_rest = feats(m), feats(base)
         measured = targets.get(m.row_id, ([], []))[0]

@@ -33,6 +33,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "queue": "expressiongrid.cli.queue:queue",
     "analyze": "expressiongrid.cli.analysis:analyze",
     "report": "expressiongrid.cli.analysis:report",
+    "measure": "expressiongrid.cli.analysis:measure",
     "judge": "expressiongrid.cli.judge:judge",
     "view": "expressiongrid.cli.view:view",
     "config": "expressiongrid.cli.config:config",

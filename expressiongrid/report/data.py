@@ -38,6 +38,9 @@ class ReportCell:
     identity_flag: str | None = None
     aus: dict | None = None
     note: str | None = None
+    emotions: dict | None = None          # the emotion classifier's probabilities
+    emotion: str | None = None            # the emotion the row names
+    emotion_score: float | None = None    # its probability here
 
 
 @dataclass
@@ -106,12 +109,14 @@ def load_report_data(store) -> ReportData:
             cell.face_found = bool(m["face_found"])
             cell.entropy, cell.noise = m["entropy"], m["noise"]
             cell.clip_score, cell.aesthetic = m["clip_score"], m["aesthetic"]
+            cell.emotions = json.loads(m["emotions_json"]) if m["emotions_json"] else None
         s = scores.get(rec.key)
         if s is not None:
             cell.fidelity, cell.reference_fidelity = s["fidelity"], s["reference_fidelity"]
             cell.identity_to_neutral, cell.identity_to_others = s["identity_to_neutral"], s["identity_to_others"]
             cell.identity_flag, cell.note = s["identity_flag"], s["note"]
             cell.aus = json.loads(s["aus_json"]) if s["aus_json"] else None
+            cell.emotion, cell.emotion_score = s["emotion"], s["emotion_score"]
         cells.append(cell)
     data = ReportData(
         title=str(info.get("name") or store.run_dir.name),

@@ -71,6 +71,11 @@ def _cell_fields(cell: ReportCell) -> list[list[str]]:
                    ["CLIP score", _fmt(cell.clip_score)], ["aesthetic", _fmt(cell.aesthetic)]]
         if cell.aus:
             fields.append(["AUs", ", ".join(f"{k} {v:.2f}" for k, v in cell.aus.items() if v > 0) or "none"])
+        if cell.emotions:
+            top = sorted(cell.emotions.items(), key=lambda kv: -kv[1])
+            fields.append(["emotion classifier", ", ".join(f"{k} {v:.2f}" for k, v in top if v >= 0.01)])
+        if cell.emotion and cell.emotion_score is not None:
+            fields.append([f"P({cell.emotion}), the row's emotion", _fmt(cell.emotion_score)])
         if cell.identity_flag:
             fields.append(["identity flag", cell.identity_flag])
         if cell.note:

