@@ -29,7 +29,7 @@ def _key(*parts: str) -> str:
 def _write_run(run_dir: Path, name: str, rows: list[dict], columns: list[dict], cells: list[tuple]):
     """Write a finished run: ``cells`` are (row_id, col_id, sample, PIL image, parameters, origin)."""
     from expressiongrid.output.images import save_png
-    from expressiongrid.study.store import CellRecord, Store, cell_file_for
+    from expressiongrid.store import CellRecord, Store, cell_file_for
 
     row_index = {r["id"]: i for i, r in enumerate(rows)}
     col_index = {c["id"]: i for i, c in enumerate(columns)}
