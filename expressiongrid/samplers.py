@@ -1,4 +1,9 @@
-"""A1111 sampler names mapped to diffusers schedulers.
+"""The A1111 sampler table: every sampler name A1111 knows, and how the engine realises those it implements.
+
+One table for the whole package: study files and the Sampler axis accept ``A1111_SAMPLERS`` names and
+aliases (``canonical_sampler``), the planner refuses the ones without a ``SAMPLERS`` entry before anything
+runs, the prompt schedule asks ``is_second_order``, the engine builds schedulers from ``SamplerInfo`` and
+the metadata writes ``SamplerInfo.sampler`` / ``.schedule_type``.
 
 A1111 (v1.10) names a sampler ("DPM++ 2M") and, separately, a schedule type ("Karras"); the older combined
 names ("DPM++ 2M Karras") are what most users type and what XYZ plots and infotexts of older images carry.
@@ -72,16 +77,71 @@ def _table() -> dict[str, SamplerInfo]:
 
 SAMPLERS: dict[str, SamplerInfo] = _table()
 
+# A1111 v1.10.1 sampler names and their aliases (``sd_samplers.samplers_map``), implemented or not.
+A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
+    "DPM++ 2M": ("k_dpmpp_2m",),
+    "DPM++ SDE": ("k_dpmpp_sde",),
+    "DPM++ 2M SDE": ("k_dpmpp_2m_sde",),
+    "DPM++ 2M SDE Heun": ("k_dpmpp_2m_sde_heun",),
+    "DPM++ 2S a": ("k_dpmpp_2s_a",),
+    "DPM++ 3M SDE": ("k_dpmpp_3m_sde",),
+    "Euler a": ("k_euler_a", "k_euler_ancestral"),
+    "Euler": ("k_euler",),
+    "LMS": ("k_lms",),
+    "Heun": ("k_heun",),
+    "DPM2": ("k_dpm_2",),
+    "DPM2 a": ("k_dpm_2_a",),
+    "DPM fast": ("k_dpm_fast",),
+    "DPM adaptive": ("k_dpm_ad",),
+    "Restart": ("restart",),
+    "DDIM": ("ddim",),
+    "DDIM CFG++": ("ddim_cfgpp",),
+    "PLMS": ("plms",),
+    "UniPC": ("unipc",),
+    "LCM": ("k_lcm",),
+}
+
+# Schedule types that older A1111 versions appended to the sampler name ("DPM++ 2M Karras"); an
+# infotext's old-style name is split on these.
+SCHEDULE_TYPE_SUFFIXES = ("Karras", "Exponential", "Uniform", "SGM Uniform", "Polyexponential", "Align Your Steps")
+
+_SAMPLER_LOOKUP = {key.lower(): name for name, aliases in A1111_SAMPLERS.items() for key in (name, *aliases)}
+
+
+def _normal(name: str) -> str:
+    return " ".join(str(name).split()).lower()
+
+
+def split_schedule_suffix(name: str) -> tuple[str, str | None]:
+    """``"DPM++ 2M Karras"`` -> ``("DPM++ 2M", "Karras")``; a name without a schedule suffix -> ``(name, None)``."""
+    for suffix in SCHEDULE_TYPE_SUFFIXES:
+        if name.endswith(" " + suffix):
+            return name[: -len(suffix) - 1], suffix
+    return name, None
+
+
+def canonical_sampler(name: str) -> str | None:
+    """The A1111 sampler name for `name`, one of its aliases (any case) or an old-style combined name
+    such as ``dpm++ 2m karras`` (-> ``"DPM++ 2M Karras"``); None if A1111 does not know it."""
+    key = _normal(name)
+    if key in _SAMPLER_LOOKUP:
+        return _SAMPLER_LOOKUP[key]
+    for suffix in SCHEDULE_TYPE_SUFFIXES:
+        base = _SAMPLER_LOOKUP.get(key.removesuffix(" " + suffix.lower())) if key.endswith(" " + suffix.lower()) else None
+        if base is not None:
+            return f"{base} {suffix}"
+    return None
+
 # A1111 1.10 also accepts the sampler and schedule type as separate settings; map the pair back.
 _BY_PAIR = {(info.sampler.lower(), info.schedule_type.lower()): info for info in SAMPLERS.values()}
 
 
 def get_sampler(name: str, schedule_type: str | None = None) -> SamplerInfo:
-    """Look up a sampler by A1111 name (case-insensitive), optionally with a separate schedule type.
+    """Look up a sampler by A1111 name or alias (case-insensitive), optionally with a separate schedule type.
 
     Raises `SamplerError` listing the valid names when the name is unknown.
     """
-    key = " ".join(str(name).split()).lower()
+    key = _normal(canonical_sampler(name) or name)
     if schedule_type and schedule_type.lower() not in ("automatic", ""):
         info = _BY_PAIR.get((key, schedule_type.lower()))
     else:

@@ -97,3 +97,24 @@ def test_noise_sources_and_generators():
     assert torch.equal(half[0], a[0].to(torch.bfloat16))  # drawn in fp32, then cast
     with pytest.raises(UsageError, match="noise source"):
         make_generators([1], "nv", "cpu")
+
+
+def test_one_table_every_implemented_sampler_is_an_a1111_sampler():
+    from expressiongrid.samplers import A1111_SAMPLERS, canonical_sampler
+
+    for name, info in SAMPLERS.items():
+        assert info.sampler in A1111_SAMPLERS, name
+        assert canonical_sampler(name.lower()) == name  # what the axis accepts, the engine finds
+        assert get_sampler(canonical_sampler(name.upper())) is info
+
+
+def test_aliases_and_old_combined_names_reach_the_engine():
+    from expressiongrid.samplers import canonical_sampler
+
+    assert get_sampler("k_euler_a").name == "Euler a"
+    assert canonical_sampler("dpm++ 2m  KARRAS") == "DPM++ 2M Karras"
+    assert get_sampler("k_dpmpp_2m", schedule_type="Karras").name == "DPM++ 2M Karras"
+    assert canonical_sampler("DPM fast") == "DPM fast"  # A1111 knows it ...
+    with pytest.raises(SamplerError):
+        get_sampler("DPM fast")  # ... the engine does not implement it
+    assert canonical_sampler("Euler b") is None

@@ -19,6 +19,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from expressiongrid import __version__
+from expressiongrid.samplers import split_schedule_suffix
 
 __all__ = [
     "format_parameters",
@@ -200,7 +201,6 @@ def merge_civitai_resources(*many: Sequence[Mapping[str, Any]] | None) -> list[d
 # One "Key: value" pair of the last line, as A1111 reads it (quoted values may contain commas).
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
-_SCHEDULER_SUFFIXES = ("Karras", "Exponential", "Uniform", "SGM Uniform", "Polyexponential", "Align Your Steps")
 
 
 def _unquote(text: str) -> str:
@@ -268,11 +268,9 @@ def parse_parameters(text: str) -> dict[str, Any]:
     result.setdefault("RNG", "GPU")
     sampler = result.get("Sampler", "")
     if "Schedule type" not in result:
-        for suffix in _SCHEDULER_SUFFIXES:
-            if isinstance(sampler, str) and sampler.endswith(" " + suffix):
-                result["Sampler"] = sampler[: -len(suffix) - 1]
-                result["Schedule type"] = suffix
-                break
+        base, suffix = split_schedule_suffix(sampler) if isinstance(sampler, str) else (sampler, None)
+        if suffix is not None:
+            result["Sampler"], result["Schedule type"] = base, suffix
         else:
             result["Schedule type"] = "Automatic"
     return result

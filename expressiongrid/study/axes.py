@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from expressiongrid.errors import StudyError
 from expressiongrid.limits import MAX_CELLS
+from expressiongrid.samplers import A1111_SAMPLERS, canonical_sampler
 
 __all__ = [
     "AXIS_TYPES",
@@ -83,41 +84,6 @@ class AxisType:
     def supported(self) -> bool:
         """True when expressiongrid's runner can apply this axis (not only parse it)."""
         return self.field is not None
-
-
-# A1111 v1.10.1 sampler names and their aliases (`sd_samplers.samplers_map`): the Sampler axis accepts
-# these case-insensitively, like A1111's confirm step. Whether the engine implements one is the planner's
-# check (`samplers.SAMPLERS`), kept separate so this module imports no torch.
-A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
-    "DPM++ 2M": ("k_dpmpp_2m",),
-    "DPM++ SDE": ("k_dpmpp_sde",),
-    "DPM++ 2M SDE": ("k_dpmpp_2m_sde",),
-    "DPM++ 2M SDE Heun": ("k_dpmpp_2m_sde_heun",),
-    "DPM++ 2S a": ("k_dpmpp_2s_a",),
-    "DPM++ 3M SDE": ("k_dpmpp_3m_sde",),
-    "Euler a": ("k_euler_a", "k_euler_ancestral"),
-    "Euler": ("k_euler",),
-    "LMS": ("k_lms",),
-    "Heun": ("k_heun",),
-    "DPM2": ("k_dpm_2",),
-    "DPM2 a": ("k_dpm_2_a",),
-    "DPM fast": ("k_dpm_fast",),
-    "DPM adaptive": ("k_dpm_ad",),
-    "Restart": ("restart",),
-    "DDIM": ("ddim",),
-    "DDIM CFG++": ("ddim_cfgpp",),
-    "PLMS": ("plms",),
-    "UniPC": ("unipc",),
-    "LCM": ("k_lcm",),
-}
-_SAMPLER_LOOKUP = {
-    key.lower(): name for name, aliases in A1111_SAMPLERS.items() for key in (name, *aliases)
-}
-
-
-def canonical_sampler(name: str) -> str | None:
-    """The A1111 sampler name for `name` or one of its aliases (any case); None if unknown."""
-    return _SAMPLER_LOOKUP.get(name.strip().lower())
 
 
 def _confirm_samplers(axis: str, values: list[Any]) -> None:
