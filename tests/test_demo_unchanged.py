@@ -22,6 +22,7 @@ from PIL import Image
 
 from expressiongrid.cli.run import DEMO_STUDY
 from expressiongrid.output.images import read_parameters
+from expressiongrid.output.run_grids import compose_grids
 from expressiongrid.run.runner import run_study
 from expressiongrid.store import Store
 from expressiongrid.study.study import load_study
@@ -58,6 +59,13 @@ def test_demo_reference_column_keeps_its_keys_pixels_and_metadata(tmp_path):
             diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16))
         assert diff.max() <= 2, f"cell {key} ({cells[key].row_id}) changed by up to {diff.max()}"
         assert read_parameters(new) == read_parameters(old)
+        assert cells[key].metadata is not None  # stored as data, not only as text
+    # The grid's text from the new cells' metadata equals the one composed from the old cells' text.
+    old_copy = tmp_path / "old"
+    shutil.copytree(OLD_RUN, old_copy)
+    (old_grid,), _ = compose_grids(old_copy)
+    (new_grid,) = summary.grids
+    assert read_parameters(new_grid) == read_parameters(old_grid)
 
 
 def test_a_run_folder_written_by_the_earlier_version_resumes_without_making_anything(tmp_path):

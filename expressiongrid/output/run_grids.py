@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from expressiongrid.errors import StudyError
+from expressiongrid.output.infotext import grid_axes_params
+from expressiongrid.output.metadata import grid_metadata, record_metadata
 from expressiongrid.store import GRIDS_DIR, CellRecord, Store, is_complete_png
 from expressiongrid.text import csv_join
 
@@ -53,8 +55,7 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
     Safe to call on its own (e.g. by the last of several processes) and again after a resumed run.
     """
     from expressiongrid.output import grid as grid_mod
-    from expressiongrid.output.infotext import format_parameters, grid_axes_params, merge_hashes, \
-        parse_parameters
+    from expressiongrid.output.infotext import parse_parameters
 
     run_dir = Path(run_dir)
     own = store is None
@@ -96,8 +97,7 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
         if page.get("label"):
             title = f"{title} — {page['label']}" if title else page["label"]
         row_labels, col_labels = [r["label"] for r in rows], [c["label"] for c in cols]
-        parameters = _grid_parameters(info, records, positions, page_index, format_parameters, grid_axes_params,
-                                      merge_hashes, parse_parameters)
+        parameters = grid_parameters(info, records, positions, page_index)
         options = grid_mod.GridOptions.from_output(
             output, info["rows"]["kind"], info["columns"]["kind"], info["pages"]["kind"] if info.get("pages") else None)
         labels = dict(row_title=options.row_title, col_title=options.col_title,
@@ -117,26 +117,15 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
     return grids, copies
 
 
-def _grid_parameters(info, records, positions, page_index, format_parameters, grid_axes_params, merge_hashes,
-                     parse_parameters) -> str | None:
-    """The grid's infotext: the first done cell's parameters, every resource's hash, and the axes."""
+def grid_parameters(info: dict, records: dict[str, CellRecord], positions: dict, page_index: int) -> str | None:
+    """The A1111 text of one page's grid: the first done cell's settings, every cell's resources and hashes,
+    and the axes (A1111's X/Y/Z plot keys). None when the page has no finished cell."""
     done = [records[key] for (page, _, _), items in sorted(positions.items()) if page == page_index
-            for _, key in items if key in records and records[key].status == "done" and records[key].parameters]
-    if not done:
+            for _, key in items if key in records and records[key].status == "done"]
+    metadata = [(record, record_metadata(record)) for record in done]
+    metadata = [(record, m) for record, m in metadata if m is not None]
+    if not metadata:
         return None
-    first = done[0]
-    parsed = [parse_parameters(c.parameters) for c in done]
-    hashes = merge_hashes(*[p.get("Hashes") if isinstance(p.get("Hashes"), dict) else None for p in parsed])
-    from expressiongrid.output.infotext import merge_civitai_resources, parse_name_hashes
-
-    resources = merge_civitai_resources(*[p.get("Civitai resources") if isinstance(p.get("Civitai resources"), list)
-                                          else None for p in parsed])
-
-    def names(value) -> dict:
-        return value if isinstance(value, dict) else parse_name_hashes(value) if value else {}
-
-    lora = merge_hashes(*[names(p.get("Lora hashes")) for p in parsed])
-    ti = merge_hashes(*[names(p.get("TI hashes")) for p in parsed])
     axes = []
     for letter, key in (("X", "columns"), ("Y", "rows"), ("Z", "pages")):
         axis = info.get(key)
@@ -145,14 +134,5 @@ def _grid_parameters(info, records, positions, page_index, format_parameters, gr
         kind = {"expressions": "Expression", "characters": "Character"}.get(axis["kind"], axis["kind"])
         text = axis.get("raw") or csv_join(v["label"] for v in axis["values"])
         axes.append((letter, kind, text))
-    p0 = parsed[0]
-    return format_parameters(
-        first.prompt, first.negative_prompt, steps=first.steps, sampler=p0.get("Sampler", first.sampler),
-        schedule_type=p0.get("Schedule type") if p0.get("Schedule type") not in (None, "Automatic") else None,
-        cfg_scale=first.cfg_scale, seed=first.seed, width=first.width, height=first.height,
-        model_hash=p0.get("Model hash"), model=p0.get("Model"), vae_hash=p0.get("VAE hash"), vae=p0.get("VAE"),
-        clip_skip=int(p0.get("Clip skip", 1) or 1), rng=p0.get("RNG") if p0.get("RNG") != "GPU" else None,
-        lora_hashes=lora or None, ti_hashes=ti or None, hashes=hashes or None,
-        civitai_resources=resources or None,
-        extra=grid_axes_params(axes),
-    )
+    grid = grid_metadata([m for _, m in metadata], metadata[0][0])
+    return grid.parameters(extra=grid_axes_params(axes))

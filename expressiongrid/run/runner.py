@@ -30,7 +30,9 @@ from pathlib import Path
 
 from expressiongrid.errors import ExpressionGridError
 from expressiongrid.study.plan import Plan, PlannedCell, plan as make_plan
+from expressiongrid.output.metadata import CellMetadata
 from expressiongrid.output.run_grids import compose_grids
+from expressiongrid.samplers import get_sampler
 from expressiongrid.store import CellRecord, Store, cell_file_for
 from expressiongrid.study.study import Study
 
@@ -314,8 +316,6 @@ def _auto_chunk(model, cell: PlannedCell) -> int:
 def _sampler_name(cell: PlannedCell) -> str:
     if not cell.spec.schedule_type:
         return cell.spec.sampler
-    from expressiongrid.samplers import get_sampler
-
     return get_sampler(cell.spec.sampler, cell.spec.schedule_type).name
 
 
@@ -342,41 +342,40 @@ def _run_batch(store, run_id, model, active, batch: list[PlannedCell], summary: 
         if not result.ok or result.image is None:
             _fail(store, run_id, [cell], result.error or "generation failed", summary)
             continue
-        parameters = cell_parameters(cell, model, active)
+        metadata = cell_metadata(cell, model, active)
+        parameters = metadata.parameters()
         rel = cell_file_for(cell.key)
         save_png(store.run_dir / rel, result.image, parameters)
-        store.mark_done(cell.key, file=rel, parameters=parameters, seconds=result.seconds, run_id=run_id)
+        store.mark_done(cell.key, file=rel, parameters=parameters, seconds=result.seconds, run_id=run_id,
+                        metadata=metadata.to_dict())
         summary.made += 1
     state["done"] += len(batch)
     report(note)
 
 
-def cell_parameters(cell: PlannedCell, model, active) -> str:
-    """The A1111 ``parameters`` text of one cell, with civitai's Hashes / Civitai resources."""
-    from expressiongrid.samplers import get_sampler
-    from expressiongrid.output.infotext import format_parameters
-
+def cell_metadata(cell: PlannedCell, model, active) -> CellMetadata:
+    """One cell's metadata as data: settings, model, the character's resources and civitai's hashes."""
     s = cell.spec
     info = get_sampler(s.sampler, s.schedule_type)
+    resources = [dict(r) for r in (active.resources if active is not None else [])]
     hashes: dict[str, str] = {}
     if model.hash:
         hashes["model"] = model.hash
     if model.vae_hash:
         hashes["vae"] = model.vae_hash
-    resources = []
-    for r in (active.resources if active is not None else []):
+    civitai = []
+    for r in resources:
         if r.get("hash"):
             hashes[f"{r['type']}:{r['name']}"] = r["hash"]
         if r.get("modelVersionId") is not None:
-            resources.append({"type": r["type"], "weight": r.get("weight", 1.0),
-                              "modelVersionId": r["modelVersionId"]})
-    return format_parameters(
+            civitai.append({"type": r["type"], "weight": r.get("weight", 1.0), "modelVersionId": r["modelVersionId"]})
+    return CellMetadata(
         s.prompt, s.negative_prompt, steps=s.steps, sampler=info.sampler,
         schedule_type=info.schedule_type if info.schedule_type != "Automatic" else None,
         cfg_scale=s.cfg_scale, seed=s.seed, width=s.width, height=s.height, model_hash=model.hash,
         model=model.name, vae_hash=model.vae_hash, vae=model.vae_name, clip_skip=s.model.clip_skip,
         rng="CPU" if s.noise_source == "cpu" else None,
-        lora_hashes=active.lora_hashes if active is not None and active.lora_hashes else None,
-        ti_hashes=active.ti_hashes if active is not None and active.ti_hashes else None,
-        hashes=hashes or None, civitai_resources=resources or None,
+        lora_hashes=dict(active.lora_hashes) if active is not None and active.lora_hashes else {},
+        ti_hashes=dict(active.ti_hashes) if active is not None and active.ti_hashes else {},
+        hashes=hashes, civitai_resources=civitai, resources=resources,
     )

@@ -85,7 +85,13 @@ def _m001_core(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX cells_run ON cells(run_id)")
 
 
-CORE_MIGRATIONS: list[Migration] = [_m001_core]
+def _m002_cell_metadata(conn: sqlite3.Connection) -> None:
+    # The cell's metadata as data (``output.metadata.CellMetadata``); NULL for cells made before it existed,
+    # whose ``parameters`` text is read instead.
+    conn.execute("ALTER TABLE cells ADD COLUMN metadata_json TEXT")
+
+
+CORE_MIGRATIONS: list[Migration] = [_m001_core, _m002_cell_metadata]
 
 _REGISTRY: dict[str, list[Migration]] = {"core": CORE_MIGRATIONS}
 
@@ -134,12 +140,13 @@ class CellRecord:
     status: str = "pending"
     error: str | None = None
     file: str | None = None
-    parameters: str | None = None
+    parameters: str | None = None  # the A1111 text written into the cell's file
     seconds: float | None = None
     page_label: str = ""
     made_in_run: int | None = None
     finished_at: float | None = None
     spec: dict = field(default_factory=dict)
+    metadata: dict | None = None  # ``output.metadata.CellMetadata.to_dict()``; None for older cells
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,12 +156,14 @@ _CELL_COLUMNS = [
     "key", "run_id", "page", "row_index", "col_index", "row_id", "row_label", "col_id", "col_label",
     "character_id", "prompt", "negative_prompt", "seed", "steps", "sampler", "cfg_scale", "width", "height",
     "status", "error", "file", "parameters", "seconds", "page_label", "made_in_run", "finished_at", "spec_json",
+    "metadata_json",
 ]
 
 
 def _record_from_row(row: sqlite3.Row) -> CellRecord:
-    data = {k: row[k] for k in _CELL_COLUMNS if k != "spec_json"}
+    data = {k: row[k] for k in _CELL_COLUMNS if not k.endswith("_json")}
     data["spec"] = json.loads(row["spec_json"] or "{}")
+    data["metadata"] = json.loads(row["metadata_json"]) if row["metadata_json"] else None
     return CellRecord(**data)
 
 
@@ -362,13 +371,18 @@ class Store:
         row = self.connection.execute("SELECT * FROM cells WHERE key = ?", (key,)).fetchone()
         return _record_from_row(row) if row else None
 
-    def mark_done(self, key: str, *, file: str, parameters: str, seconds: float, run_id: int | None) -> None:
-        """Record a finished cell. Call only after its PNG is complete on disk (see ``images.save_png``)."""
+    def mark_done(self, key: str, *, file: str, parameters: str, seconds: float, run_id: int | None,
+                  metadata: dict | None = None) -> None:
+        """Record a finished cell. Call only after its PNG is complete on disk (see ``images.save_png``).
+
+        ``parameters`` is the A1111 text written into the file, ``metadata`` the same as data.
+        """
         with self._tx() as conn:
             conn.execute(
                 """UPDATE cells SET status = 'done', error = NULL, file = ?, parameters = ?, seconds = ?,
-                       made_in_run = ?, finished_at = ? WHERE key = ?""",
-                (file, parameters, seconds, run_id, time.time(), key),
+                       made_in_run = ?, finished_at = ?, metadata_json = ? WHERE key = ?""",
+                (file, parameters, seconds, run_id, time.time(),
+                 json.dumps(metadata, ensure_ascii=False) if metadata is not None else None, key),
             )
 
     def mark_failed(self, key: str, error: str, *, run_id: int | None, seconds: float | None = None) -> None:
