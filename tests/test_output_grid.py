@@ -298,6 +298,18 @@ def test_text_without_spaces_wraps_between_characters():
     assert all(_font(20, None).getlength(line) <= 100 for line in lines)
 
 
+def test_every_letter_is_drawn_by_a_font_that_has_it_and_words_stay_in_one_font():
+    from expressiongrid.output.fonts import _has_glyph, label_font
+
+    text = "Zoë Ωμέγα Ἀθῆναι Ёжик 李王 Beyoncé"
+    pieces = label_font(40).pieces(text)
+    assert "".join(piece for _, piece in pieces) == text
+    for path, piece in pieces:
+        assert all(_has_glyph(path, ch) for ch in piece), piece  # no decomposed or boxed letter
+    for word in text.split():
+        assert sum(word in piece for _, piece in pieces) == 1, word  # each word whole in one font
+
+
 def test_a_character_no_font_has_is_reported_before_drawing():
     plan = plan_grid(1, 1, (128, 128), ["hieroglyph \U00013000"], ["x"])
     assert len(plan.warnings) == 1 and "U+13000" in plan.warnings[0] and "[output] font" in plan.warnings[0]

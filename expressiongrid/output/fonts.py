@@ -19,6 +19,7 @@ Characters no font in the chain has are reported by `missing_glyphs` before anyt
 from __future__ import annotations
 
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -72,11 +73,12 @@ def font_chain(path: str | None = None, bold: bool = False) -> tuple[str | None,
 
 
 @lru_cache(maxsize=64)
-def _load(path: str | None, size: int) -> ImageFont.FreeTypeFont:
+def _load(path: str | None, size: int, basic: bool = False) -> ImageFont.FreeTypeFont:
+    engine = ImageFont.Layout.BASIC if basic else None
     if path is None:
         return ImageFont.load_default(size=size)
     try:
-        return ImageFont.truetype(path, size)
+        return ImageFont.truetype(path, size, layout_engine=engine)
     except OSError as exc:
         raise UsageError(f"grid font {path}: cannot load it as a TrueType/OpenType font ({exc})") from None
 
@@ -86,12 +88,18 @@ def _signature(font: ImageFont.FreeTypeFont, ch: str) -> tuple:
     return mask.size, bytes(mask), font.getlength(ch)
 
 
+def _is_mark(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Mn", "Me", "Cf", "Cc")
+
+
 @lru_cache(maxsize=65536)
 def _has_glyph(path: str | None, ch: str) -> bool:
     """Does the font file draw `ch` as itself (not as its "missing glyph" box)? Measured at 24 px."""
-    if ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf", "Cc"):
+    if ch.isspace() or _is_mark(ch):
         return True  # marks and controls go with the character before them
-    font = _load(path, 24)
+    # Basic layout maps one character to one glyph: with text shaping, a character the font lacks may be
+    # decomposed (έ into ε and a misplaced accent) and look present.
+    font = _load(path, 24, basic=True)
     return _signature(font, ch) != _signature(font, _NOT_A_CHARACTER)
 
 
@@ -107,16 +115,40 @@ class LabelFont:
         return _load(self.chain[0], self.size)
 
     def runs(self, text: str) -> list[tuple[ImageFont.FreeTypeFont, str]]:
-        """`text` split into pieces that one font of the chain draws; unknown characters stay with the
-        first font (drawn as its box; `missing_glyphs` reports them)."""
+        """`pieces` with each font loaded at this size."""
+        return [(_load(path, self.size), piece) for path, piece in self.pieces(text)]
+
+    def pieces(self, text: str) -> list[tuple[str | None, str]]:
+        """`text` split into pieces that one font of the chain draws: (font file, piece).
+
+        A word is drawn in the first font that has all its characters, so a word never mixes two fonts'
+        letters when one font could draw it whole; otherwise each character goes to the first font that
+        has it. Characters no font has stay with the first font (drawn as its box; `missing_glyphs`
+        reports them)."""
         out: list[tuple[int, str]] = []
-        for ch in text:
-            index = next((i for i, p in enumerate(self.chain) if _has_glyph(p, ch)), 0)
-            if out and (index == out[-1][0] or ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf")):
-                out[-1] = (out[-1][0], out[-1][1] + ch)
+
+        def add(index: int, piece: str) -> None:
+            if out and out[-1][0] == index:
+                out[-1] = (index, out[-1][1] + piece)
             else:
-                out.append((index, ch))
-        return [(_load(self.chain[i], self.size), piece) for i, piece in out]
+                out.append((index, piece))
+
+        for word in re.split(r"(\s+)", text):
+            if not word:
+                continue
+            if word.isspace():
+                add(out[-1][0] if out else 0, word)
+                continue
+            whole = next((i for i, p in enumerate(self.chain) if all(_has_glyph(p, ch) for ch in word)), None)
+            if whole is not None:
+                add(whole, word)
+                continue
+            for ch in word:
+                if out and _is_mark(ch):
+                    add(out[-1][0], ch)  # a combining mark stays with its letter
+                else:
+                    add(next((i for i, p in enumerate(self.chain) if _has_glyph(p, ch)), 0), ch)
+        return [(self.chain[i], piece) for i, piece in out]
 
     def getlength(self, text: str) -> float:
         return sum(font.getlength(piece) for font, piece in self.runs(text))
