@@ -12,6 +12,7 @@ file then has the permissions the user's umask gives, like any file the user cre
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
 import tempfile
@@ -42,6 +43,7 @@ WEBP_MAX_SIDE = 16_383
 CIVITAI_MAX_BYTES = 50 * 1000 * 1000  # civitai's per-image upload limit (50 MB)
 
 _EXIF_IFD = 0x8769
+_MAX_EXIF_BYTES = 65_533  # a JPEG APP1 segment: 65,535 bytes including its own length field
 _USER_COMMENT = 0x9286
 _UNICODE_PREFIX = b"UNICODE\x00"
 _ASCII_PREFIX = b"ASCII\x00\x00\x00"
@@ -126,7 +128,13 @@ def _exif_bytes(parameters: str | None) -> bytes:
     tiff = b"MM\x00\x2a" + struct.pack(">I", ifd0)
     tiff += struct.pack(">HHHII", 1, _EXIF_IFD, 4, 1, exif_ifd) + struct.pack(">I", 0)
     tiff += struct.pack(">HHHII", 1, _USER_COMMENT, 7, len(payload), data_at) + struct.pack(">I", 0)
-    return b"Exif\x00\x00" + tiff + payload
+    block = b"Exif\x00\x00" + tiff + payload
+    if len(block) > _MAX_EXIF_BYTES:
+        logging.getLogger("expressiongrid.output").warning(
+            "the parameters (%d characters) are too long for JPEG/WebP metadata (64 KiB): this file is written "
+            "without them (the PNG has them)", len(parameters))
+        return b""
+    return block
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -222,6 +230,8 @@ def save_upload_copy(
     side_limit = JPEG_MAX_SIDE if fmt == "jpeg" else WEBP_MAX_SIDE
     if max_side:
         side_limit = min(side_limit, max_side)
+    if parameters and not _exif_bytes(parameters):
+        parameters = None  # too long for EXIF (warned once): encode the sizes below without it
     work = image
     if max(work.size) > side_limit:
         scale = side_limit / max(work.size)

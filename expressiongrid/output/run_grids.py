@@ -7,6 +7,7 @@ several processes, or after a resumed run). The layout comes from the run's stor
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from expressiongrid.errors import StudyError
@@ -27,8 +28,12 @@ def _cell_image(run_dir: Path, record: CellRecord | None, width: int, height: in
     from PIL import Image
 
     if record is not None and record.status == "done" and record.file and is_complete_png(run_dir / record.file):
-        with Image.open(run_dir / record.file) as im:
-            return im.convert("RGB")
+        try:
+            with Image.open(run_dir / record.file) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:  # damaged inside: the next run's repair re-makes it
+            logging.getLogger("expressiongrid.run").warning(
+                "cell image %s cannot be read (%s); drawn as failed, the next run re-makes it", record.file, exc)
     return _failed_placeholder(width, height)
 
 

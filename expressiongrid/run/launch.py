@@ -19,6 +19,7 @@ character on every GPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -219,6 +220,35 @@ def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary |
     return report
 
 
+LOCK_NAME = "run.lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: str | os.PathLike, process: ProcessInfo):
+    """Hold ``<out_dir>/run.lock`` while a run writes there, so a second run on the same folder is refused
+    instead of remaking the first one's cells. One lock per launch: its main process takes it, the other
+    processes of the launch share the folder by design. The operating system drops the lock when the
+    process dies, so a killed run never blocks the next one (the file itself stays, empty)."""
+    if not process.is_main:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    from expressiongrid.errors import UsageError
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(Path(out_dir) / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UsageError(f"another run is writing into {out_dir} (it holds {LOCK_NAME}): wait for it to finish, "
+                         "or use another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | None = None, *,
                  plan: Plan | None = None, batch_size: int | None = None, argv: list[str] | None = None,
                  notify_url: str | None = None, process: ProcessInfo | None = None) -> LaunchOutcome:
@@ -240,7 +270,7 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     argv = redact_argv(list(argv if argv is not None else sys.argv[1:]))
     p = plan if plan is not None else make_plan(study)
     started_at = time.time()
-    with open_run_log(out_dir, process.label if process.distributed else None) as log:
+    with run_folder_lock(out_dir, process), open_run_log(out_dir, process.label if process.distributed else None) as log:
         resolved = {**study.info(), "base_seed": p.base_seed, "plan": p.describe()}
         log.header(study=resolved, argv=argv, extra={"output folder": Path(out_dir).resolve()})
         labels = {v.id: v.label for v in study.columns.values}

@@ -182,10 +182,15 @@ def run_study(
             raise
         finally:
             summary.seconds = time.monotonic() - started
-            if status in ("done", "incomplete") and compose:
-                summary.grids, summary.upload_copies = compose_grids(out_dir, store=store)
-            summary.seconds = time.monotonic() - started
-            store.finish_run(run_id, status, summary.to_dict())
+            try:
+                if status in ("done", "incomplete") and compose:
+                    summary.grids, summary.upload_copies = compose_grids(out_dir, store=store)
+            except BaseException:
+                status = "failed"  # the cells are kept; never leave the run "running"
+                raise
+            finally:
+                summary.seconds = time.monotonic() - started
+                store.finish_run(run_id, status, summary.to_dict())
         return summary
     finally:
         store.close()

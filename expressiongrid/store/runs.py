@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -160,6 +161,9 @@ _CELL_COLUMNS = [
 ]
 
 
+_RUN_COLUMNS = {"id", "started_at", "finished_at", "status", "study_path", "study_json", "summary_json", "argv"}
+
+
 def _record_from_row(row: sqlite3.Row) -> CellRecord:
     data = {k: row[k] for k in _CELL_COLUMNS if not k.endswith("_json")}
     data["spec"] = json.loads(row["spec_json"] or "{}")
@@ -198,6 +202,21 @@ def is_complete_png(path: Path) -> bool:
         return False
 
 
+def is_intact_png(path: Path) -> bool:
+    """True if ``path`` is complete (:func:`is_complete_png`) and every chunk's CRC matches, so bytes damaged
+    inside the file (a bad disk, a bad copy) are found before a grid tries to decode them."""
+    if not is_complete_png(path):
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (OSError, SyntaxError, ValueError, struct.error):  # what Pillow raises for a damaged PNG
+        return False
+    return True
+
+
 class Store:
     """The SQLite run store of one output folder (``<run_dir>/run.sqlite``)."""
 
@@ -215,6 +234,7 @@ class Store:
             self.connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None,
                                               check_same_thread=False)
             self.connection.row_factory = sqlite3.Row
+            self._refuse_foreign_database()
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA foreign_keys=ON")
             self.connection.execute("PRAGMA busy_timeout=30000")
@@ -222,8 +242,27 @@ class Store:
                 "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open run database {self.db_path}: {exc}") from exc
+            raise StoreError(f"cannot open run database {self.db_path}: {exc}; move it away or use another "
+                             "output folder") from exc
         self.apply_migrations()
+        self._check_core_columns()
+
+    def _refuse_foreign_database(self) -> None:
+        """A database with tables but no ``schema_versions`` was made by something else: never migrate it."""
+        tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "schema_versions" not in tables:
+            shown = ", ".join(sorted(tables)[:5])
+            raise StoreError(f"{self.db_path} was not made by expressiongrid (it has tables {shown} but no schema "
+                             "versions): move it away or use another output folder")
+
+    def _check_core_columns(self) -> None:
+        """The core tables have every column this version reads (a damaged or hand-made run.sqlite may not)."""
+        for table, wanted in (("runs", _RUN_COLUMNS), ("cells", set(_CELL_COLUMNS))):
+            have = {row[1] for row in self.connection.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(wanted - have)
+            if missing:
+                raise StoreError(f"{self.db_path}: table {table} lacks column(s) {', '.join(missing[:5])}; the "
+                                 "file is damaged or from another program: move it away or use another output folder")
 
     @classmethod
     def open_existing(cls, run_dir: str | os.PathLike) -> Store:
@@ -261,6 +300,12 @@ class Store:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     version = self.schema_version(component)
+                    if version > len(migrations):
+                        raise StoreError(
+                            f"{self.db_path} was written by a newer expressiongrid ({component!r} schema version "
+                            f"{version}; this version knows {len(migrations)}): upgrade expressiongrid, or use "
+                            "another output folder"
+                        )
                     if version >= len(migrations):
                         conn.execute("COMMIT")
                         break
@@ -403,29 +448,29 @@ class Store:
     def reconcile(self) -> dict[str, int]:
         """Make the database and the files agree before a run; return what was fixed.
 
-        - a "done" row whose PNG is missing or truncated goes back to pending (it will be redone);
+        - a "done" row whose PNG is missing, truncated or damaged inside goes back to pending (it is redone);
         - failed cells go back to pending (a new run retries them);
-        - leftover temp files from an interrupted write are removed; a PNG with no done row is left for
+        - leftover temp files from an interrupted write (cells and grids) are removed; a PNG with no done row is left for
           the run to overwrite (its path is derived from the key), never trusted.
         """
         fixed = {"missing_or_broken_files": 0, "retried_failed": 0, "temp_files_removed": 0}
         to_redo = []
         for cell in self.cells("done", all_runs=True):
-            if not cell.file or not is_complete_png(self.run_dir / cell.file):
+            if not cell.file or not is_intact_png(self.run_dir / cell.file):
                 to_redo.append(cell.key)
         fixed["missing_or_broken_files"] = len(to_redo)
         failed = [c.key for c in self.cells("failed", all_runs=True)]
         fixed["retried_failed"] = len(failed)
         if to_redo or failed:
             self.mark_pending(to_redo + failed)
-        cells_dir = self.run_dir / CELLS_DIR
-        if cells_dir.is_dir():
-            for tmp in cells_dir.rglob("*.tmp*"):
-                try:
-                    tmp.unlink()
-                    fixed["temp_files_removed"] += 1
-                except OSError:
-                    pass
+        for folder in (self.run_dir / CELLS_DIR, self.run_dir / GRIDS_DIR):
+            if folder.is_dir():
+                for tmp in folder.rglob("*.tmp*"):
+                    try:
+                        tmp.unlink()
+                        fixed["temp_files_removed"] += 1
+                    except OSError:
+                        pass
         return fixed
 
     def counts(self, *, all_runs: bool = False) -> dict[str, int]:
