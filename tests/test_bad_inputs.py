@@ -122,6 +122,7 @@ class Case:
     files: dict[str, Callable[[Path], None]] = field(default_factory=dict)  # name -> writer(path)
     args: list[str] | None = None  # default: run s.toml --dry-run --out OUT
     extra: list[str] = field(default_factory=list)  # added to the default args
+    out_setup: Callable[[Path], None] | None = None  # damages the copied finished run folder first
 
 
 C = Case
@@ -295,6 +296,51 @@ add(
 )
 
 
+def _sql(*statements: str) -> Callable[[Path], None]:
+    def damage(out: Path) -> None:
+        import sqlite3
+
+        with sqlite3.connect(out / "run.sqlite") as db:
+            for statement in statements:
+                db.execute(statement)
+        db.close()
+
+    return damage
+
+
+def _replace_db(make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def damage(out: Path) -> None:
+        (out / "run.sqlite").unlink()
+        make(out / "run.sqlite")
+
+    return damage
+
+
+def _foreign_db(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE cells (x)")
+    db.close()
+
+
+# A run folder whose run.sqlite is not one this version can use: refused by name, for a dry run and a run.
+for mode in ("dry-run", "run"):
+    flags = ["--dry-run"] if mode == "dry-run" else []
+    add(
+        C(f"db-garbage-{mode}", 1, "file is not a database", study=BASE, args=["run", "{study}", "--out", "{out}"],
+          extra=flags, out_setup=_replace_db(lambda p: p.write_bytes(bytes(range(256)) * 16))),
+        C(f"db-other-program-{mode}", 1, "not made by expressiongrid", study=BASE,
+          args=["run", "{study}", "--out", "{out}"], extra=flags, out_setup=_replace_db(_foreign_db)),
+        C(f"db-missing-column-{mode}", 1, "lacks column(s) page", study=BASE, args=["run", "{study}", "--out", "{out}"],
+          extra=flags, out_setup=_sql("ALTER TABLE cells DROP COLUMN page")),
+        C(f"db-future-version-{mode}", 1, "newer expressiongrid", study=BASE, args=["run", "{study}", "--out", "{out}"],
+          extra=flags, out_setup=_sql("UPDATE schema_versions SET version = 99 WHERE component = 'core'")),
+        C(f"db-is-a-folder-{mode}", 2, "run.sqlite is not a file", study=BASE, args=["run", "{study}", "--out", "{out}"],
+          extra=flags, out_setup=_replace_db(lambda p: p.mkdir())),
+    )
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """The output folder of a finished run of BASE (4 cells): every case starts from a copy of it."""
@@ -307,8 +353,13 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
+    """Every file's hash; run.log only by what it held (a refused run may add its own lines)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "run.log"}
+
+
+def log_text(folder: Path) -> str:
+    return (folder / "run.log").read_text(encoding="utf-8") if (folder / "run.log").exists() else ""
 
 
 def assert_clean_error(result, exit_code: int, message: str) -> None:
@@ -334,7 +385,9 @@ def test_the_table_has_at_least_80_distinct_cases():
 def test_bad_input_is_one_clear_line_and_changes_nothing(case: Case, tmp_path, finished_run):
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)
-    before = snapshot(out)
+    if case.out_setup is not None:
+        case.out_setup(out)
+    before, log_before = snapshot(out), log_text(out)
     study = tmp_path / "s.toml"
     if case.raw is not None:
         study.write_bytes(case.raw)
@@ -347,3 +400,4 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case: Case, tmp_path, f
     result = CliRunner().invoke(main, args, env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
     assert_clean_error(result, case.exit_code, case.message)
     assert snapshot(out) == before
+    assert log_text(out).startswith(log_before)

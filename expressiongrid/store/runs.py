@@ -234,7 +234,11 @@ class Store:
             self.connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None,
                                               check_same_thread=False)
             self.connection.row_factory = sqlite3.Row
-            self._refuse_foreign_database()
+            try:
+                self._refuse_foreign_database()
+            except StoreError:
+                self.connection.close()
+                raise
             self.connection.execute("PRAGMA journal_mode=WAL")
             self.connection.execute("PRAGMA foreign_keys=ON")
             self.connection.execute("PRAGMA busy_timeout=30000")
@@ -244,8 +248,12 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open run database {self.db_path}: {exc}; move it away or use another "
                              "output folder") from exc
-        self.apply_migrations()
-        self._check_core_columns()
+        try:
+            self.apply_migrations()
+            self._check_core_columns()
+        except BaseException:
+            self.connection.close()
+            raise
 
     def _refuse_foreign_database(self) -> None:
         """A database with tables but no ``schema_versions`` was made by something else: never migrate it."""

@@ -1,0 +1,111 @@
+"""A run folder survives what happens to it between runs: a done cell damaged inside is re-made, stray
+temp files go, a second run at the same time is refused, a failing grid never leaves the run "running",
+and metadata too long for JPEG EXIF does not fail the upload copy."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from expressiongrid.cli import main
+from test_bad_inputs import BASE, to_toml
+
+ENV = {"EXPRESSIONGRID_NO_PROGRESS": "1"}
+
+
+def run(study: Path, out: Path, *extra: str):
+    return CliRunner().invoke(main, ["run", str(study), "--out", str(out), *extra], env=ENV)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("made")
+    study = folder / "s.toml"
+    study.write_text(to_toml(BASE), encoding="utf-8")
+    # Batch size 1: a cell re-made alone must match one made alone (see docs/engine.md on batch composition).
+    result = run(study, folder / "out", "--batch-size", "1")
+    assert result.exit_code == 0, result.output
+    return study, folder / "out"
+
+
+def cell_files(out: Path) -> list[Path]:
+    with sqlite3.connect(out / "run.sqlite") as db:
+        files = [out / row[0] for row in db.execute("SELECT file FROM cells WHERE status = 'done' ORDER BY key")]
+    db.close()
+    return files
+
+
+def test_a_done_cell_damaged_inside_is_made_again_and_stray_temp_files_go(made, tmp_path):
+    study, original = made
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    victim = cell_files(out)[1]
+    pixels = np.asarray(Image.open(victim).convert("RGB"))
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2  # inside the image data: the PNG signature and its IEND end marker stay intact
+    data[middle : middle + 16] = bytes(16)
+    victim.write_bytes(bytes(data))
+    (out / "grids" / ".bad.png.x1y2.tmp").write_bytes(b"half a grid")  # a kill while a grid was written
+
+    result = run(study, out, "--batch-size", "1")
+
+    assert result.exit_code == 0, result.output
+    assert "made 1, skipped 3" in result.output
+    assert "missing or broken files 1" in result.output and "temp files removed 1" in result.output
+    assert not list((out / "grids").glob("*.tmp"))
+    assert np.array_equal(np.asarray(Image.open(victim).convert("RGB")), pixels)  # the same pixels again
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(made, tmp_path):
+    from filelock import FileLock
+
+    study, original = made
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    with FileLock(str(out / "run.lock"), timeout=0):  # what a run in another process holds
+        result = run(study, out)
+    assert result.exit_code == 2
+    assert "another run is writing into" in result.stderr and "Traceback" not in result.stderr
+    assert run(study, out).exit_code == 0  # once it is gone, the folder is free again
+
+
+def test_a_grid_that_cannot_be_written_marks_the_run_failed_not_running(made, tmp_path, monkeypatch):
+    import errno
+
+    import expressiongrid.study.runner as runner
+
+    study, original = made
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "grids" / "bad.png"))
+
+    monkeypatch.setattr(runner, "compose_grids", full)
+    result = run(study, out)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: the disk is full") and "run the same command again" in result.stderr
+    with sqlite3.connect(out / "run.sqlite") as db:
+        statuses = [row[0] for row in db.execute("SELECT status FROM runs ORDER BY id")]
+    db.close()
+    assert statuses[-1] == "failed" and "running" not in statuses
+
+
+def test_parameters_too_long_for_exif_leave_the_upload_copy_without_them(tmp_path, caplog):
+    from expressiongrid.output.images import read_parameters, save_png, save_upload_copy
+
+    image = Image.new("RGB", (64, 64), (10, 20, 30))
+    parameters = "a photo, " * 4_000 + "\nSteps: 20, Seed: 1"  # ~36,000 characters: 72 KB as UTF-16
+    with caplog.at_level(logging.WARNING, logger="expressiongrid"):
+        copy = save_upload_copy(tmp_path / "grid.upload.jpg", image, parameters)
+    assert copy.is_file() and read_parameters(copy) is None
+    assert "too long for JPEG/WebP metadata" in caplog.text
+    png = save_png(tmp_path / "grid.png", image, parameters)
+    assert read_parameters(png) == parameters  # the PNG keeps all of it
