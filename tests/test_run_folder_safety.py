@@ -79,7 +79,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused(made, tmp_path):
 def test_a_grid_that_cannot_be_written_marks_the_run_failed_not_running(made, tmp_path, monkeypatch):
     import errno
 
-    import expressiongrid.study.runner as runner
+    import expressiongrid.run.runner as runner
 
     study, original = made
     out = tmp_path / "out"
