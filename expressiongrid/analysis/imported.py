@@ -26,8 +26,10 @@ def _key(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
-def _write_run(run_dir: Path, name: str, rows: list[dict], columns: list[dict], cells: list[tuple]):
-    """Write a finished run: ``cells`` are (row_id, col_id, sample, PIL image, parameters, origin)."""
+def write_image_run(run_dir: Path, name: str, rows: list[dict], columns: list[dict], cells: list[tuple]):
+    """Write a finished run: ``cells`` are (row_id, col_id, sample, PIL image or None, parameters, origin).
+
+    A cell whose image is None is recorded as failed with ``parameters`` as its error (nothing to show)."""
     from expressiongrid.output.images import save_png
     from expressiongrid.store import CellRecord, Store, cell_file_for
 
@@ -40,8 +42,9 @@ def _write_run(run_dir: Path, name: str, rows: list[dict], columns: list[dict], 
             key=_key(origin, row_id, col_id, str(sample)), run_id=None, page=0, row_index=row_index[row_id],
             col_index=col_index[col_id], row_id=row_id, row_label=labels[row_id], col_id=col_id,
             col_label=labels[f"col:{col_id}"], character_id=None if col_id == columns[0]["id"] else col_id,
-            prompt="", negative_prompt="", seed=0, steps=0, sampler="", cfg_scale=0.0, width=image.width,
-            height=image.height, spec={"source": origin, "sample": sample}), image, params))
+            prompt=(params or "").split("\n")[0] if image is not None else "", negative_prompt="", seed=0, steps=0,
+            sampler="", cfg_scale=0.0, width=image.width if image else 0, height=image.height if image else 0,
+            spec={"source": origin, "sample": sample}), image, params))
     info = {"name": name, "imported_from": str(run_dir),
             "rows": {"kind": "expressions", "values": rows},
             "columns": {"kind": "characters", "values": [{**c, "reference": i == 0} for i, c in enumerate(columns)]}}
@@ -49,6 +52,9 @@ def _write_run(run_dir: Path, name: str, rows: list[dict], columns: list[dict], 
     try:
         run_id = store.begin_run(info, [r for r, _, _ in records])
         for record, image, params in records:
+            if image is None:
+                store.mark_failed(record.key, params, run_id=run_id)
+                continue
             rel = cell_file_for(record.key)
             save_png(store.run_dir / rel, image, params or None)
             store.mark_done(record.key, file=rel, parameters=params or "", seconds=0.0, run_id=run_id)
@@ -135,7 +141,7 @@ def run_from_folder(folder: Path, run_dir: Path) -> Path:
         with Image.open(path) as im:
             cells.append((row_id, col_id, sample, im.convert("RGB"), text, str(path.resolve())))
     ordered = sorted(columns.values(), key=lambda c: c["id"] != "reference")
-    return _write_run(run_dir, folder.name, list(rows.values()), ordered, cells)
+    return write_image_run(run_dir, folder.name, list(rows.values()), ordered, cells)
 
 
 def grid_layout(width: int, height: int, cell_w: int, cell_h: int) -> tuple[int, int, int, int]:
@@ -175,4 +181,4 @@ def run_from_grid(grid: Path, run_dir: Path) -> Path:
         for c in range(cols):
             box = (left + c * cell_w, top + r * cell_h, left + (c + 1) * cell_w, top + (r + 1) * cell_h)
             cells.append((row_list[r]["id"], col_list[c]["id"], 0, image.crop(box), text, f"{grid.resolve()}#{r},{c}"))
-    return _write_run(run_dir, grid.stem, row_list, col_list, cells)
+    return write_image_run(run_dir, grid.stem, row_list, col_list, cells)

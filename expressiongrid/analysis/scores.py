@@ -34,6 +34,7 @@ VERDICT_LOST = "easy for the base model but lost with characters"
 VERDICT_KEPT = "reached by the base model and kept by characters"
 VERDICT_UNMEASURED = "no measurable target AUs"
 VERDICT_NO_REFERENCE = "not measured: no face in the reference column's cell"
+VERDICT_NO_CHARACTER = "base model only: no character cell of this expression was made"
 
 
 @dataclass
@@ -294,7 +295,9 @@ def _expression_score(row_id, target, measures, cells, ref_cols) -> ExpressionSc
         es.difficulty = 1.0 - es.character_fidelity
     if es.character_fidelity is not None:
         es.loss = es.base_fidelity - es.character_fidelity
-    if es.base_fidelity < BASE_REACHES:
+    if es.character_fidelity is None:
+        es.verdict = VERDICT_NO_CHARACTER if es.base_fidelity >= BASE_REACHES else VERDICT_HARD
+    elif es.base_fidelity < BASE_REACHES:
         es.verdict = VERDICT_HARD
     elif es.character_fidelity is not None and es.character_fidelity < KEEPS_SHARE * es.base_fidelity:
         es.verdict = VERDICT_LOST

