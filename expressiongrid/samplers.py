@@ -1,13 +1,15 @@
-"""The A1111 sampler table: every sampler name A1111 knows, and how the engine realises those it implements.
+"""The A1111 sampler table: every sampler and schedule type A1111 1.10 knows, and how the engine realises the
+ones it implements.
 
-One table for the whole package: study files and the Sampler axis accept ``A1111_SAMPLERS`` names and
-aliases (``canonical_sampler``), the planner refuses the ones without a ``SAMPLERS`` entry before anything
-runs, the prompt schedule asks ``is_second_order``, the engine builds schedulers from ``SamplerInfo`` and
-the metadata writes ``SamplerInfo.sampler`` / ``.schedule_type``.
+One table for the whole package: study files (``sampler``, ``schedule_type``), the Sampler and Schedule type
+axes, ``xyz``, the configuration's ``[defaults]``, the planner, the prompt schedule (``is_second_order``), the
+engine (``engine.schedulers.make_scheduler`` builds the diffusers object from ``SamplerInfo``) and the
+metadata (``SamplerInfo.sampler`` / ``.schedule_type``) all resolve names through `get_sampler`.
 
 A1111 (v1.10) names a sampler ("DPM++ 2M") and, separately, a schedule type ("Karras"); the older combined
 names ("DPM++ 2M Karras") are what most users type and what XYZ plots and infotexts of older images carry.
-Both spellings are accepted here; `SamplerInfo.sampler` and `.schedule_type` are what goes into the infotext.
+Both spellings are accepted, and "Automatic" means what it means in A1111: each sampler's own default
+(Karras for DPM++ 2M, Exponential for DPM++ 2M SDE, the model's schedule for Euler a).
 
 Timestep spacing: A1111 runs these samplers through k-diffusion, whose "Automatic" schedule spaces the
 model's timesteps evenly from 999 to 0 (diffusers' ``timestep_spacing="linspace"``), and starts from
@@ -16,7 +18,7 @@ DDIM in A1111 uses the CompVis "uniform" discretisation (``leading`` with ``step
 config default), so DDIM keeps the base config's spacing.
 
 This module is plain data and imports no torch or diffusers: `--help`, study validation, the prompt
-schedule and the metadata all read it. ``engine.schedulers.make_scheduler`` builds the diffusers object.
+schedule and the metadata all read it.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ from expressiongrid.errors import SamplerError
 
 @dataclass(frozen=True)
 class SamplerInfo:
-    """How one A1111 sampler name is realised with diffusers."""
+    """How one A1111 sampler with one schedule type is realised with diffusers."""
 
-    name: str  # the name as the user wrote it / A1111 lists it
+    name: str  # canonical combined name ("DPM++ 2M Karras", "Euler a"); get_sampler(name) gives this back
     sampler: str  # A1111's sampler name without schedule type (infotext "Sampler")
-    schedule_type: str  # infotext "Schedule type" ("Automatic", "Karras")
+    schedule_type: str  # the schedule A1111 uses, "Automatic" resolved (infotext "Schedule type")
     scheduler_class: str  # diffusers class name
     options: dict[str, Any] = field(default_factory=dict)
     # Second-order samplers evaluate the model twice per step; A1111 builds the prompt schedule on 2 x steps.
@@ -42,116 +44,163 @@ class SamplerInfo:
     stochastic: bool = False
 
 
+# A1111 1.10's schedule types (modules/sd_schedulers.py), in its order. "Automatic" is each sampler's own
+# default (below); the others are k-diffusion sigma schedules.
+SCHEDULE_TYPES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "KL Optimal",
+                  "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+_SCHEDULE_ALIASES = {"sgmuniform": "SGM Uniform"}
+# The schedules diffusers' k-diffusion-style schedulers can make, as options. "Uniform" is the model's own
+# sigmas at evenly spaced timesteps, which is what k-diffusion's get_sigmas gives; "Beta" is A1111's default
+# Beta(0.6, 0.6), diffusers' too.
+_SIGMAS = {"Uniform": {}, "Karras": {"use_karras_sigmas": True}, "Exponential": {"use_exponential_sigmas": True},
+           "Beta": {"use_beta_sigmas": True}}
+_K_SCHEDULES = tuple(_SIGMAS)
 _LINSPACE = {"timestep_spacing": "linspace"}
-_KARRAS = {**_LINSPACE, "use_karras_sigmas": True}
+
+
+@dataclass(frozen=True)
+class _Sampler:
+    """One A1111 sampler: its aliases, what "Automatic" means for it, and how diffusers runs it (or None)."""
+
+    name: str
+    aliases: tuple[str, ...]
+    automatic: str = "Uniform"  # A1111's default scheduler for it ('scheduler' option); Uniform when none
+    scheduler_class: str | None = None  # None: A1111 has it, this engine cannot run it
+    options: dict[str, Any] = field(default_factory=dict)
+    schedules: tuple[str, ...] = _K_SCHEDULES  # the schedule types it runs with here (besides Automatic)
+    second_order: bool = False
+    stochastic: bool = False
+
+
+_DPMPP = {**_LINSPACE, "algorithm_type": "dpmsolver++", "solver_order": 2}
+_SDE = {**_LINSPACE, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}
+# A1111 1.10's samplers (sd_samplers_kdiffusion, sd_samplers_timesteps) with their defaults for "Automatic".
+_A1111 = [
+    _Sampler("DPM++ 2M", ("k_dpmpp_2m",), "Karras", "DPMSolverMultistepScheduler", _DPMPP),
+    _Sampler("DPM++ SDE", ("k_dpmpp_sde",), "Karras", "DPMSolverSDEScheduler", _LINSPACE, second_order=True,
+             stochastic=True),
+    _Sampler("DPM++ 2M SDE", ("k_dpmpp_2m_sde", "k_dpmpp_2m_sde_ka"), "Exponential", "DPMSolverMultistepScheduler",
+             _SDE, stochastic=True),
+    _Sampler("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), "Exponential", "DPMSolverMultistepScheduler",
+             {**_SDE, "solver_type": "heun"}, stochastic=True),
+    _Sampler("DPM++ 2S a", ("k_dpmpp_2s_a",), "Karras"),
+    _Sampler("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), "Exponential"),
+    _Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), "Uniform", "EulerAncestralDiscreteScheduler", _LINSPACE,
+             schedules=("Uniform",), stochastic=True),  # diffusers' ancestral Euler has the model's sigmas only
+    _Sampler("Euler", ("k_euler",), "Uniform", "EulerDiscreteScheduler", _LINSPACE),
+    _Sampler("LMS", ("k_lms",), "Uniform", "LMSDiscreteScheduler", _LINSPACE),
+    _Sampler("Heun", ("k_heun",), "Uniform", "HeunDiscreteScheduler", _LINSPACE, second_order=True),
+    _Sampler("DPM2", ("k_dpm_2",), "Karras", "KDPM2DiscreteScheduler", _LINSPACE, second_order=True),
+    _Sampler("DPM2 a", ("k_dpm_2_a",), "Karras", "KDPM2AncestralDiscreteScheduler", _LINSPACE, second_order=True,
+             stochastic=True),
+    _Sampler("DPM fast", ("k_dpm_fast",)),
+    _Sampler("DPM adaptive", ("k_dpm_ad",)),
+    _Sampler("Restart", ("restart",), "Karras"),
+    # A1111's timestep samplers take no schedule type. DDIM keeps the model config's CompVis "uniform"
+    # discretisation (leading spacing, steps_offset 1), as A1111's DDIM does.
+    _Sampler("DDIM", ("ddim",), "Automatic", "DDIMScheduler", {}, schedules=()),
+    _Sampler("DDIM CFG++", ("ddim_cfgpp",), "Automatic"),
+    _Sampler("PLMS", ("plms",), "Automatic"),
+    _Sampler("UniPC", ("unipc",), "Automatic", "UniPCMultistepScheduler", _LINSPACE, schedules=()),
+    _Sampler("LCM", ("k_lcm",), "Automatic"),
+]
+_BY_NAME = {key.lower(): s for s in _A1111 for key in (s.name, *s.aliases)}
+A1111_SAMPLERS: tuple[str, ...] = tuple(s.name for s in _A1111)  # every name A1111 1.10 lists
+RUNNABLE: tuple[str, ...] = tuple(s.name for s in _A1111 if s.scheduler_class)  # the ones this engine runs
+
+
+def _info(s: _Sampler, requested: str) -> SamplerInfo:
+    """The sampler with a schedule type: "Automatic" (A1111's default for it) or one it runs with here."""
+    if requested == "Automatic" and s.automatic in ("Automatic", "Uniform"):
+        return SamplerInfo(s.name, s.name, "Automatic", s.scheduler_class, dict(s.options), s.second_order,
+                           s.stochastic)
+    schedule = s.automatic if requested == "Automatic" else requested
+    return SamplerInfo(f"{s.name} {schedule}", s.name, schedule, s.scheduler_class,
+                       {**s.options, **_SIGMAS.get(schedule, {})}, s.second_order, s.stochastic)
 
 
 def _table() -> dict[str, SamplerInfo]:
-    rows = [
-        # name, sampler, schedule, class, options, second_order, stochastic
-        ("Euler a", "Euler a", "Automatic", "EulerAncestralDiscreteScheduler", _LINSPACE, False, True),
-        ("Euler", "Euler", "Automatic", "EulerDiscreteScheduler", _LINSPACE, False, False),
-        ("Euler Karras", "Euler", "Karras", "EulerDiscreteScheduler", _KARRAS, False, False),
-        ("LMS", "LMS", "Automatic", "LMSDiscreteScheduler", _LINSPACE, False, False),
-        ("LMS Karras", "LMS", "Karras", "LMSDiscreteScheduler", _KARRAS, False, False),
-        ("Heun", "Heun", "Automatic", "HeunDiscreteScheduler", _LINSPACE, True, False),
-        ("DPM2", "DPM2", "Automatic", "KDPM2DiscreteScheduler", _LINSPACE, True, False),
-        ("DPM2 Karras", "DPM2", "Karras", "KDPM2DiscreteScheduler", _KARRAS, True, False),
-        ("DPM2 a", "DPM2 a", "Automatic", "KDPM2AncestralDiscreteScheduler", _LINSPACE, True, True),
-        ("DPM2 a Karras", "DPM2 a", "Karras", "KDPM2AncestralDiscreteScheduler", _KARRAS, True, True),
-        ("DPM++ 2M", "DPM++ 2M", "Automatic", "DPMSolverMultistepScheduler",
-         {**_LINSPACE, "algorithm_type": "dpmsolver++", "solver_order": 2}, False, False),
-        ("DPM++ 2M Karras", "DPM++ 2M", "Karras", "DPMSolverMultistepScheduler",
-         {**_KARRAS, "algorithm_type": "dpmsolver++", "solver_order": 2}, False, False),
-        ("DPM++ 2M SDE", "DPM++ 2M SDE", "Automatic", "DPMSolverMultistepScheduler",
-         {**_LINSPACE, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}, False, True),
-        ("DPM++ 2M SDE Karras", "DPM++ 2M SDE", "Karras", "DPMSolverMultistepScheduler",
-         {**_KARRAS, "algorithm_type": "sde-dpmsolver++", "solver_order": 2}, False, True),
-        ("DPM++ SDE", "DPM++ SDE", "Automatic", "DPMSolverSDEScheduler", _LINSPACE, True, True),
-        ("DPM++ SDE Karras", "DPM++ SDE", "Karras", "DPMSolverSDEScheduler", _KARRAS, True, True),
-        ("DDIM", "DDIM", "Automatic", "DDIMScheduler", {}, False, False),
-        ("UniPC", "UniPC", "Automatic", "UniPCMultistepScheduler", _LINSPACE, False, False),
-    ]
-    return {r[0]: SamplerInfo(*r[:4], options=dict(r[4]), second_order=r[5], stochastic=r[6]) for r in rows}
+    table = {}
+    for s in _A1111:
+        if s.scheduler_class:
+            for requested in ("Automatic", *s.schedules):
+                info = _info(s, requested)
+                table.setdefault(info.name, info)
+    return table
 
 
+# Every runnable sampler + schedule type, by its combined (pre-1.9 A1111) name: "DPM++ 2M Karras", "Euler a".
 SAMPLERS: dict[str, SamplerInfo] = _table()
 
-# A1111 v1.10.1 sampler names and their aliases (``sd_samplers.samplers_map``), implemented or not.
-A1111_SAMPLERS: dict[str, tuple[str, ...]] = {
-    "DPM++ 2M": ("k_dpmpp_2m",),
-    "DPM++ SDE": ("k_dpmpp_sde",),
-    "DPM++ 2M SDE": ("k_dpmpp_2m_sde",),
-    "DPM++ 2M SDE Heun": ("k_dpmpp_2m_sde_heun",),
-    "DPM++ 2S a": ("k_dpmpp_2s_a",),
-    "DPM++ 3M SDE": ("k_dpmpp_3m_sde",),
-    "Euler a": ("k_euler_a", "k_euler_ancestral"),
-    "Euler": ("k_euler",),
-    "LMS": ("k_lms",),
-    "Heun": ("k_heun",),
-    "DPM2": ("k_dpm_2",),
-    "DPM2 a": ("k_dpm_2_a",),
-    "DPM fast": ("k_dpm_fast",),
-    "DPM adaptive": ("k_dpm_ad",),
-    "Restart": ("restart",),
-    "DDIM": ("ddim",),
-    "DDIM CFG++": ("ddim_cfgpp",),
-    "PLMS": ("plms",),
-    "UniPC": ("unipc",),
-    "LCM": ("k_lcm",),
-}
 
-# Schedule types that older A1111 versions appended to the sampler name ("DPM++ 2M Karras"); an
-# infotext's old-style name is split on these.
-SCHEDULE_TYPE_SUFFIXES = ("Karras", "Exponential", "Uniform", "SGM Uniform", "Polyexponential", "Align Your Steps")
-
-_SAMPLER_LOOKUP = {key.lower(): name for name, aliases in A1111_SAMPLERS.items() for key in (name, *aliases)}
+def runnable_summary() -> str:
+    """One line for messages: what this engine runs, with the schedule types each takes."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for s in _A1111:
+        if s.scheduler_class:
+            groups.setdefault(tuple(dict.fromkeys(("Automatic", *s.schedules))), []).append(s.name)
+    parts = [f"{', '.join(names)} (schedule type {' / '.join(schedules)})" for schedules, names in groups.items()]
+    return ("; ".join(parts) + "; or the combined names, e.g. 'DPM++ 2M Karras'")
 
 
-def _normal(name: str) -> str:
-    return " ".join(str(name).split()).lower()
+def _schedule_type(text: str) -> str:
+    key = " ".join(str(text).split()).lower()
+    for name in SCHEDULE_TYPES:
+        if name.lower() == key:
+            return name
+    if key in _SCHEDULE_ALIASES:
+        return _SCHEDULE_ALIASES[key]
+    raise SamplerError(f"unknown schedule type {text!r}; A1111's are {', '.join(SCHEDULE_TYPES)}")
 
 
-def split_schedule_suffix(name: str) -> tuple[str, str | None]:
-    """``"DPM++ 2M Karras"`` -> ``("DPM++ 2M", "Karras")``; a name without a schedule suffix -> ``(name, None)``."""
-    for suffix in SCHEDULE_TYPE_SUFFIXES:
-        if name.endswith(" " + suffix):
-            return name[: -len(suffix) - 1], suffix
-    return name, None
-
-
-def canonical_sampler(name: str) -> str | None:
-    """The A1111 sampler name for `name`, one of its aliases (any case) or an old-style combined name
-    such as ``dpm++ 2m karras`` (-> ``"DPM++ 2M Karras"``); None if A1111 does not know it."""
-    key = _normal(name)
-    if key in _SAMPLER_LOOKUP:
-        return _SAMPLER_LOOKUP[key]
-    for suffix in SCHEDULE_TYPE_SUFFIXES:
-        base = _SAMPLER_LOOKUP.get(key.removesuffix(" " + suffix.lower())) if key.endswith(" " + suffix.lower()) else None
-        if base is not None:
-            return f"{base} {suffix}"
-    return None
-
-# A1111 1.10 also accepts the sampler and schedule type as separate settings; map the pair back.
-_BY_PAIR = {(info.sampler.lower(), info.schedule_type.lower()): info for info in SAMPLERS.values()}
+def split_sampler_name(name: str) -> tuple[str, str | None]:
+    """``"DPM++ 2M Karras"`` -> ``("DPM++ 2M", "Karras")``; a name without a schedule type suffix -> ``(name,
+    None)``. Aliases (``k_dpmpp_2m``) become A1111's names. Unknown names come back as given."""
+    key = " ".join(str(name).split())
+    if key.lower() in _BY_NAME:
+        return _BY_NAME[key.lower()].name, None
+    for schedule in sorted(SCHEDULE_TYPES, key=len, reverse=True):
+        if key.lower().endswith(" " + schedule.lower()):
+            base = key[: -len(schedule) - 1].strip()
+            if base.lower() in _BY_NAME:
+                return _BY_NAME[base.lower()].name, schedule
+    return key, None
 
 
 def get_sampler(name: str, schedule_type: str | None = None) -> SamplerInfo:
-    """Look up a sampler by A1111 name or alias (case-insensitive), optionally with a separate schedule type.
+    """A1111 sampler `name` (any case, aliases, or a combined legacy name like ``DPM++ 2M Karras``) with an
+    optional separate `schedule_type` (A1111 1.9+: ``Automatic``, ``Karras``, ...). ``Automatic`` means what it
+    means in A1111: the sampler's own default (Karras for DPM++ 2M, Exponential for DPM++ 2M SDE, the model's
+    schedule for Euler a).
 
-    Raises `SamplerError` listing the valid names when the name is unknown.
+    Raises `SamplerError` naming what this engine can run when the name is unknown, when A1111 has it but this
+    engine does not, or when the sampler does not run with that schedule type here.
     """
-    key = _normal(canonical_sampler(name) or name)
-    if schedule_type and schedule_type.lower() not in ("automatic", ""):
-        info = _BY_PAIR.get((key, schedule_type.lower()))
-    else:
-        info = next((i for n, i in SAMPLERS.items() if n.lower() == key), None)
-    if info is None:
-        wanted = f"{name!r}" + (f" with schedule type {schedule_type!r}" if schedule_type else "")
-        raise SamplerError(f"unknown sampler {wanted}; valid samplers: {', '.join(SAMPLERS)}")
-    return info
+    base, suffix = split_sampler_name(name)
+    wanted = _schedule_type(schedule_type) if schedule_type not in (None, "") else "Automatic"
+    wanted = suffix or wanted  # as in A1111, a combined name's own schedule type wins
+    s = _BY_NAME.get(base.lower())
+    if s is None:
+        raise SamplerError(f"unknown sampler {name!r}; this engine runs: {runnable_summary()}")
+    if not s.scheduler_class:
+        raise SamplerError(f"A1111's sampler {s.name!r} is not one this engine can run; this engine runs: "
+                           f"{runnable_summary()}")
+    if wanted != "Automatic" and wanted not in s.schedules:
+        allowed = " / ".join(dict.fromkeys(("Automatic", *s.schedules)))
+        raise SamplerError(f"{s.name} does not run with schedule type {wanted!r} here (it runs with {allowed}); "
+                           f"this engine runs: {runnable_summary()}")
+    return SAMPLERS[_info(s, wanted).name]
 
 
 def is_second_order(name: str) -> bool:
     """True for samplers that call the model twice per step (A1111 doubles the prompt schedule for them)."""
     return get_sampler(name).second_order
+
+
+def canonical_sampler(name: str) -> str | None:
+    """A1111's spelling of `name` (any case, aliases, a combined name such as ``dpm++ 2m karras`` ->
+    ``"DPM++ 2M Karras"``), whether or not this engine runs it; None if A1111 does not know it."""
+    base, suffix = split_sampler_name(name)
+    if base.lower() not in _BY_NAME:
+        return None
+    return f"{base} {suffix}" if suffix else base

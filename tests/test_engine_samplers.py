@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from expressiongrid.engine.schedulers import make_scheduler
-from expressiongrid.samplers import SAMPLERS, get_sampler
+from expressiongrid.samplers import RUNNABLE, SAMPLERS, get_sampler
 from expressiongrid.errors import SamplerError, UsageError
 
 REQUIRED = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "DPM++ SDE Karras", "DDIM",
@@ -19,7 +19,13 @@ REQUIRED = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE Kar
 @pytest.mark.parametrize("name,cls,checks", [
     ("Euler a", "EulerAncestralDiscreteScheduler", {"timestep_spacing": "linspace"}),
     ("Euler", "EulerDiscreteScheduler", {"use_karras_sigmas": False}),
-    ("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    # A1111 1.10's "Automatic": Karras for DPM++ 2M, Exponential for DPM++ 2M SDE, the model's own for Euler
+    ("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    ("DPM++ 2M Uniform", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False,
+                                                         "use_exponential_sigmas": False}),
+    ("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_exponential_sigmas": True}),
+    ("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", {"solver_type": "heun", "use_exponential_sigmas": True}),
+    ("Euler Beta", "EulerDiscreteScheduler", {"use_beta_sigmas": True, "beta_schedule": "scaled_linear"}),
     ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
     ("DPM++ 2M SDE Karras", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}),
     ("DPM++ SDE Karras", "DPMSolverSDEScheduler", {"use_karras_sigmas": True}),
@@ -47,8 +53,8 @@ def test_karras_sigmas_span_the_models_full_range(tiny_pipeline):
 
 
 def test_required_names_and_second_order_flags():
-    assert set(REQUIRED) <= set(SAMPLERS)
-    second = {n for n, i in SAMPLERS.items() if i.second_order}
+    assert all(get_sampler(name) for name in REQUIRED)
+    second = {n for n in [*SAMPLERS, *RUNNABLE] if get_sampler(n).second_order}
     assert {"Heun", "DPM2", "DPM++ SDE Karras", "DPM2 a"} <= second
     assert not second & {"Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE Karras", "DDIM", "UniPC", "LMS"}
     info = get_sampler("DPM++ 2M Karras")
@@ -60,7 +66,8 @@ def test_required_names_and_second_order_flags():
 def test_unknown_sampler_lists_the_valid_ones():
     with pytest.raises(SamplerError) as err:
         get_sampler("Euler b")
-    for name in REQUIRED:
+    for name in ("Euler a", "Euler", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ SDE", "DDIM", "UniPC", "Heun", "LMS", "DPM2",
+                 "Karras", "Exponential"):
         assert name in str(err.value)
     assert isinstance(err.value, UsageError)  # exit code 2 at the CLI
 
@@ -76,12 +83,16 @@ def test_every_sampler_makes_a_clean_image(tiny_pipeline):
     from expressiongrid.engine import ImageRequest, ModelSpec, generate, load_model
 
     model = load_model(ModelSpec("tiny"))
+    # every sampler at its Automatic schedule, and every schedule type once
+    names = [*RUNNABLE, "Euler Uniform", "Euler Karras", "Euler Exponential", "Euler Beta"]
     reqs = [ImageRequest("woman [neutral:smiling:1] face", "blurry", seed=3, steps=3, cfg_scale=7.0,
-                         width=64, height=64, sampler=name) for name in SAMPLERS]
+                         width=64, height=64, sampler=name) for name in names]
     results = generate(model, reqs, batch_size=4)
-    assert all(r.ok and not r.nan_retried for r in results), [(n, r.error) for n, r in zip(SAMPLERS, results)]
-    pixels = {name: np.asarray(r.image) for name, r in zip(SAMPLERS, results)}
+    assert all(r.ok and not r.nan_retried for r in results), [(n, r.error) for n, r in zip(names, results)]
+    pixels = {name: np.asarray(r.image) for name, r in zip(names, results)}
     assert pixels["Euler"].tobytes() != pixels["Euler a"].tobytes()
+    assert pixels["Euler"].tobytes() == pixels["Euler Uniform"].tobytes()  # A1111: Automatic is Uniform for Euler
+    assert len({pixels[n].tobytes() for n in ("Euler", "Euler Karras", "Euler Exponential", "Euler Beta")}) == 4
 
 
 def test_noise_sources_and_generators():

@@ -98,7 +98,7 @@ def test_a1111_parameters_with_models_loras_and_embeddings_found_by_hash(webui, 
     assert data["model"]["source"] == "v1-5-pruned-emaonly.safetensors"
     assert data["prompt"]["positive"] == "a photo of a [cat:dog:0.5], masterpiece <lora:detail-tweaker:0.6>"
     assert data["prompt"]["negative"] == "EasyNeg, blurry"
-    assert data["sampling"] == {"sampler": "DPM++ 2M Karras", "steps": 20, "cfg_scale": 5.0, "seed": 1234,
+    assert data["sampling"] == {"sampler": "DPM++ 2M", "schedule_type": "Karras", "steps": 20, "cfg_scale": 5.0, "seed": 1234,
                                 "width": 512, "height": 512, "noise_source": "gpu"}
     assert data["columns"] == {"axis": "CFG Scale", "values": "5,7"} and data["rows"] == {"axis": "Nothing"}
     # what this tool does not have is said, in the result and at the top of the file

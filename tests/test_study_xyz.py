@@ -25,8 +25,8 @@ def _study(case):
     if "vary" in inp:
         kwargs["vary_seeds"] = tuple(inp["vary"])
     if any(inp.get(slot, [""])[0] == "Schedule type" for slot in "xyz"):
-        # A1111 pairs any sampler with any schedule type; the engine has no "Euler a" + Karras, so these
-        # cases use Euler (nothing the case expects depends on the sampler).
+        # A1111 pairs any sampler with any schedule type; diffusers' ancestral Euler has no Karras sigmas, so
+        # these cases use Euler (nothing the case expects depends on the sampler).
         kwargs["sampler"] = "Euler"
     return xyz_study(check_files=False, **kwargs)
 
@@ -118,7 +118,7 @@ def test_size_sampler_and_clip_skip_axes_set_the_cell():
                        y=("Sampler", "Euler a, DPM++ 2M"), z=("Clip skip", "1,2")))
     cells = {(c.col_index, c.row_index, c.page): c.spec for c in p.cells}
     assert (cells[(1, 0, 0)].width, cells[(1, 0, 0)].height) == (64, 96)
-    assert cells[(0, 1, 0)].sampler == "DPM++ 2M"
+    assert cells[(0, 1, 0)].sampler == "DPM++ 2M Karras"  # A1111 1.10: "Automatic" is Karras for DPM++ 2M
     assert cells[(0, 0, 1)].model.clip_skip == 2
     assert len({c.key for c in p.cells}) == 8
     with pytest.raises(StudyError) as exc:  # refused with the study, before any plan
@@ -129,10 +129,12 @@ def test_size_sampler_and_clip_skip_axes_set_the_cell():
 def test_sampler_the_engine_lacks_is_an_error_before_running():
     with pytest.raises(StudyError) as err:
         plan(xyz_study(check_files=False, prompt="a cat", x=("Sampler", "Euler a, DPM adaptive")))
-    assert "DPM adaptive" in str(err.value)
-    p = plan(xyz_study(check_files=False, prompt="a cat", x=("Schedule type", "Automatic, Karras"),
+    text = " ".join([str(err.value), *err.value.problems])
+    assert "A1111's sampler 'DPM adaptive' is not one this engine can run; this engine runs: DPM++ 2M" in text
+    p = plan(xyz_study(check_files=False, prompt="a cat", x=("Schedule type", "Automatic, Karras, Uniform"),
                        sampler="DPM++ 2M"))
-    assert [c.spec.schedule_type for c in p.cells] == ["Automatic", "Karras"]
+    assert [c.spec.sampler for c in p.cells] == ["DPM++ 2M Karras", "DPM++ 2M Karras", "DPM++ 2M Uniform"]
+    assert p.cells[0].key == p.cells[1].key  # the same images: made once
 
 
 def test_expression_and_character_axes_from_flags(tmp_path):

@@ -232,6 +232,9 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
 @click.option("--cfg-scale", type=float, default=7.0, show_default=True)
 @click.option("--sampler", default=None, help='An A1111 sampler name, e.g. "DPM++ 2M Karras" (default: the '
               'configuration\'s [defaults] sampler, else "Euler a").')
+@click.option("--schedule-type", default=None,
+              help='A1111 1.9+\'s Schedule type beside --sampler: Automatic (the sampler\'s default), Uniform, Karras, '
+                   'Exponential, Beta.')
 @click.option("--width", type=click.IntRange(8, 8192), default=512, show_default=True)
 @click.option("--height", type=click.IntRange(8, 8192), default=512, show_default=True)
 @click.option("--model", default="tiny", show_default=True,
@@ -250,7 +253,8 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--dry-run", is_flag=True, help="Show the plan; generate nothing.")
 @click.pass_context
-def xyz(ctx: click.Context, x, y, z, prompt, negative_prompt, reference_text, seed, steps, cfg_scale, sampler, width, height,
+def xyz(ctx: click.Context, x, y, z, prompt, negative_prompt, reference_text, seed, steps, cfg_scale, sampler,
+        schedule_type, width, height,
         model, vae, clip_skip, dtype, vary_seeds, seeds_per_cell, margin, out, batch_size, dry_run) -> None:
     """An ad-hoc X/Y/Z plot from flags, the way A1111's script makes it.
 
@@ -267,7 +271,8 @@ def xyz(ctx: click.Context, x, y, z, prompt, negative_prompt, reference_text, se
     vary = tuple(letter in vary_seeds for letter in "xyz")
     study = xyz_study(base_dir=Path.cwd(), x=x, y=y, z=z, prompt=prompt, negative_prompt=negative_prompt,
                       reference=reference_text,
-                      seed=seed, steps=steps, cfg_scale=cfg_scale, sampler=sampler, width=width, height=height,
+                      seed=seed, steps=steps, cfg_scale=cfg_scale, sampler=sampler, schedule_type=schedule_type,
+                      width=width, height=height,
                       model=model, vae=vae, clip_skip=clip_skip, dtype=dtype, vary_seeds=vary,
                       seeds_per_cell=seeds_per_cell, margin=margin)
     _execute(ctx, study, Path(out), dry_run=dry_run, batch_size=batch_size, xyz=True)

@@ -19,7 +19,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from expressiongrid import __version__
-from expressiongrid.samplers import split_schedule_suffix
+from expressiongrid.samplers import split_sampler_name
 
 __all__ = [
     "format_parameters",
@@ -268,7 +268,7 @@ def parse_parameters(text: str) -> dict[str, Any]:
     result.setdefault("RNG", "GPU")
     sampler = result.get("Sampler", "")
     if "Schedule type" not in result:
-        base, suffix = split_schedule_suffix(sampler) if isinstance(sampler, str) else (sampler, None)
+        base, suffix = split_sampler_name(sampler) if isinstance(sampler, str) else (sampler, None)
         if suffix is not None:
             result["Sampler"], result["Schedule type"] = base, suffix
         else:

@@ -25,8 +25,8 @@ from expressiongrid.output.infotext import (
 class CellMetadata:
     """Everything an image's A1111 metadata states, as data.
 
-    ``sampler`` is A1111's sampler name without the schedule type; ``schedule_type`` is None for
-    "Automatic". ``hashes`` are civitai's AutoV2 hashes by resource key (``model``, ``vae``,
+    ``sampler`` is A1111's sampler name without the schedule type; ``schedule_type`` the one it ran with,
+    "Automatic" for samplers without a default (A1111 1.10 always writes it). ``hashes`` are civitai's AutoV2 hashes by resource key (``model``, ``vae``,
     ``lora:NAME``, ``embed:NAME``); ``lora_hashes`` / ``ti_hashes`` A1111's short hashes by name;
     ``civitai_resources`` the resources civitai knows by version id; ``resources`` every resource the
     character used, as the activator described it (type, name, hash, weight, ...).
@@ -85,7 +85,7 @@ class CellMetadata:
             prompt=p["Prompt"], negative_prompt=p["Negative prompt"], steps=int(p.get("Steps", 0) or 0),
             sampler=p.get("Sampler", ""), cfg_scale=float(p.get("CFG scale", 0) or 0),
             seed=int(p.get("Seed", 0) or 0), width=width, height=height,
-            schedule_type=p.get("Schedule type") if p.get("Schedule type") not in (None, "Automatic") else None,
+            schedule_type=p.get("Schedule type"),
             model=p.get("Model"), model_hash=p.get("Model hash"), vae=p.get("VAE"), vae_hash=p.get("VAE hash"),
             clip_skip=int(p.get("Clip skip", 1) or 1), rng=p.get("RNG") if p.get("RNG") != "GPU" else None,
             lora_hashes=names(p.get("Lora hashes")), ti_hashes=names(p.get("TI hashes")),

@@ -376,7 +376,7 @@ def cell_metadata(cell: PlannedCell, model, active) -> CellMetadata:
             civitai.append({"type": r["type"], "weight": r.get("weight", 1.0), "modelVersionId": r["modelVersionId"]})
     return CellMetadata(
         s.prompt, s.negative_prompt, steps=s.steps, sampler=info.sampler,
-        schedule_type=info.schedule_type if info.schedule_type != "Automatic" else None,
+        schedule_type=info.schedule_type,  # A1111 1.9+ always writes it ("Automatic" when the sampler has no default)
         cfg_scale=s.cfg_scale, seed=s.seed, width=s.width, height=s.height, model_hash=model.hash,
         model=model.name, vae_hash=model.vae_hash, vae=model.vae_name, clip_skip=s.model.clip_skip,
         rng="CPU" if s.noise_source == "cpu" else None,

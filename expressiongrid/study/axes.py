@@ -29,16 +29,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 from expressiongrid.errors import StudyError
 from expressiongrid.limits import MAX_CELLS
-from expressiongrid.samplers import A1111_SAMPLERS, canonical_sampler
 
 __all__ = [
     "AXIS_TYPES",
-    "A1111_SAMPLERS",
     "AxisError",
     "AxisType",
     "AxisValues",
     "axis_type",
-    "canonical_sampler",
     "console_line",
     "format_legend",
     "parse_axis",
@@ -87,12 +84,28 @@ class AxisType:
 
 
 def _confirm_samplers(axis: str, values: list[Any]) -> None:
+    """Every value must be a sampler the engine runs (A1111 names, aliases, combined legacy names such as
+    ``DPM++ 2M Karras``): one table for study files, axes and ``xyz``."""
+    from expressiongrid.samplers import get_sampler
+    from expressiongrid.errors import SamplerError
+
     for value in values:
-        if canonical_sampler(value) is None:
-            known = ", ".join(A1111_SAMPLERS)
-            raise AxisError(
-                f"{axis} axis: unknown sampler {value!r}; use one of: {known}", axis=axis, value=value
-            )
+        try:
+            get_sampler(str(value))
+        except SamplerError as exc:
+            raise AxisError(f"{axis} axis: {exc}", axis=axis, value=value) from None
+
+
+def _confirm_schedule_types(axis: str, values: list[Any]) -> None:
+    from expressiongrid.samplers import SCHEDULE_TYPES, _schedule_type
+    from expressiongrid.errors import SamplerError
+
+    for value in values:
+        try:
+            _schedule_type(str(value))
+        except SamplerError:
+            raise AxisError(f"{axis} axis: unknown schedule type {value!r}; A1111's are {', '.join(SCHEDULE_TYPES)}",
+                            axis=axis, value=value) from None
 
 
 def _a(name, kind, fld, legend="label", cost=0.0, aliases=(), confirm=None) -> AxisType:
@@ -123,7 +136,7 @@ _TABLE: list[AxisType] = [
     _a("Sigma min", "float", None),
     _a("Sigma max", "float", None),
     _a("Sigma noise", "float", None),
-    _a("Schedule type", "str", "schedule_type"),  # the engine takes it beside the sampler
+    _a("Schedule type", "str", "schedule_type", confirm=_confirm_schedule_types),
     _a("Schedule min sigma", "float", None),
     _a("Schedule max sigma", "float", None),
     _a("Schedule rho", "float", None),

@@ -108,7 +108,7 @@ def import_parameters(text: str, *, name: str = "imported", where: str = "<param
     if clip_skip != 1:
         model["clip_skip"] = clip_skip
 
-    sampling = {"sampler": _sampler(params, unresolved), "steps": _int(params, "Steps", 20, where),
+    sampling = {**_sampler(params, unresolved), "steps": _int(params, "Steps", 20, where),
                 "cfg_scale": _float(params, "CFG scale", 7.0, where), "seed": _int(params, "Seed", -1, where),
                 "width": _int(params, "Size-1", 512, where), "height": _int(params, "Size-2", 512, where)}
     rng = str(params.get("RNG", "GPU")).upper()
@@ -238,16 +238,17 @@ def _resolve_embeddings(prompt: str, negative: str, params: dict, config: Config
 
 # --- sampler, numbers ------------------------------------------------------------------------------------------
 
-def _sampler(params: dict, unresolved: list[str]) -> str:
+def _sampler(params: dict, unresolved: list[str]) -> dict:
+    """``sampler`` and (A1111 1.9+) ``schedule_type`` as the source wrote them, checked against the engine."""
     from expressiongrid.samplers import get_sampler
 
     sampler = str(params.get("Sampler", "Euler a"))
     schedule = str(params.get("Schedule type", "Automatic"))
     try:
-        return get_sampler(sampler, schedule).name
+        get_sampler(sampler, schedule)
     except SamplerError as exc:
         unresolved.append(f"Sampler: {exc}")
-        return sampler if schedule == "Automatic" else f"{sampler} {schedule}"
+    return {"sampler": sampler, **({"schedule_type": schedule} if schedule != "Automatic" else {})}
 
 
 def _int(params: dict, key: str, default: int, where: str) -> int:

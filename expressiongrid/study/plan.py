@@ -248,7 +248,8 @@ def _fill_placeholders(template: str, values: dict[str, str]) -> str:
 def _resolve_cell(study: Study, base_seed: int, *axes: tuple[Axis, AxisValue]) -> CellSpec:
     s = study.sampling
     spec = CellSpec(prompt=study.prompt, negative_prompt=study.negative_prompt, seed=base_seed, steps=s.steps,
-                    cfg_scale=s.cfg_scale, sampler=s.sampler, width=s.width, height=s.height,
+                    cfg_scale=s.cfg_scale, sampler=s.sampler, schedule_type=s.schedule_type, width=s.width,
+                    height=s.height,
                     model=dataclasses.replace(study.model), noise_source=s.noise_source)
     fills: dict[str, str] = {}
     for axis, value in axes:
@@ -269,14 +270,18 @@ def _resolve_cell(study: Study, base_seed: int, *axes: tuple[Axis, AxisValue]) -
 
 
 def _check_sampler(spec: CellSpec) -> None:
-    """A sampler A1111 knows but the engine does not implement is an error now, not a failed cell later."""
+    """A sampler A1111 knows but the engine does not implement is an error now, not a failed cell later.
+
+    The cell then names its sampler by the table's canonical name, schedule type included ("DPM++ 2M" +
+    "Automatic" is "DPM++ 2M Karras", as in A1111), so equal images have equal keys."""
     from expressiongrid.samplers import get_sampler
     from expressiongrid.errors import ExpressionGridError
 
     try:
-        get_sampler(spec.sampler, spec.schedule_type)
+        info = get_sampler(spec.sampler, spec.schedule_type)
     except ExpressionGridError as exc:
         raise StudyError(str(exc)) from None
+    spec.sampler, spec.schedule_type = info.name, None
 
 
 def apply_axis_value(spec: CellSpec, axis: Axis, value: AxisValue) -> None:

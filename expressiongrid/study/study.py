@@ -87,6 +87,7 @@ class ModelConfig:
 @dataclass
 class Sampling:
     sampler: str = "Euler a"
+    schedule_type: str | None = None  # A1111 1.9+'s separate setting; None = Automatic
     steps: int = 20
     cfg_scale: float = 7.0
     width: int = 512
@@ -191,7 +192,7 @@ class _Problems:
 _KNOWN_KEYS = {
     "": {"name", "title", "model", "sampling", "prompt", "rows", "columns", "pages", "output"},
     "model": {"source", "vae", "clip_skip", "dtype", "device", "compile"},
-    "sampling": {"sampler", "steps", "cfg_scale", "width", "height", "seed", "seed_policy", "vary",
+    "sampling": {"sampler", "schedule_type", "steps", "cfg_scale", "width", "height", "seed", "seed_policy", "vary",
                  "seeds_per_cell", "noise_source", "batch_size"},
     "prompt": {"positive", "negative", "reference"},
     "axis": {"axis", "set", "only", "items", "values", "files", "reference", "reference_label"},
@@ -382,7 +383,8 @@ def _read_sampling(t: dict, problems: _Problems) -> Sampling:
     _check_keys(t, _KNOWN_KEYS["sampling"], p, problems)
     s = Sampling()
     s.sampler = _get(t, "sampler", str, load_config().default("sampler"), p, problems)
-    _check_sampler(s.sampler, p + "sampler", problems)
+    s.schedule_type = _get(t, "schedule_type", str, None, p, problems) or None
+    _check_sampler(s.sampler, s.schedule_type, p + ("schedule_type" if s.schedule_type else "sampler"), problems)
     s.steps = _get(t, "steps", int, s.steps, p, problems, check=lambda v: 1 <= v <= MAX_STEPS,
                    expect=f"an integer from 1 to {MAX_STEPS}")
     s.cfg_scale = _get(t, "cfg_scale", float, s.cfg_scale, p, problems, check=_finite_within(0, 100),
@@ -417,13 +419,11 @@ def _read_sampling(t: dict, problems: _Problems) -> Sampling:
     return s
 
 
-def _check_sampler(name: str, key: str, problems: _Problems) -> None:
+def _check_sampler(name: str, schedule_type: str | None, key: str, problems: _Problems) -> None:
+    from expressiongrid.samplers import get_sampler
+
     try:
-        from expressiongrid.samplers import get_sampler
-    except ImportError:  # engine not installed in this checkout: the runner will check
-        return
-    try:
-        get_sampler(name)
+        get_sampler(name, schedule_type)
     except ExpressionGridError as exc:
         problems.add(key, str(exc))
 
@@ -500,7 +500,10 @@ def _read_axis(data: dict, name: str, base_dir: Path, problems: _Problems, check
     elif kind == "characters":
         axis = _characters_axis(t, p, base_dir, problems, check_files, reference_text)
     else:
+        before = len(problems.items)
         axis = _a1111_axis(kind, t, p, problems)
+        if len(problems.items) > before:  # its values were refused: "no values" would only repeat that
+            return axis
         if kind == "Checkpoint name" and check_files:
             for v in axis.values:
                 v.value = _resolve_model_path(str(v.value), base_dir, p + "values", problems)
