@@ -16,10 +16,12 @@ from expressiongrid.errors import ConfigError, UsageError
 
 
 def _file(path: Path, payload: float = 0.0) -> Path:
+    """A small real safetensors file; under Stable-diffusion/ it has a checkpoint's UNet key naming."""
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"w": np.full((4,), payload, dtype=np.float32)}, str(path))
+    key = "model.diffusion_model.w" if "Stable-diffusion" in str(path) else "w"
+    save_file({key: np.full((4,), payload, dtype=np.float32)}, str(path))
     return path
 
 

@@ -37,10 +37,13 @@ def _a1111_grid_infotext(case) -> str:
 @pytest.fixture
 def webui(tmp_path, monkeypatch):
     root = tmp_path / "webui"
-    for rel in ("models/Stable-diffusion/v1-5-pruned-emaonly.safetensors",
-                "models/Stable-diffusion/sub/dreamshaper_8.safetensors"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(b"\0" * 64 + rel.encode())
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    for i, rel in enumerate(("models/Stable-diffusion/v1-5-pruned-emaonly.safetensors",
+                             "models/Stable-diffusion/sub/dreamshaper_8.safetensors")):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)  # checkpoint-shaped names, tiny contents
+        save_file({"model.diffusion_model.w": np.full((4,), i, np.float32)}, str(root / rel))
     (root / "models/Lora").mkdir(parents=True)
     (root / "embeddings").mkdir()
     conf = tmp_path / "config.toml"
