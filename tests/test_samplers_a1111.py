@@ -78,7 +78,7 @@ def test_what_the_engine_cannot_run_is_refused_listing_what_it_can(args, message
 
 @pytest.mark.slow
 def test_schedule_type_is_written_and_reads_back_to_the_same_sampler(tmp_path):
-    from expressiongrid.study.store import Store
+    from expressiongrid.store import Store
 
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["xyz", "--prompt", "a cat", "--seed", "5", "--steps", "2", "--width", "64",
