@@ -172,3 +172,9 @@ def test_a1111_json_and_civitai_info_give_trigger_words_weight_and_link(webui, t
 
     with pytest.raises(CharacterError, match="anna_v2.json: not valid JSON"):
         character_from_model_file(lora)
+    # a character file naming that LoRA hears of it with the other file problems, before any model loads
+    from expressiongrid.characters.check import check_characters
+    from expressiongrid.characters.model import Character, LoraRef
+
+    problems = check_characters([Character("anna", "Anna", loras=[LoraRef(lora)])], family="sd15")
+    assert any("anna_v2.json: not valid JSON" in p for p in problems), problems

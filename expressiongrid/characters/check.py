@@ -14,6 +14,7 @@ from pathlib import Path
 from expressiongrid.characters.formats import PICKLE_SUFFIXES, load_pickle, read_safetensors_header
 from expressiongrid.characters.lora import FAMILY_NAMES, detect_family, parse_layout
 from expressiongrid.characters.model import Character
+from expressiongrid.characters.sidecars import read_sidecars
 from expressiongrid.characters.tokens import token_problems
 from expressiongrid.errors import CharacterError
 
@@ -132,6 +133,10 @@ def check_characters(chars: list[Character], family: str = "sd15", text_width: i
                     problem = family_problem(path, infos[path], family, text_width)
                     if problem:
                         problems.append(f"character {ch.id!r}: {problem}")
+                    try:  # NAME.json / NAME.civitai.info beside it feed the metadata: a broken one is said now
+                        read_sidecars(path)
+                    except CharacterError as exc:
+                        problems.append(f"character {ch.id!r}: {exc}")
                 info = infos[path]
                 if isinstance(info, dict) and info["kind"] != wanted:
                     problems.append(

@@ -54,6 +54,6 @@ def show_command(as_json: bool) -> None:
     click.echo("[defaults]")
     for key, setting in cfg.defaults.items():
         if setting.value is None:
-            click.echo(f"# {key} not set  # built-in: cuda, then mps, then cpu")
+            click.echo(f"# {key}: not set (built-in: cuda, then mps, then cpu)")
         else:
             click.echo(f"{key} = {json.dumps(setting.value)}  # {setting.source}")
