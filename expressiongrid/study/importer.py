@@ -91,7 +91,7 @@ def import_parameters(text: str, *, name: str = "imported", where: str = "<param
     from expressiongrid.output.infotext import parse_parameters
 
     config = config or load_config()
-    params = parse_parameters(text)
+    params = parse_parameters(text.replace("\r\n", "\n"))  # a parameters file saved on Windows
     if "Steps" not in params:
         raise UsageError(f"{where}: not A1111 parameters: no 'Steps: ..., Sampler: ...' line after the prompt")
     unresolved: list[str] = []
