@@ -60,7 +60,8 @@ def noise_sigma(image) -> float:
 class ClipScorer:
     """Prompt CLIP score and (optionally) aesthetic score from a user-supplied CLIP model.
 
-    ``clip_score`` is CLIPScore as in Hessel et al. 2021 and torchmetrics: ``100 * max(cos(image, text), 0)``.
+    ``clip_score`` is the cosine between the image and prompt embeddings, clipped at 0 (range 0-1, the scale of
+    the seed posts' "Prompt Clip Score"; CLIPScore of Hessel et al. 2021 is 100 times this).
     ``aesthetic`` is the LAION-style linear head applied to the L2-normalised image embedding.
     """
 
@@ -99,7 +100,7 @@ class ClipScorer:
             out = self.model(**inputs)
         img = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
         txt = torch.nn.functional.normalize(out.text_embeds.float(), dim=-1)
-        clip = 100.0 * max(float((img * txt).sum()), 0.0)
+        clip = max(float((img * txt).sum()), 0.0)
         aesthetic = None
         if self.head_weight is not None:
             aesthetic = float(img @ self.head_weight.T + self.head_bias)

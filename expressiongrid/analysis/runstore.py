@@ -15,7 +15,7 @@ import time
 from expressiongrid.store import register_migrations
 
 # Bump when a change to the measurements makes old rows wrong; rows of older versions are measured again.
-ANALYZER_VERSION = 2  # 2: pose-corrected features, lids split, data-derived scales
+ANALYZER_VERSION = 3  # 2: pose-corrected features, lids split, data-derived scales; 3: CLIP as cosine 0-1
 
 
 def _m001_analysis(conn: sqlite3.Connection) -> None:

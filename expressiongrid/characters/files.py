@@ -29,7 +29,9 @@ from expressiongrid.characters.tokens import validate_token
 from expressiongrid.errors import CharacterError
 
 LORA_TAG = re.compile(r"<(lora|lyco):([^>:]+)(?::([^>]*))?>")
-_TOP_KEYS = {"id", "label", "text", "lora", "embedding", "source"}
+_TOP_KEYS = {"id", "label", "text", "lora", "embedding", "source", "tags"}
+# [tags]: what the study compares characters by; "kind" (LoRA / embedding) is filled in from the files.
+_TAG_KEYS = {"group", "creator"}
 _LORA_KEYS = {"file", "weight", "unet_weight", "te_weight", "name"}
 _EMBEDDING_KEYS = {"file", "token"}
 _SOURCE_KEYS = {"civitai", "hf", "revision", "sha256", "url", "model", "version"}
@@ -112,6 +114,13 @@ def character_from_dict(data: dict, base_dir: Path, default_id: str, where: str,
         if not isinstance(source, dict):
             raise CharacterError(f"{where}: [source] must be a table (civitai = VERSION_ID or hf = \"REPO/FILE\")")
         _unknown(source, _SOURCE_KEYS, where, "[source]")
+    tags = data.get("tags", {})
+    if not isinstance(tags, dict):
+        raise CharacterError(f'{where}: [tags] must be a table, e.g. group = "celebrity", creator = "someone"')
+    _unknown(tags, _TAG_KEYS, where, "[tags]")
+    for key, value in tags.items():
+        if not isinstance(value, str) or not value.strip():
+            raise CharacterError(f"{where}: [tags] {key} must be a non-empty string, got {value!r}")
     text = data.get("text")
     if text is None:
         text = default_text(loras, embeddings)
@@ -119,7 +128,8 @@ def character_from_dict(data: dict, base_dir: Path, default_id: str, where: str,
         raise CharacterError(f"{where}: text must be a string")
     _check_tags(text, loras, where)
     label = str(data.get("label", cid))
-    return Character(id=cid, label=label, loras=loras, embeddings=embeddings, text=text, source=source, file=file)
+    return Character(id=cid, label=label, loras=loras, embeddings=embeddings, text=text, source=source, file=file,
+                     tags={k: v.strip() for k, v in tags.items()})
 
 
 def _fmt(w: float) -> str:

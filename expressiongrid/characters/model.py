@@ -47,6 +47,7 @@ class Character:
     text: str = ""
     source: dict | None = None
     file: Path | None = None  # the character file (or bare model file) it was read from
+    tags: dict[str, str] = field(default_factory=dict)  # [tags] of the character file: group, creator
 
     @classmethod
     def reference(cls, text: str = "1girl", label: str = "reference") -> "Character":

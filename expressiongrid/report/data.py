@@ -57,6 +57,7 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     analysed: bool = False
     grids: list[Path] = field(default_factory=list)
+    column_attributes: dict[str, dict] = field(default_factory=dict)  # col id -> kind and [tags] of its character
     rankings: dict | None = None                # judge.rankings_for_store when people have judged
     agreement: dict | None = None
 
@@ -131,6 +132,8 @@ def load_report_data(store) -> ReportData:
         analysed=bool(measures),
         grids=sorted(p for p in (Path(store.run_dir) / "grids").glob("*.png")) if (Path(store.run_dir) / "grids").is_dir() else [],
     )
+    data.column_attributes = {c["id"]: {"kind": c["kind"], **(c.get("tags") or {})}
+                              for c in study_columns(info) if c.get("kind")}
     meta = runstore.load_meta(conn) if data.analysed else {}
     data.notes = list(meta.get("notes", []))
     if not data.analysed:

@@ -208,6 +208,24 @@ def _grids(data: ReportData) -> list[dict]:
     return out
 
 
+def _answers(data: ReportData) -> dict:
+    from expressiongrid.report.answers import answers
+
+    a = answers(data)
+    return {
+        "groups": [{"attribute": c.attribute, "p": f"{c.p_value:.3f}", "statistic": _fmt(c.statistic), "note": c.note,
+                    "groups": [{"name": g.name, "n": len(g.characters), "members": ", ".join(g.characters),
+                                "mean": _fmt(g.mean), "low": _fmt(g.low), "high": _fmt(g.high)} for g in c.groups]}
+                   for c in a.groups],
+        "hint": a.grouping_hint,
+        "lists": [(title, [{"label": lbl, "base": _fmt(b), "chars": _fmt(ch)} for lbl, b, ch in items])
+                  for title, items in (("Easy for the base model but lost with characters", a.lost),
+                                       ("Hard even for the base model", a.hard),
+                                       ("Reached by the base model and kept by characters", a.kept))],
+        "not_measured": a.not_measured,
+    }
+
+
 def render_html(data: ReportData) -> str:
     """The whole report as one HTML string."""
     cell_json: dict = {}
@@ -233,4 +251,5 @@ def render_html(data: ReportData) -> str:
         n_done=sum(1 for c in data.cells if c.status == "done"), notes=data.notes, heatmaps=heatmaps,
         column_labels=[label for _, label in data.columns], characters=_character_rows(data) if data.characters else [],
         expressions=_expression_rows(data) if data.expressions else [], charts=charts, rankings=_rankings(data),
+        answers=_answers(data) if data.analysed else None,
         grids=_grids(data), cell_data=cell_json)

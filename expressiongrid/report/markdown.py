@@ -28,6 +28,26 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
+def _answer_lines(data: ReportData) -> list[str]:
+    from expressiongrid.report.answers import answers
+
+    a = answers(data)
+    lines = ["## Answers", ""]
+    for c in a.groups:
+        lines.append(f"Flexibility by {escape_markdown(c.attribute)}: " + "; ".join(
+            f"{escape_markdown(g.name)} {_fmt(g.mean)} ({_fmt(g.low)}–{_fmt(g.high)}, {len(g.characters)} characters)"
+            for g in c.groups) + f"; permutation test p = {c.p_value:.3f}.")
+        lines.append("")
+    if a.grouping_hint:
+        lines += [a.grouping_hint.replace("[", "\\[").replace("]", "\\]"), ""]
+    for title, items in (("Easy for the base model but lost with characters", a.lost),
+                         ("Hard even for the base model", a.hard)):
+        names = ", ".join(escape_markdown(lbl) for lbl, _, _ in items) or "none"
+        lines += [f"**{title}:** {names}.", ""]
+    lines += ["**Not measured:** " + "; ".join(f"{name} ({why})" for name, why in a.not_measured) + ".", ""]
+    return lines
+
+
 def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, article_dir: Path) -> str:
     """The article as Markdown; images link to the bundle files relative to ``article_dir``."""
     rows, cols = dict(data.rows), dict(data.columns)
@@ -58,6 +78,8 @@ def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, arti
         unmeasured = sorted({u for r in data.expressions for u in json.loads(r["unmeasured_json"] or "[]")})
         if unmeasured:
             lines += [f"Action units not measurable from landmarks (left out of fidelity): {', '.join(unmeasured)}.", ""]
+    if data.analysed:
+        lines += _answer_lines(data)
     if data.rankings:
         lines += ["## What people chose", "",
                   f"{data.rankings['answers']} pairwise answers by {_count(len(data.rankings['judges']), 'judge')}."]

@@ -148,6 +148,9 @@ class Study:
                     item["text"] = v.value
                 elif axis.kind == "characters":
                     item["character_id"] = v.id
+                    if hasattr(v.value, "kind"):
+                        item["kind"] = v.value.kind
+                        item["tags"] = dict(v.value.tags)
                 else:
                     item["value"] = v.value if isinstance(v.value, (int, float, str, type(None))) else str(v.value)
                 item.update({k: val for k, val in v.info.items() if k not in item})
