@@ -39,13 +39,16 @@ def _reference_only_demo(tmp_path: Path) -> Path:
     return path
 
 
-def _old_cells() -> dict[str, Path]:
-    with Store.open_existing(OLD_RUN) as store:
-        return {c.key: OLD_RUN / c.file for c in store.cells()}
+def _old_cells(tmp_path: Path) -> dict[str, Path]:
+    # Opening a store migrates it: read a copy, so the checked-in folder stays the earlier version's.
+    old = tmp_path / "old_read"
+    shutil.copytree(OLD_RUN, old)
+    with Store.open_existing(old) as store:
+        return {c.key: old / c.file for c in store.cells()}
 
 
 def test_demo_reference_column_keeps_its_keys_pixels_and_metadata(tmp_path):
-    expected = _old_cells()
+    expected = _old_cells(tmp_path)
     assert len(expected) == 9
     out = tmp_path / "out"
     summary = run_study(load_study(_reference_only_demo(tmp_path)), out)
@@ -77,6 +80,6 @@ def test_a_run_folder_written_by_the_earlier_version_resumes_without_making_anyt
     again = run_study(load_study(_reference_only_demo(tmp_path)), out)
     assert (again.made, again.skipped, again.failed) == (0, 9, 0)
     with Store.open_existing(out) as store:
-        assert {c.key: c.status for c in store.cells()} == {key: "done" for key in _old_cells()}
+        assert {c.key: c.status for c in store.cells()} == {key: "done" for key in _old_cells(tmp_path)}
     (grid,) = again.grids
     assert "Seed: 1234" in read_parameters(grid)
