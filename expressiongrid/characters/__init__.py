@@ -1,4 +1,4 @@
-"""Characters: LoRAs and textual-inversion embeddings as grid columns (issue 4).
+"""Characters: LoRAs and textual-inversion embeddings as grid columns.
 
 Public API (see docs/internals.md and docs/characters.md): ``Character``, ``LoraRef``, ``EmbeddingRef``,
 ``load_character``, ``check_characters``, ``CharacterActivator`` / ``ActiveCharacter``, ``inspect_file``,
