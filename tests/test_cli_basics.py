@@ -28,6 +28,9 @@ def test_every_command_has_help_with_an_example():
         assert result.exit_code == 0, (path, result.output)
         if not hasattr(cmd, "commands"):  # leaf commands show an example
             assert "Example" in result.output, f"{' '.join(path)} --help has no example"
+        bare = [opt.opts[0] for opt in cmd.params if getattr(opt, "opts", None) and opt.param_type_name == "option"
+                and not opt.help and opt.opts[0] != "--help"]
+        assert not bare, f"{' '.join(path)} --help says nothing about {', '.join(bare)}"
 
 
 def test_help_does_not_import_torch():
