@@ -51,7 +51,7 @@ def test_report_renders_with_images_and_no_console_errors(report_file, page):
     assert page.locator("table.heat td.cell").count() == 20
     assert page.locator("svg rect").count() > 8
     assert page.locator("h2").all_inner_texts() == [
-        "Expression × character", "Characters", "Expressions", "Plots", "Human judging", "Grids"]
+        "Expression × character", "Characters", "Expressions", "Answers", "Plots", "Human judging", "Grids"]
 
 
 def test_labels_containing_html_are_shown_as_text(report_file, page):
