@@ -152,8 +152,9 @@ def test_expression_and_character_axes_from_flags(tmp_path):
 
 @pytest.mark.parametrize("case", [c for c in RUNS if "expected" in c and "z" not in c["input"]], ids=lambda c: c["name"])
 def test_xyz_grid_geometry_matches_a1111_with_its_font_sizes(case):
-    """With A1111's font sizing (no readability minimum) the grid of the planned cells has A1111's width and,
-    up to the font's own metrics (Roboto vs Pillow's bundled font), its height."""
+    """With A1111's font sizing (no readability minimum, no growth for the feed size) the grid of the planned
+    cells has A1111's width and, up to the fonts' own metrics, its height: A1111 draws with Roboto, we with a
+    chain (Noto Sans CJK, DejaVu Sans, ...) whose line height covers every font of the chain, a few px taller."""
     from PIL import Image
 
     from expressiongrid.output.grid import GridStyle, compose_grid
@@ -165,8 +166,8 @@ def test_xyz_grid_geometry_matches_a1111_with_its_font_sizes(case):
     cells = [[Image.new("RGB", (w, h)) for _ in study.columns.values] for _ in study.rows.values]
     assert len(p.cells) == len(cells) * len(cells[0])
     grid = compose_grid(cells, [v.label for v in study.rows.values], [v.label for v in study.columns.values],
-                        style=GridStyle(min_font_size=1, margin=study.output.margin))
+                        style=GridStyle(min_font_size=1, margin=study.output.margin, view_width=None))
     assert len(grid) == 1
     expected_w, expected_h = exp["result_images"][0]
     assert grid[0].width == expected_w
-    assert abs(grid[0].height - expected_h) <= 2
+    assert abs(grid[0].height - expected_h) <= 4
