@@ -76,6 +76,21 @@ def environment_versions() -> dict[str, str]:
     return info
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler that stops writing when the file cannot be written (a full disk) instead of printing
+    logging's own "--- Logging error ---" traceback for every later line. The failure the run hits on the
+    same disk (a cell or run.sqlite write) is what reaches the user, as one line."""
+
+    broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.broken:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.broken = True
+
+
 class RunLog:
     """An open run log. Use as a context manager, or call `close()`; closing detaches every handler.
 
@@ -88,7 +103,7 @@ class RunLog:
         self.warnings_seen = 0
         self.failures_seen = 0
         where = f" [process {process}]" if process else ""
-        self._handler = logging.FileHandler(self.path, mode="a", encoding="utf-8", delay=False)
+        self._handler = _LogFileHandler(self.path, mode="a", encoding="utf-8", delay=False)
         self._handler.setFormatter(_UTCFormatter(f"%(asctime)s %(levelname)-7s{where} %(name)s: %(message)s"))
         self._handler.setLevel(level)
         self._handler.addFilter(self._count)

@@ -21,6 +21,7 @@ accelerate process' share; ``compose=False`` skips the grids so the last process
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import time
@@ -299,6 +300,8 @@ def _run_column(store, run_id, model, activator, cells: list[PlannedCell], summa
                 batch = cells[start:start + chunk]
                 _run_batch(store, run_id, model, active, batch, summary, report, state, label)
     except Exception as exc:  # noqa: BLE001 - one column's fault must not end an overnight run
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # a full disk is no column's fault: stop with one line; the next run resumes
         # The character, its activation or the engine failed on this column: fail what is left of it,
         # record why, keep going. Unexpected errors keep their type so a bug report can name them.
         why = str(exc) if isinstance(exc, ExpressionGridError) else f"{type(exc).__name__}: {exc}"

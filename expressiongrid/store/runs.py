@@ -501,12 +501,24 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+            try:
+                self.conn.execute("COMMIT")
+                return False
+            except sqlite3.DatabaseError as commit_exc:  # e.g. the disk filled up while committing
+                exc = commit_exc
+        if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise StoreError(f"run database error: {exc}") from exc
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise database_error(exc) from exc
         return False
+
+
+def database_error(exc: sqlite3.DatabaseError) -> StoreError:
+    """A one-line StoreError for an SQLite failure; a full disk says so, and that the run resumes."""
+    if "full" in str(exc):
+        return StoreError("the disk is full (writing run.sqlite): free some space and run the same command "
+                          "again to resume; finished cells are kept")
+    return StoreError(f"run database error: {exc}")
 
 
 def find_runs(root: str | os.PathLike, max_depth: int = 3) -> list[Path]:
