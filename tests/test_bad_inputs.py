@@ -291,6 +291,10 @@ add(
     C("xyz-steps-axis-0", 2, "Steps axis: 0", args=["xyz", "--prompt", "a cat", "--x", "Steps: 0,1", "--dry-run",
                                                    "--out", "{out}"]),
     C("xyz-no-colon", 2, "--x", args=["xyz", "--prompt", "a cat", "--x", "Steps 10", "--dry-run", "--out", "{out}"]),
+    C("fetch-hf-unreachable", 1, "hf:someone/some-lora/x.safetensors",
+      args=["characters", "fetch", "hf:someone/some-lora/x.safetensors", "--dir", "{dir}/fetched"]),
+    C("fetch-bad-spec", 1, "use civitai:VERSION_ID", args=["characters", "fetch", "hf:only-a-repo", "--dir",
+                                                          "{dir}/fetched"]),
     C("xyz-prompt-too-long", 2, "at most 10,000", args=["xyz", "--prompt", "a" * 10_001, "--x", "Steps: 1",
                                                         "--dry-run", "--out", "{out}"]),
 )

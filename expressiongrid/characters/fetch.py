@@ -232,6 +232,9 @@ def _git_blob_sha1(path: Path) -> str:
     return h.hexdigest()
 
 
+_HTTP_CLIENT_MODULES = {"httpx", "httpx2", "httpcore", "requests", "urllib3"}
+
+
 def fetch_hf(repo_id: str, filename: str, dest_dir: str | Path, *, revision: str | None = None) -> FetchResult:
     """Download ``filename`` from the hub repo through ``huggingface_hub`` into ``dest_dir`` and verify it
     against the hub's published hash (sha256 for LFS files, git blob id otherwise)."""
@@ -256,6 +259,13 @@ def fetch_hf(repo_id: str, filename: str, dest_dir: str | Path, *, revision: str
         raise FetchError(f"hf:{repo_id}/{filename}: the hub answered HTTP {status}; check the repo and file name") from None
     except OSError as exc:
         raise FetchError(f"hf:{repo_id}/{filename}: download failed: {exc}") from None
+    except Exception as exc:
+        # huggingface_hub's HTTP client (httpx) raises its own types for a DNS failure, a refused or
+        # reset connection: not OSError subclasses, and not bugs of ours.
+        if type(exc).__module__.split(".")[0] not in _HTTP_CLIENT_MODULES:
+            raise
+        raise FetchError(f"hf:{repo_id}/{filename}: cannot reach the hub ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'no answer'}); check the network") from None
     etag = (meta.etag or "").strip('"').lower()
     from expressiongrid.characters import hashes
 
