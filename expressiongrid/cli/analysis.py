@@ -51,9 +51,11 @@ def analyze(source: Path, out_dir: Path | None, clip_model: Path | None, aesthet
     cells measured before are skipped. A cell without a face is recorded as such. Needs the analysis extra:
     pip install 'expressiongrid[analysis]'.
     """
+    from expressiongrid.analysis import faces
     from expressiongrid.analysis.imported import run_from_folder, run_from_grid
     from expressiongrid.analysis.pipeline import analyze_run
 
+    faces.check_available()  # the install hint comes first, before any folder or grid is read
     run_dir = source
     if source.is_file():
         run_dir = run_from_grid(source, out_dir or source.with_name(f"{source.stem}-run"))
