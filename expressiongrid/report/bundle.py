@@ -6,16 +6,12 @@ character's best cell and the cells flagged for identity, as PNG copies with the
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from expressiongrid.report.data import ReportCell, ReportData
+from expressiongrid.text import slug
 
 MAX_POST_IMAGES = 20  # civitai's limit of images in one post
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "image"
 
 
 def pick_cells(data: ReportData, room: int) -> list[ReportCell]:
@@ -45,13 +41,13 @@ def write_post_bundle(data: ReportData, out_dir: Path, max_images: int = MAX_POS
     for grid in data.grids[:max_images]:
         with Image.open(grid) as im:
             image = im.convert("RGB")
-        dest = out_dir / f"{len(files) + 1:02d}-grid-{_slug(grid.stem)}.jpg"
+        dest = out_dir / f"{len(files) + 1:02d}-grid-{slug(grid.stem, fallback='image', max_length=40)}.jpg"
         files.append(save_upload_copy(dest, image, read_parameters(grid), max_bytes=CIVITAI_MAX_BYTES))
     for cell in pick_cells(data, max_images - len(files)):
         src = data.run_dir / cell.file
         with Image.open(src) as im:
             image = im.copy()
         parameters = read_parameters(src) or cell.parameters
-        dest = out_dir / f"{len(files) + 1:02d}-{_slug(cell.col_label)}-{_slug(cell.row_label)}.png"
+        dest = out_dir / f"{len(files) + 1:02d}-{slug(cell.col_label, fallback='image', max_length=40)}-{slug(cell.row_label, fallback='image', max_length=40)}.png"
         files.append(save_png(dest, image, parameters))
     return files

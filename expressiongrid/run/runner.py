@@ -209,14 +209,6 @@ def _groups(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
     return list(order.values())
 
 
-def _model_spec(cell: PlannedCell):
-    from expressiongrid.engine import ModelSpec
-
-    m = cell.spec.model
-    return ModelSpec(source=m.source, vae=m.vae, clip_skip=m.clip_skip, dtype=m.dtype, device=m.device,
-                     compile=m.compile)
-
-
 def _weighted(character, weight: float):
     """The character with its LoRA strengths multiplied by a LoRA-weight axis value."""
     if character is None or weight == 1.0:
@@ -254,7 +246,7 @@ def _generate_all(store: Store, run_id: int, todo: list[PlannedCell], summary: R
         first = model_groups[0][0]
         report(f"loading model {first.spec.model.source}")
         try:
-            model = load_model(_model_spec(first))
+            model = load_model(first.spec.model)
             logging.getLogger("expressiongrid.run").info(model.describe())
         except ExpressionGridError as exc:
             for group in model_groups:

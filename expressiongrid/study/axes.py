@@ -17,8 +17,6 @@ Pure Python apart from a lazy numpy import for count ranges: the plan and ``--he
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import math
 import os
@@ -29,6 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from expressiongrid.errors import StudyError
 from expressiongrid.limits import MAX_CELLS
+from expressiongrid.text import csv_split as split_values
 
 __all__ = [
     "AXIS_TYPES",
@@ -215,12 +214,6 @@ class AxisValues:
     def fixed_values_text(self) -> str:
         """A1111's ``Fixed X Values`` text: the values as written after seeds were fixed."""
         return ", ".join(str(v) for v in self.values)
-
-
-def split_values(text: str) -> list[str]:
-    """A1111's CSV split: quotes group, newlines also separate, every item stripped, empty items kept."""
-    rows = csv.reader(io.StringIO(text), skipinitialspace=True)
-    return [item.strip() for item in itertools.chain.from_iterable(rows)]
 
 
 _INT = r"[+-]?\s*\d+"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from expressiongrid.errors import StudyError
+from expressiongrid.text import slug
 
 
 __all__ = [
@@ -260,11 +261,6 @@ def load_expression_set(path: str | os.PathLike) -> ExpressionSet:
     )
 
 
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug or "expression"
-
-
 def inline_expressions(items: Iterable[str], source: str = "inline") -> ExpressionSet:
     """An expression set from plain prompt texts (label = prompt text, no target action units)."""
     expressions: list[Expression] = []
@@ -276,7 +272,7 @@ def inline_expressions(items: Iterable[str], source: str = "inline") -> Expressi
         if why:
             problems.append(f"{source}: expression {text!r} has {why}")
             continue
-        base = _slug(text)
+        base = slug(text, fallback="expression")
         used[base] = used.get(base, 0) + 1
         expr_id = base if used[base] == 1 else f"{base}-{used[base]}"
         expressions.append(Expression(expr_id, text, text))

@@ -24,6 +24,7 @@ from pathlib import Path
 from expressiongrid.config import Config
 from expressiongrid.config import load as load_config
 from expressiongrid.errors import SamplerError, UsageError
+from expressiongrid.text import csv_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Keys read into the study, or that only describe what is read (hashes, version, the grid's own keys).
@@ -306,9 +307,7 @@ def _axes(params: dict, study: dict, config: Config, unresolved: list[str]) -> N
 
 
 def _split_values(text: str) -> list[str]:
-    import csv
-
-    return [v.strip() for row in csv.reader([text], skipinitialspace=True) for v in row if v.strip()]
+    return [v for v in csv_split(text) if v]
 
 
 # --- TOML ------------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from typing import Any
 
 from expressiongrid.errors import StudyError
 from expressiongrid.study.seeds import resolve_base_seed, sample_seeds, vary_offset
-from expressiongrid.study.study import PLACEHOLDERS, Axis, AxisValue, ModelConfig, Study
+from expressiongrid.engine.loading import ModelSpec
+from expressiongrid.study.study import PLACEHOLDERS, Axis, AxisValue, Study
 
 KEY_VERSION = 1  # bump when the meaning of a key's inputs changes, so old cells are not reused wrongly
 TINY_IDENTITY = "tiny-sd15:v1"
@@ -44,7 +45,7 @@ class CellSpec:
     sampler: str
     width: int
     height: int
-    model: ModelConfig
+    model: ModelSpec
     character: Any = None  # characters.Character, or None for the reference column / no character axis
     lora_weight: float = 1.0
     schedule_type: str | None = None
@@ -249,8 +250,7 @@ def _resolve_cell(study: Study, base_seed: int, *axes: tuple[Axis, AxisValue]) -
     s = study.sampling
     spec = CellSpec(prompt=study.prompt, negative_prompt=study.negative_prompt, seed=base_seed, steps=s.steps,
                     cfg_scale=s.cfg_scale, sampler=s.sampler, schedule_type=s.schedule_type, width=s.width,
-                    height=s.height,
-                    model=dataclasses.replace(study.model), noise_source=s.noise_source)
+                    height=s.height, model=study.model, noise_source=s.noise_source)
     fills: dict[str, str] = {}
     for axis, value in axes:
         if axis.kind == "expressions":
@@ -357,7 +357,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _model_identity_key(m: ModelConfig) -> tuple:
+def _model_identity_key(m: ModelSpec) -> tuple:
     return (m.source, m.vae, m.clip_skip, m.dtype, m.device)
 
 

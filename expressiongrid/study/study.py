@@ -18,18 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from expressiongrid.config import load as load_config
+from expressiongrid.engine.compiled import COMPILE_CHOICES
+from expressiongrid.engine.loading import DTYPES, ModelSpec
+from expressiongrid.engine.noise import NOISE_SOURCES
 from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
 from expressiongrid.limits import MAX_CELLS, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS
-from expressiongrid.text import csv_join
+from expressiongrid.text import csv_join, csv_split, slug
 
 PLACEHOLDERS = ("expression", "character")
 _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 SEED_POLICIES = ("fixed", "vary", "per-cell")
 VARY_AXES = ("columns", "rows", "pages")
-DTYPES = ("auto", "fp32", "fp16", "bf16")  # engine.precision.DTYPE_CHOICES (no torch here)
-COMPILE_CHOICES = ("auto", "on", "off")  # engine.compiled.COMPILE_CHOICES
-NOISE_SOURCES = ("cpu", "gpu")
 GRID_FORMATS = ("png", "jpeg", "webp")
 
 # Axes the planner can apply besides expressions and characters (A1111 labels, see study/axes.py).
@@ -73,18 +73,6 @@ class Axis:
 
 
 @dataclass
-class ModelConfig:
-    """Which base model to load (mirrors ``engine.ModelSpec`` without importing the engine)."""
-
-    source: str = "tiny"
-    vae: str | None = None
-    clip_skip: int = 1
-    dtype: str = "auto"  # fp16 on CUDA, fp32 on CPU (engine.precision); resolved before planning
-    device: str | None = None
-    compile: str = "auto"  # torch.compile of UNet and VAE decode: auto = on CUDA
-
-
-@dataclass
 class Sampling:
     sampler: str = "Euler a"
     schedule_type: str | None = None  # A1111 1.9+'s separate setting; None = Automatic
@@ -120,7 +108,7 @@ class Study:
     name: str
     path: Path | None
     base_dir: Path
-    model: ModelConfig
+    model: ModelSpec
     sampling: Sampling
     prompt: str
     negative_prompt: str
@@ -233,8 +221,7 @@ def _kind_name(kind) -> str:
 
 
 def _slug(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:48] or "x"
+    return slug(text, fallback="x", max_length=48)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -320,25 +307,24 @@ def _looks_like_path(source: str) -> bool:
         or "\\" in source
 
 
-def _read_model(t: dict, base_dir: Path, problems: _Problems, check_files: bool) -> ModelConfig:
+def _read_model(t: dict, base_dir: Path, problems: _Problems, check_files: bool) -> ModelSpec:
     _check_keys(t, _KNOWN_KEYS["model"], "model.", problems)
     user_config = load_config()
-    m = ModelConfig()
-    m.source = _get(t, "source", str, "tiny", "model.", problems,
-                    check=lambda s: bool(s.strip()), expect='"tiny", a hub id, a folder or a .safetensors file')
-    m.vae = _get(t, "vae", str, None, "model.", problems) or None
-    m.clip_skip = _get(t, "clip_skip", int, 1, "model.", problems, check=lambda v: 1 <= v <= 12,
-                       expect="an integer from 1 to 12 (1 = last layer, A1111's default)")
-    m.dtype = _get(t, "dtype", str, user_config.default("dtype"), "model.", problems, check=lambda v: v in DTYPES,
-                   expect=" or ".join(DTYPES))
-    m.compile = _get(t, "compile", str, "auto", "model.", problems, check=lambda v: v in COMPILE_CHOICES,
-                     expect=" or ".join(COMPILE_CHOICES))
-    m.device = _get(t, "device", str, user_config.default("device"), "model.", problems)
+    source = _get(t, "source", str, "tiny", "model.", problems,
+                  check=lambda s: bool(s.strip()), expect='"tiny", a hub id, a folder or a .safetensors file')
+    vae = _get(t, "vae", str, None, "model.", problems) or None
+    clip_skip = _get(t, "clip_skip", int, 1, "model.", problems, check=lambda v: 1 <= v <= 12,
+                     expect="an integer from 1 to 12 (1 = last layer, A1111's default)")
+    dtype = _get(t, "dtype", str, user_config.default("dtype"), "model.", problems, check=lambda v: v in DTYPES,
+                 expect=" or ".join(DTYPES))
+    compile_ = _get(t, "compile", str, "auto", "model.", problems, check=lambda v: v in COMPILE_CHOICES,
+                    expect=" or ".join(COMPILE_CHOICES))
+    device = _get(t, "device", str, user_config.default("device"), "model.", problems)
     if check_files:
-        m.source = _resolve_model_path(m.source, base_dir, "model.source", problems)
-        if m.vae:
-            m.vae = _resolve_model_path(m.vae, base_dir, "model.vae", problems, kind="vaes")
-    return m
+        source = _resolve_model_path(source, base_dir, "model.source", problems)
+        if vae:
+            vae = _resolve_model_path(vae, base_dir, "model.vae", problems, kind="vaes")
+    return ModelSpec(source=source, vae=vae, clip_skip=clip_skip, dtype=dtype, device=device, compile=compile_)
 
 
 def _resolve_model_path(source: str, base_dir: Path, key: str, problems: _Problems, kind: str = "checkpoints") -> str:
@@ -571,10 +557,7 @@ def _split_values(raw, key: str, problems: _Problems) -> list[str]:
     if isinstance(raw, list) and all(isinstance(x, (str, int, float)) for x in raw):
         return [str(x) for x in raw]
     if isinstance(raw, str):
-        import csv
-        import io
-
-        return [item.strip() for row in csv.reader(io.StringIO(raw), skipinitialspace=True) for item in row]
+        return csv_split(raw)
     problems.add(key, f"expected a list of values or A1111 value text, got {raw!r}")
     return []
 
@@ -836,7 +819,7 @@ def prompt_problems(text: str, steps: int, sampler: str | None, *, positive: boo
     return [str(w) for w in explanation.warnings if w.kind == "syntax-error"]
 
 
-def _check_characters(axes: dict, model: ModelConfig, problems: _Problems,
+def _check_characters(axes: dict, model: ModelSpec, problems: _Problems,
                       column_problems: dict[str, list[str]]) -> list:
     """Check every character's files; file faults go to ``column_problems`` (per character id)."""
     values = [v for a in axes.values() if a is not None and a.kind == "characters" for v in a.values
