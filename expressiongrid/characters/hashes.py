@@ -99,6 +99,11 @@ def _hash_range(path: Path, start: int = 0) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full sha256 (64 hex digits) of the file, read now (for small files not worth a cache entry)."""
+    return _hash_range(Path(path))
+
+
 def sha256(path: str | os.PathLike) -> str:
     """Full sha256 (64 hex digits) of the file, cached by path, size and modification time."""
     return _cached(Path(path), "sha256", _hash_range)

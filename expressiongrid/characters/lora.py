@@ -22,12 +22,15 @@ peft's DoRA) are refused with an error naming the format, never silently skipped
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.errors import CharacterError
+
+logger = logging.getLogger(__name__)
 
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _KOHYA_LORA_PARTS = {"lora_down.weight": "down", "lora_up.weight": "up", "lora_mid.weight": "mid", "alpha": "alpha"}
@@ -332,7 +335,8 @@ def diffusers_module_paths(pairs: dict[str, tuple], unet_config=None) -> dict[st
             _convert_non_diffusers_lora_to_diffusers,
             _maybe_map_sgm_blocks_to_diffusers,
         )
-    except ImportError:
+    except ImportError as exc:  # diffusers moved its private helpers: resolve against the model instead
+        logger.debug("diffusers' LoRA key conversion helpers are unavailable: %s", exc)
         return {}
     owner: dict[int, str] = {}
     subset = {}
@@ -345,7 +349,8 @@ def diffusers_module_paths(pairs: dict[str, tuple], unet_config=None) -> dict[st
         if unet_config is not None and any(b in k for k in subset for b in SGM_BLOCK_NAMES):
             subset = _maybe_map_sgm_blocks_to_diffusers(subset, unet_config)
         converted, _ = _convert_non_diffusers_lora_to_diffusers(dict(subset))
-    except Exception:  # private helpers: any refusal just means "resolve against the model instead"
+    except Exception as exc:  # private helpers: any refusal just means "resolve against the model instead"
+        logger.debug("diffusers could not convert the LoRA's key names (%s); resolving them against the model", exc)
         return {}
     out: dict[str, str] = {}
     for key, tensor in converted.items():

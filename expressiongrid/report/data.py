@@ -144,10 +144,8 @@ def load_report_data(store) -> ReportData:
 
 def _add_rankings(store, data: ReportData) -> None:
     """Human Bradley–Terry rankings, and how fidelity agrees with them, when anyone has judged the run."""
-    try:
-        from expressiongrid.judge.rankings import agreement_with_scores, rankings_for_store
-    except ImportError:  # pragma: no cover - the judge area ships with the core package
-        return
+    from expressiongrid.judge.rankings import agreement_with_scores, rankings_for_store
+
     has_table = store.connection.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'judgements'").fetchone()
     if not has_table:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expressiongrid.characters import hashes
 from expressiongrid.errors import StudyError
 from expressiongrid.study.seeds import resolve_base_seed, sample_seeds, vary_offset
 from expressiongrid.engine.loading import ModelSpec
@@ -334,27 +335,15 @@ def _file_identity(path: str) -> str:
         # The tiny model is built from code: its identity is that code, so a changed builder means new cells.
         from expressiongrid import tiny
 
-        return f"{TINY_IDENTITY}:{_sha256_file(Path(tiny.__file__))[:16]}"
+        return f"{TINY_IDENTITY}:{hashes.file_sha256(tiny.__file__)[:16]}"
     p = Path(path)
     if p.is_file():
-        try:
-            from expressiongrid.characters.hashes import sha256
-        except ImportError:  # pragma: no cover - characters area always ships
-            return _sha256_file(p)
-        return sha256(p)
+        return hashes.sha256(p)
     if p.is_dir():
         # A diffusers folder: hash the weight files' hashes, so a retrained folder gets new keys.
         files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix in (".safetensors", ".bin", ".json"))
         return hashlib.sha256("".join(f"{q.relative_to(p)}={_file_identity(str(q))}" for q in files).encode()).hexdigest()
     return f"hub:{path}"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _model_identity_key(m: ModelSpec) -> tuple:

@@ -17,12 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from expressiongrid.characters import check_characters, load_character
+from expressiongrid.characters.model import Character
 from expressiongrid.config import load as load_config
 from expressiongrid.engine.compiled import COMPILE_CHOICES
 from expressiongrid.engine.loading import DTYPES, ModelSpec
 from expressiongrid.engine.noise import NOISE_SOURCES
 from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
 from expressiongrid.limits import MAX_CELLS, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS
+from expressiongrid.samplers import get_sampler
 from expressiongrid.text import csv_join, csv_split, slug
 
 PLACEHOLDERS = ("expression", "character")
@@ -409,8 +412,6 @@ def _read_sampling(t: dict, problems: _Problems) -> Sampling:
 
 
 def _check_sampler(name: str, schedule_type: str | None, key: str, problems: _Problems) -> None:
-    from expressiongrid.samplers import get_sampler
-
     try:
         get_sampler(name, schedule_type)
     except ExpressionGridError as exc:
@@ -643,12 +644,6 @@ def _characters_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check
 
 
 def _load_characters(paths: list[Path], key: str, problems: _Problems) -> list[AxisValue]:
-    try:
-        from expressiongrid.characters import load_character
-        from expressiongrid.characters.model import Character
-    except ImportError:
-        problems.add(key, "character support is not available in this installation (expressiongrid.characters)")
-        return []
     values = []
     for path in paths:
         try:
@@ -826,10 +821,6 @@ def _check_characters(axes: dict, model: ModelSpec, problems: _Problems,
               if v.value is not None]
     if not values:
         return []
-    try:
-        from expressiongrid.characters import check_characters
-    except ImportError:
-        return [v.value for v in values]
     for v in values:
         found = list(v.info.get("problems", [])) or list(check_characters([v.value], family="sd15"))
         if found:
