@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from expressiongrid.analysis import runstore, validation
+from expressiongrid.store.schema import RUN_MIGRATIONS
+from expressiongrid.analysis import validation
 from expressiongrid.analysis.scores import (
     IDENTITY_THRESHOLD,
     VERDICT_HARD,
@@ -89,7 +90,7 @@ def test_analyze_stores_a_measurement_for_every_cell_no_face_included(analysed_r
             assert len(json.loads(r["landmarks_json"])) == 68 and len(json.loads(r["embedding_json"])) == 128
             assert set(json.loads(r["features_json"])) >= {"mouth_open", "lip_corner_lift", "brow_gap"}
     versions = _rows(run_dir, "SELECT version FROM schema_versions WHERE component = 'analysis'")
-    assert versions == [{"version": len(runstore.MIGRATIONS)}]
+    assert versions == [{"version": len(RUN_MIGRATIONS["analysis"])}]
 
 
 def test_rerun_skips_analysed_cells_and_measures_a_redone_cell(analysed_run, tmp_path):

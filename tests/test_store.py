@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 
 import pytest
 from PIL import Image
 
 from expressiongrid.errors import StoreError
-from expressiongrid.store import runs as store_mod
+from expressiongrid.store.db import connect, migrate, schema_version, transaction
+from expressiongrid.store.schema import RUN_MIGRATIONS
 from expressiongrid.store import CellRecord, Store, cell_file_for, find_runs, is_complete_png
 
 
@@ -32,7 +32,7 @@ def test_new_store_uses_wal_and_core_schema(tmp_path):
     st = Store(tmp_path / "run")
     assert (tmp_path / "run" / "run.sqlite").exists()
     assert st.connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert st.schema_version("core") == len(store_mod.CORE_MIGRATIONS)
+    assert st.schema_version("core") == len(RUN_MIGRATIONS["core"])
     tables = {r[0] for r in st.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"runs", "cells", "schema_versions"} <= tables
 
@@ -44,7 +44,7 @@ def test_open_existing_refuses_a_folder_without_a_run(tmp_path):
     assert Store.open_existing(tmp_path).run_dir == tmp_path
 
 
-def test_registered_migrations_run_once_in_order(tmp_path, monkeypatch):
+def test_migrations_run_once_in_order(tmp_path):
     calls = []
 
     def m1(conn):
@@ -55,42 +55,55 @@ def test_registered_migrations_run_once_in_order(tmp_path, monkeypatch):
         calls.append(2)
         conn.execute("ALTER TABLE judge_votes ADD COLUMN loser TEXT")
 
-    monkeypatch.setitem(store_mod._REGISTRY, "judge_test", [m1])
-    Store(tmp_path).close()
-    monkeypatch.setitem(store_mod._REGISTRY, "judge_test", [m1, m2])
-    st = Store(tmp_path)
-    Store(tmp_path).close()  # a third open applies nothing
+    conn = connect(tmp_path / "x.sqlite")
+    migrate(conn, "votes", [m1], where="x")
+    migrate(conn, "votes", [m1, m2], where="x")
+    migrate(conn, "votes", [m1, m2], where="x")  # a third run applies nothing
     assert calls == [1, 2]
-    assert st.schema_version("judge_test") == 2
-    cols = [r[1] for r in st.connection.execute("PRAGMA table_info(judge_votes)")]
-    assert cols == ["id", "winner", "loser"]
+    assert schema_version(conn, "votes") == 2
+    assert [r[1] for r in conn.execute("PRAGMA table_info(judge_votes)")] == ["id", "winner", "loser"]
 
 
-def test_failing_migration_rolls_back_and_reports(tmp_path, monkeypatch):
+def test_failing_migration_rolls_back_and_reports(tmp_path):
     def bad(conn):
         conn.execute("CREATE TABLE half (x)")
         conn.execute("THIS IS NOT SQL")
 
-    monkeypatch.setitem(store_mod._REGISTRY, "broken", [bad])
-    with pytest.raises(StoreError, match="migration 1 of 'broken' failed"):
-        Store(tmp_path)
-    conn = sqlite3.connect(tmp_path / "run.sqlite")
+    conn = connect(tmp_path / "x.sqlite")
+    with pytest.raises(StoreError, match="migration 1 of 'broken' failed on x"):
+        migrate(conn, "broken", [bad], where="x")
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "half" not in tables  # the whole migration was one transaction
-    assert conn.execute("SELECT version FROM schema_versions WHERE component='broken'").fetchone() is None
+    assert schema_version(conn, "broken") == 0
 
 
-def test_register_migrations_via_public_function(tmp_path):
-    def m1(conn):
-        conn.execute("CREATE TABLE analysis_test_scores (key TEXT, score REAL)")
+def test_a_database_versioned_another_way_starts_from_its_old_version(tmp_path):
+    made = []
+    conn = connect(tmp_path / "q.sqlite")
+    migrate(conn, "queue", [lambda c: made.append(1), lambda c: made.append(2)], where="q", start=1)
+    assert made == [2] and schema_version(conn, "queue") == 2
 
-    try:
-        store_mod.register_migrations("analysis_test", [m1])
-        st = Store(tmp_path)
-        st.connection.execute("INSERT INTO analysis_test_scores VALUES ('k', 1.0)")
-        assert st.schema_version("analysis_test") == 1
-    finally:
-        store_mod._REGISTRY.pop("analysis_test", None)
+
+def test_every_table_of_a_run_folder_exists_once_a_store_opens(tmp_path):
+    st = Store(tmp_path)
+    tables = {r[0] for r in st.connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"cells", "runs", "shard_finishes", "analysis_cells", "judgements"} <= tables
+    assert {c: st.schema_version(c) for c in RUN_MIGRATIONS} == {c: len(m) for c, m in RUN_MIGRATIONS.items()}
+
+
+def test_transaction_rolls_back_and_names_database_errors(tmp_path):
+    conn = connect(tmp_path / "t.sqlite")
+    conn.execute("CREATE TABLE t (x INTEGER UNIQUE)")
+    with pytest.raises(RuntimeError):
+        with transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
+            raise RuntimeError("stop")
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone()[0] == 0
+    with transaction(conn):
+        conn.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(StoreError, match="run database error"):
+        with transaction(conn):
+            conn.execute("INSERT INTO t VALUES (1)")
 
 
 def test_cell_lifecycle_and_rerun_keeps_done_cells(tmp_path):

@@ -3,7 +3,8 @@
 ``analysis_cells`` holds what was measured per cell (one row per cell key with the SHA-256 of the image
 measured, so a re-run skips an unchanged image and measures a replaced one);
 ``analysis_cell_scores``, ``analysis_character_scores`` and ``analysis_expression_scores`` hold the scores
-derived from them, replaced as a whole each time ``analyze`` runs (they depend on every cell).
+derived from them, replaced as a whole each time ``analyze`` runs (they depend on every cell). The tables
+themselves are created by ``store.schema`` (component "analysis"), like every table of a run folder.
 """
 
 from __future__ import annotations
@@ -12,84 +13,10 @@ import json
 import sqlite3
 import time
 
-from expressiongrid.store import register_migrations
+from expressiongrid.store.db import transaction
 
 # Bump when a change to the measurements makes old rows wrong; rows of older versions are measured again.
 ANALYZER_VERSION = 3  # 2: pose-corrected features, lids split, data-derived scales; 3: CLIP as cosine 0-1
-
-
-def _m001_analysis(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE analysis_cells (
-            key TEXT PRIMARY KEY REFERENCES cells(key),
-            analyzer_version INTEGER NOT NULL,
-            analysed_at REAL NOT NULL,
-            file TEXT,                    -- the image measured (a redone cell gets a new row)
-            face_found INTEGER NOT NULL,  -- 0: no face detected (a finding, not an error)
-            faces INTEGER NOT NULL DEFAULT 0,
-            face_score REAL,
-            box_json TEXT,
-            landmarks_json TEXT,          -- 68 (x, y) points, dlib/iBUG order
-            embedding_json TEXT,          -- 128-d dlib identity descriptor
-            features_json TEXT,           -- ExpressionFeatures
-            entropy REAL,
-            noise REAL,
-            clip_score REAL,
-            aesthetic REAL,
-            error TEXT                    -- the image could not be read
-        )"""
-    )
-    conn.execute(
-        """CREATE TABLE analysis_cell_scores (
-            key TEXT PRIMARY KEY REFERENCES cells(key),
-            fidelity REAL,
-            reference_fidelity REAL,
-            fidelity_vs_reference REAL,
-            identity_to_neutral REAL,
-            identity_to_others REAL,
-            identity_flag TEXT,
-            aus_json TEXT,
-            note TEXT
-        )"""
-    )
-    conn.execute(
-        """CREATE TABLE analysis_character_scores (
-            col_id TEXT PRIMARY KEY,
-            is_reference INTEGER NOT NULL,
-            reach REAL, distinctness REAL, flexibility REAL,
-            identity_stability REAL, mean_identity_distance REAL,
-            faces_found INTEGER, cells INTEGER, flagged INTEGER
-        )"""
-    )
-    conn.execute(
-        """CREATE TABLE analysis_expression_scores (
-            row_id TEXT PRIMARY KEY,
-            targets_json TEXT, unmeasured_json TEXT,
-            base_fidelity REAL, character_fidelity REAL, difficulty REAL, loss REAL, verdict TEXT
-        )"""
-    )
-    conn.execute(
-        "CREATE TABLE analysis_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
-    )
-
-
-def _m002_content_pose_counts(conn: sqlite3.Connection) -> None:
-    # Measured images are recognised by their content, so a replaced image is measured again.
-    conn.execute("ALTER TABLE analysis_cells ADD COLUMN content_sha256 TEXT")
-    conn.execute("ALTER TABLE analysis_cells ADD COLUMN emotions_json TEXT")  # classifier probabilities
-    conn.execute("ALTER TABLE analysis_cell_scores ADD COLUMN pose_flag INTEGER NOT NULL DEFAULT 0")
-    conn.execute("ALTER TABLE analysis_character_scores ADD COLUMN no_face INTEGER")
-    conn.execute("ALTER TABLE analysis_character_scores ADD COLUMN pose_flagged INTEGER")
-    conn.execute("ALTER TABLE analysis_expression_scores ADD COLUMN no_face INTEGER")
-
-
-def _m003_emotion_scores(conn: sqlite3.Connection) -> None:
-    conn.execute("ALTER TABLE analysis_cell_scores ADD COLUMN emotion TEXT")
-    conn.execute("ALTER TABLE analysis_cell_scores ADD COLUMN emotion_score REAL")
-
-
-MIGRATIONS = [_m001_analysis, _m002_content_pose_counts, _m003_emotion_scores]
-register_migrations("analysis", MIGRATIONS)
 
 
 def analysed(conn: sqlite3.Connection) -> dict[str, sqlite3.Row]:
@@ -102,8 +29,7 @@ def save_cell(conn: sqlite3.Connection, key: str, file: str | None, face, featur
               clip_score=None, aesthetic=None, error: str | None = None, content_sha256: str | None = None,
               emotions: dict | None = None) -> None:
     """Write (or replace) one cell's measurements in its own transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         conn.execute(
             """INSERT OR REPLACE INTO analysis_cells(key, analyzer_version, analysed_at, file, face_found, faces,
                    face_score, box_json, landmarks_json, embedding_json, features_json, entropy, noise,
@@ -118,10 +44,6 @@ def save_cell(conn: sqlite3.Connection, key: str, file: str | None, face, featur
              entropy, noise, clip_score, aesthetic, error, content_sha256,
              json.dumps(emotions) if emotions else None),
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def update_file(conn: sqlite3.Connection, key: str, file: str) -> None:
@@ -136,8 +58,7 @@ def save_clip(conn: sqlite3.Connection, key: str, clip_score: float, aesthetic: 
 
 def save_scores(conn: sqlite3.Connection, scores, meta: dict) -> None:
     """Replace every score table with ``scores`` (an ``analysis.scores.Scores``) in one transaction."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn):
         for table in ("analysis_cell_scores", "analysis_character_scores", "analysis_expression_scores",
                       "analysis_meta"):
             conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
@@ -161,10 +82,6 @@ def save_scores(conn: sqlite3.Connection, scores, meta: dict) -> None:
         )
         conn.executemany("INSERT INTO analysis_meta VALUES (?, ?)",
                          [(k, json.dumps(v)) for k, v in meta.items()])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def load_meta(conn: sqlite3.Connection) -> dict:

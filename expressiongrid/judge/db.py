@@ -2,9 +2,8 @@
 
 One row per answer a person gave on the judging page: which question, which two cells in which order on
 screen, the answer relative to that order, the judge's name and the time. Keeping the displayed order (not
-just the winner) lets us check for side bias later. The table lives in the run store through
-``register_migrations("judge", ...)``, so it is created the first time a run is opened with this module
-imported, and old runs gain it without a separate step.
+just the winner) lets us check for side bias later. The table is one of the run folder's tables
+(``store.schema``, component "judge"): every store creates it, and old runs gain it when next opened.
 """
 
 from __future__ import annotations
@@ -16,30 +15,9 @@ from typing import Iterable
 
 from expressiongrid.errors import UsageError
 from expressiongrid.judge.bt import Outcome
-from expressiongrid.store import register_migrations
 
 ANSWERS = ("left", "right", "equal", "skip")
 MAX_JUDGE_NAME = 64
-
-
-def _m001_judgements(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE judgements (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            question_id TEXT NOT NULL,          -- e.g. expr:<row_id>:p<page> or ident:<col_id>:p<page>
-            left_key TEXT NOT NULL,             -- cell shown on the left
-            right_key TEXT NOT NULL,            -- cell shown on the right
-            answer TEXT NOT NULL CHECK (answer IN ('left', 'right', 'equal', 'skip')),
-            judge TEXT NOT NULL,
-            created_at REAL NOT NULL,           -- unix time the answer was stored
-            seconds REAL                        -- time from showing the pair to the answer, if known
-        )"""
-    )
-    conn.execute("CREATE INDEX judgements_judge ON judgements(judge, question_id)")
-
-
-JUDGE_MIGRATIONS = [_m001_judgements]
-register_migrations("judge", JUDGE_MIGRATIONS)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import sys
 import time
 import uuid
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from expressiongrid.store import register_migrations
+from expressiongrid.store.db import transaction
 
 if TYPE_CHECKING:
     from expressiongrid.study.plan import Plan
@@ -40,23 +39,6 @@ if TYPE_CHECKING:
     from expressiongrid.study.study import Study
 
 T = TypeVar("T")
-
-
-def _m001_shards(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE shard_finishes (
-            launch_id TEXT NOT NULL,
-            process_index INTEGER NOT NULL,
-            process_count INTEGER NOT NULL,
-            finished_at REAL NOT NULL,
-            cells_done INTEGER,
-            cells_failed INTEGER,
-            PRIMARY KEY (launch_id, process_index)
-        )"""
-    )
-
-
-register_migrations("distributed", [_m001_shards])
 
 
 @dataclass(frozen=True)
@@ -140,10 +122,7 @@ def finish_shard(store: Store, process: ProcessInfo, cells_done: int = 0, cells_
     """
     if not process.distributed:
         return True
-    store.apply_migrations()  # the store may have been opened before this module registered its table
-    conn = store.connection
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(store.connection) as conn:
         conn.execute(
             "INSERT OR REPLACE INTO shard_finishes(launch_id, process_index, process_count, finished_at, "
             "cells_done, cells_failed) VALUES (?, ?, ?, ?, ?, ?)",
@@ -152,10 +131,6 @@ def finish_shard(store: Store, process: ProcessInfo, cells_done: int = 0, cells_
         finished = conn.execute(
             "SELECT COUNT(*) FROM shard_finishes WHERE launch_id = ?", (process.launch_id,)
         ).fetchone()[0]
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return finished >= process.count
 
 

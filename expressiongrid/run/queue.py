@@ -28,7 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from expressiongrid.errors import QueueError, UsageError
+from expressiongrid.errors import QueueError, StoreError, UsageError
+from expressiongrid.store.db import connect, migrate, transaction
+from expressiongrid.store.schema import QUEUE_MIGRATIONS
 
 STATES = ("queued", "running", "done", "failed", "incomplete")
 FINISHED_STATES = ("done", "failed", "incomplete")
@@ -85,30 +87,6 @@ class QueueRunResult:
     log_tail: list[str] = field(default_factory=list)
 
 
-def _migration_1(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE entries (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            study TEXT NOT NULL,
-            out_dir TEXT,
-            args TEXT NOT NULL DEFAULT '',
-            state TEXT NOT NULL DEFAULT 'queued'
-                CHECK (state IN ('queued','running','done','failed','incomplete')),
-            outcome TEXT,
-            added_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            exit_code INTEGER,
-            pid INTEGER,
-            host TEXT
-        )"""
-    )
-
-
-# Ordered; the database's `user_version` says how many have run. Append only.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migration_1]
-
 _ARG_SEP = "\x1f"  # unit separator: cannot appear in a command-line argument typed by a user
 
 
@@ -131,35 +109,29 @@ class StudyQueue:
     # -- database plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         try:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-        except sqlite3.DatabaseError as exc:
-            raise QueueError(f"the queue database {self.path} is unreadable ({exc}); move it away to start afresh") from exc
-        conn.row_factory = sqlite3.Row
-        return conn
+            return connect(self.path, what="queue database")
+        except StoreError as exc:
+            raise QueueError(f"the queue database {self.path} is unreadable ({exc.__cause__}); "
+                             "move it away to start afresh") from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._connect()
         try:
-            # IMMEDIATE takes the write lock up front, so read-then-update sequences cannot interleave.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(conn):
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
         finally:
             conn.close()
 
     def _migrate(self) -> None:
-        with self._transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
-                migration(conn)
-                conn.execute(f"PRAGMA user_version={number}")
+        conn = self._connect()
+        try:
+            # Queues made before schema_versions counted their migrations in PRAGMA user_version.
+            legacy = conn.execute("PRAGMA user_version").fetchone()[0]
+            for component, migrations in QUEUE_MIGRATIONS.items():
+                migrate(conn, component, migrations, where=str(self.path), start=legacy)
+        finally:
+            conn.close()
 
     @staticmethod
     def _entry(row: sqlite3.Row) -> QueueEntry:

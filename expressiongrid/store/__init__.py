@@ -1,6 +1,7 @@
 """The run folder's SQLite store: one database per output folder, shared by every later stage.
 
-Run store (runs and cells) lives in ``store.runs``; import the public names from here.
+``store.db`` is the SQLite plumbing every database uses (connection, transaction, migration runner),
+``store.schema`` every table as explicit migrations, ``store.runs`` the run store (runs and cells).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from expressiongrid.store.runs import (
     cell_file_for,
     find_runs,
     is_complete_png,
-    register_migrations,
     to_jsonable,
 )
 
 __all__ = [
     "CELL_STATUSES", "CELLS_DIR", "DB_NAME", "GRIDS_DIR", "CellRecord", "RunRecord", "Store", "cell_file_for",
-    "find_runs", "is_complete_png", "register_migrations", "to_jsonable",
+    "find_runs", "is_complete_png", "to_jsonable",
 ]

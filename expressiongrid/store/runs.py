@@ -5,8 +5,8 @@ same study run again finds every cell already done, and a study with one more ro
 the new cells. A cell counts as done only when its PNG is complete on disk *and* its row says so:
 ``reconcile()`` checks both on every start and sends anything doubtful back to "pending".
 
-Schema changes go through numbered migrations, tracked per component in ``schema_versions``; other areas
-(analysis, judging, the queue) add their own tables with ``register_migrations`` at import time.
+Every table of the folder is created by the numbered migrations of ``store.schema`` (run store, shard
+bookkeeping, analysis, judging), applied whenever a store is opened.
 The database runs in WAL mode with a busy timeout so several processes (accelerate shards, a judging web
 app) can share one run folder.
 """
@@ -18,99 +18,19 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from expressiongrid.errors import StoreError
+from expressiongrid.store.db import connect, migrate, schema_version, transaction
+from expressiongrid.store.schema import RUN_MIGRATIONS
 
 DB_NAME = "run.sqlite"
 CELLS_DIR = "cells"
 GRIDS_DIR = "grids"
 CELL_STATUSES = ("pending", "done", "failed")
-
-Migration = Callable[[sqlite3.Connection], None]
-
-
-# --------------------------------------------------------------------------------------------------
-# Core migrations. Append only: a released migration never changes, a new schema is a new function.
-
-
-def _m001_core(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        """CREATE TABLE runs (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            started_at REAL NOT NULL,
-            finished_at REAL,
-            status TEXT NOT NULL DEFAULT 'running',   -- running | done | failed | interrupted
-            study_path TEXT,
-            study_json TEXT NOT NULL,                 -- the resolved study (study_info())
-            summary_json TEXT,                        -- RunSummary as JSON once finished
-            argv TEXT
-        )"""
-    )
-    conn.execute(
-        """CREATE TABLE cells (
-            key TEXT PRIMARY KEY,
-            run_id INTEGER REFERENCES runs(id),       -- latest run whose plan holds this cell
-            made_in_run INTEGER,                      -- run that produced the file (NULL until done)
-            page INTEGER NOT NULL DEFAULT 0,
-            page_label TEXT NOT NULL DEFAULT '',
-            row_index INTEGER NOT NULL,
-            col_index INTEGER NOT NULL,
-            row_id TEXT NOT NULL,
-            row_label TEXT NOT NULL,
-            col_id TEXT NOT NULL,
-            col_label TEXT NOT NULL,
-            character_id TEXT,
-            prompt TEXT NOT NULL,
-            negative_prompt TEXT NOT NULL,
-            seed INTEGER NOT NULL,
-            steps INTEGER NOT NULL,
-            sampler TEXT NOT NULL,
-            cfg_scale REAL NOT NULL,
-            width INTEGER NOT NULL,
-            height INTEGER NOT NULL,
-            status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'failed')),
-            error TEXT,
-            file TEXT,                                -- relative to the run folder
-            parameters TEXT,                          -- A1111 infotext written into the PNG
-            seconds REAL,
-            spec_json TEXT NOT NULL,                  -- everything hashed into the key
-            created_at REAL NOT NULL,
-            finished_at REAL
-        )"""
-    )
-    conn.execute("CREATE INDEX cells_status ON cells(status)")
-    conn.execute("CREATE INDEX cells_run ON cells(run_id)")
-
-
-def _m002_cell_metadata(conn: sqlite3.Connection) -> None:
-    # The cell's metadata as data (``output.metadata.CellMetadata``); NULL for cells made before it existed,
-    # whose ``parameters`` text is read instead.
-    conn.execute("ALTER TABLE cells ADD COLUMN metadata_json TEXT")
-
-
-CORE_MIGRATIONS: list[Migration] = [_m001_core, _m002_cell_metadata]
-
-_REGISTRY: dict[str, list[Migration]] = {"core": CORE_MIGRATIONS}
-
-
-def register_migrations(component: str, migrations: list[Migration]) -> None:
-    """Register another area's migrations (call at import time of its module).
-
-    ``migrations`` is the component's full ordered list; version N means the first N have run. Each
-    migration gets a connection already inside a transaction: use ``conn.execute`` (not
-    ``executescript``, which would commit half-way). Stores opened afterwards apply them; an open store
-    applies them on ``store.apply_migrations()``.
-    """
-    if not component or (component == "core" and migrations is not CORE_MIGRATIONS):
-        raise StoreError(f"invalid migration component name {component!r}")
-    existing = _REGISTRY.get(component)
-    if existing is not None and existing is not migrations and existing != migrations[: len(existing)]:
-        raise StoreError(f"migrations for {component!r} were registered twice with different lists")
-    _REGISTRY[component] = list(migrations)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,6 +137,15 @@ def is_intact_png(path: Path) -> bool:
     return True
 
 
+def _refuse_foreign_database(conn: sqlite3.Connection, path: Path) -> None:
+    """A database with tables but no ``schema_versions`` was made by something else: never migrate it."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "schema_versions" not in tables:
+        shown = ", ".join(sorted(tables)[:5])
+        raise StoreError(f"{path} was not made by expressiongrid (it has tables {shown} but no schema "
+                         "versions): move it away or use another output folder")
+
+
 class Store:
     """The SQLite run store of one output folder (``<run_dir>/run.sqlite``)."""
 
@@ -227,41 +156,15 @@ class Store:
             raise StoreError(
                 f"no run in {self.run_dir}: {DB_NAME} not found (run a study with --out {self.run_dir} first)"
             )
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we open transactions ourselves so each migration and each state
-            # change is exactly one transaction.
-            self.connection = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None,
-                                              check_same_thread=False)
-            self.connection.row_factory = sqlite3.Row
-            try:
-                self._refuse_foreign_database()
-            except StoreError:
-                self.connection.close()
-                raise
-            self.connection.execute("PRAGMA journal_mode=WAL")
-            self.connection.execute("PRAGMA foreign_keys=ON")
-            self.connection.execute("PRAGMA busy_timeout=30000")
-            self.connection.execute(
-                "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-            )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open run database {self.db_path}: {exc}; move it away or use another "
-                             "output folder") from exc
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.connection = connect(self.db_path, what="run database", check=_refuse_foreign_database,
+                                  hint="move it away or use another output folder")
         try:
             self.apply_migrations()
             self._check_core_columns()
         except BaseException:
             self.connection.close()
             raise
-
-    def _refuse_foreign_database(self) -> None:
-        """A database with tables but no ``schema_versions`` was made by something else: never migrate it."""
-        tables = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if tables and "schema_versions" not in tables:
-            shown = ", ".join(sorted(tables)[:5])
-            raise StoreError(f"{self.db_path} was not made by expressiongrid (it has tables {shown} but no schema "
-                             "versions): move it away or use another output folder")
 
     def _check_core_columns(self) -> None:
         """The core tables have every column this version reads (a damaged or hand-made run.sqlite may not)."""
@@ -291,49 +194,15 @@ class Store:
     # -- migrations -----------------------------------------------------------------------------------
 
     def schema_version(self, component: str = "core") -> int:
-        row = self.connection.execute(
-            "SELECT version FROM schema_versions WHERE component = ?", (component,)
-        ).fetchone()
-        return int(row[0]) if row else 0
+        return schema_version(self.connection, component)
 
     def apply_migrations(self) -> None:
-        """Run every registered migration not yet applied, core first, each in its own transaction."""
-        components = ["core"] + sorted(c for c in _REGISTRY if c != "core")
-        for component in components:
-            migrations = _REGISTRY[component]
-            while True:
-                conn = self.connection
-                # IMMEDIATE: take the write lock before reading the version, so two processes opening a
-                # new run folder at once cannot both apply the same migration.
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    version = self.schema_version(component)
-                    if version > len(migrations):
-                        raise StoreError(
-                            f"{self.db_path} was written by a newer expressiongrid ({component!r} schema version "
-                            f"{version}; this version knows {len(migrations)}): upgrade expressiongrid, or use "
-                            "another output folder"
-                        )
-                    if version >= len(migrations):
-                        conn.execute("COMMIT")
-                        break
-                    migrations[version](conn)
-                    conn.execute(
-                        "INSERT INTO schema_versions(component, version) VALUES (?, ?) "
-                        "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
-                        (component, version + 1),
-                    )
-                    conn.execute("COMMIT")
-                except BaseException as exc:
-                    conn.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.DatabaseError):
-                        raise StoreError(
-                            f"migration {version + 1} of {component!r} failed on {self.db_path}: {exc}"
-                        ) from exc
-                    raise
+        """Create or update every table of the run folder (``store.schema.RUN_MIGRATIONS``)."""
+        for component, migrations in RUN_MIGRATIONS.items():
+            migrate(self.connection, component, migrations, where=str(self.db_path))
 
     def _tx(self):
-        return _Transaction(self.connection)
+        return transaction(self.connection)
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -487,38 +356,6 @@ class Store:
         for cell in self.cells(all_runs=all_runs):
             out[cell.status] = out.get(cell.status, 0) + 1
         return out
-
-
-class _Transaction:
-    """``with store._tx() as conn:`` — BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            try:
-                self.conn.execute("COMMIT")
-                return False
-            except sqlite3.DatabaseError as commit_exc:  # e.g. the disk filled up while committing
-                exc = commit_exc
-        if self.conn.in_transaction:
-            self.conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.DatabaseError):
-            raise database_error(exc) from exc
-        return False
-
-
-def database_error(exc: sqlite3.DatabaseError) -> StoreError:
-    """A one-line StoreError for an SQLite failure; a full disk says so, and that the run resumes."""
-    if "full" in str(exc):
-        return StoreError("the disk is full (writing run.sqlite): free some space and run the same command "
-                          "again to resume; finished cells are kept")
-    return StoreError(f"run database error: {exc}")
 
 
 def find_runs(root: str | os.PathLike, max_depth: int = 3) -> list[Path]:

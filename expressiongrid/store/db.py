@@ -1,0 +1,117 @@
+"""SQLite plumbing shared by every database of the package: the run folder's and the queue's.
+
+``connect`` opens a database the same way everywhere (WAL, a busy timeout so several processes can share
+it, rows by name, transactions opened explicitly); ``transaction`` is the one BEGIN IMMEDIATE ... COMMIT
+block (IMMEDIATE takes the write lock first, so a read-then-write cannot interleave with another
+process); ``migrate`` applies a component's numbered migrations, each in its own transaction, tracking
+versions in ``schema_versions``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from expressiongrid.errors import StoreError
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def connect(path: Path, *, what: str = "database", hint: str = "move it away",
+            check: Callable[[sqlite3.Connection, Path], None] | None = None) -> sqlite3.Connection:
+    """Open (creating it if needed) the SQLite database at `path`; ``StoreError`` naming `what` and `hint`
+    if it is not one. `check(conn, path)` runs before anything is written (to refuse a foreign database)."""
+    try:
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        try:
+            if check is not None:
+                check(conn, path)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except BaseException:
+            conn.close()
+            raise
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open {what} {path}: {exc}; {hint}") from exc
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``with transaction(conn):`` — BEGIN IMMEDIATE ... COMMIT; ROLLBACK on any exception.
+
+    A database error inside or while committing (a full disk, say) becomes a one-line ``StoreError``; any
+    other exception passes through unchanged.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise database_error(exc) from exc
+        raise
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:  # e.g. the disk filled up while committing
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise database_error(exc) from exc
+
+
+def database_error(exc: sqlite3.DatabaseError) -> StoreError:
+    """A one-line StoreError for an SQLite failure; a full disk says so, and that the run resumes."""
+    if "full" in str(exc):
+        return StoreError("the disk is full (writing run.sqlite): free some space and run the same command "
+                          "again to resume; finished cells are kept")
+    return StoreError(f"run database error: {exc}")
+
+
+def _ensure_versions_table(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+
+
+def schema_version(conn: sqlite3.Connection, component: str) -> int:
+    _ensure_versions_table(conn)
+    row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[Migration], *, where: str,
+            start: int = 0) -> None:
+    """Apply the migrations of `component` not yet applied, each in its own transaction.
+
+    ``migrations`` is the component's full ordered list (append only: version N means the first N ran).
+    A migration gets a connection inside the transaction: it uses ``conn.execute`` (``executescript``
+    would commit half-way). `start` is the version to assume for a database that has no row for the
+    component yet (one whose version was tracked another way before). A database written by a newer
+    version (more migrations than this one knows) is refused.
+    """
+    _ensure_versions_table(conn)
+    while True:
+        with transaction(conn):
+            row = conn.execute("SELECT version FROM schema_versions WHERE component = ?", (component,)).fetchone()
+            version = int(row[0]) if row else start
+            if version > len(migrations):
+                raise StoreError(
+                    f"{where} was written by a newer expressiongrid ({component!r} schema version {version}; "
+                    f"this version knows {len(migrations)}): upgrade expressiongrid, or use another output folder"
+                )
+            if version >= len(migrations):
+                if row is None and version:
+                    conn.execute("INSERT INTO schema_versions(component, version) VALUES (?, ?)", (component, version))
+                return
+            try:
+                migrations[version](conn)
+            except sqlite3.DatabaseError as exc:
+                raise StoreError(f"migration {version + 1} of {component!r} failed on {where}: {exc}") from exc
+            conn.execute(
+                "INSERT INTO schema_versions(component, version) VALUES (?, ?) "
+                "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                (component, version + 1),
+            )
