@@ -26,6 +26,9 @@ from expressiongrid.analysis.features import (
 from expressiongrid.cli import main
 from expressiongrid.errors import AnalysisError
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SIDE = 256
 
 

@@ -18,6 +18,9 @@ from expressiongrid.analysis.imported import grid_layout
 from expressiongrid.cli import main
 from expressiongrid.output.images import save_png
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SIDE = 192
 FRAMES = {("man", "neutral"): ("sf", 0), ("man", "smile"): ("sf", 50),
           ("woman", "neutral"): ("wolf", 242), ("woman", "smile"): ("wolf", 380)}

@@ -15,6 +15,9 @@ from expressiongrid.analysis.quality import ClipScorer, entropy, noise_sigma
 from expressiongrid.cli import main
 from expressiongrid.errors import UsageError
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 def _photo():
     from expressiongrid.analysis.validation import astronaut
@@ -116,7 +119,7 @@ def test_clip_inputs_are_checked_with_actionable_messages(tiny_clip, tmp_path):
 
 
 def test_analyze_with_clip_model_stores_scores_for_cells_analysed_earlier(tiny_clip, tmp_path):
-    from test_analysis_scores import face_columns
+    from helpers import face_columns
 
     from expressiongrid.analysis.validation import build_validation_run
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import sqlite3
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -30,26 +29,10 @@ from expressiongrid.analysis.scores import (
 )
 from expressiongrid.cli import main
 from expressiongrid.store import Store
+from helpers import face_columns
 
-SIDE = 256
-
-
-def _small(image):
-    scale = SIDE / max(image.size)
-    return image.resize((round(image.width * scale), round(image.height * scale)))
-
-
-def face_columns():
-    astro = validation.expression_variants(_small(validation.astronaut()))
-    grace = validation.expression_variants(_small(validation.grace_hopper()))
-    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8))
-    return {
-        "reference": ("Reference", astro),
-        "hopper": ("Hopper", grace),
-        "stiff": ("Stiff", {k: grace["neutral"] for k in grace}),
-        "swap": ("Swap", {"neutral": grace["neutral"], **{k: v for k, v in astro.items() if k != "neutral"}}),
-        "noface": ("No face", {k: noise for k in grace}),
-    }
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,9 @@ from expressiongrid.analysis.features import AUS, au_activations, features_from_
 from expressiongrid.analysis.pipeline import _detect, detect_landmarks
 from expressiongrid.analysis.pose import _Z, fit_pose, frontalize
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="session")
 def detections():

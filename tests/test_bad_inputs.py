@@ -24,6 +24,9 @@ from click.testing import CliRunner
 
 from expressiongrid.cli import main
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 BASE = {
     "name": "bad",
     "model": {"source": "tiny"},

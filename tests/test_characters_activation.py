@@ -13,6 +13,9 @@ from expressiongrid.characters import demo, hashes
 from expressiongrid.characters.model import Character, EmbeddingRef, LoraRef
 from expressiongrid.errors import CharacterError
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 class Loaded:
     """The shape of the engine's LoadedModel that the activator uses."""

@@ -14,6 +14,9 @@ from click.testing import CliRunner
 from expressiongrid.characters import demo, load_character
 from expressiongrid.cli import main
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SECRET = "sk-test-5ecret-key-0123456789"
 
 

@@ -13,6 +13,9 @@ from PIL import Image
 
 from expressiongrid.cli import main
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SEED_PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: {expression}: 0.2], RAW photo, {character}"
 
 

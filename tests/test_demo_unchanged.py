@@ -14,6 +14,7 @@ more than that.
 
 from __future__ import annotations
 
+import pytest
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from expressiongrid.output.run_grids import compose_grids
 from expressiongrid.run.runner import run_study
 from expressiongrid.store import Store
 from expressiongrid.study.study import load_study
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 OLD_RUN = Path(__file__).parent / "data" / "demo_reference_run"
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import importlib.util
 import re
 from pathlib import Path
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
 

@@ -10,6 +10,9 @@ from expressiongrid.engine import ImageRequest, ModelSpec, generate, load_model
 from expressiongrid.engine.generation import auto_batch_size, bytes_per_image
 from expressiongrid.errors import SamplerError, UsageError
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SEED_PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: {expr}: 0.2], RAW photo, 1girl"
 
 

@@ -15,6 +15,9 @@ from expressiongrid import tiny
 from expressiongrid.engine.loading import SD15_CONFIG_DIR, ModelSpec, load_model, pick_device
 from expressiongrid.errors import ModelError, UsageError
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 
 # --- diffusers -> original LDM key layout (test-only; the inverse of diffusers' single-file conversion) ---
 

@@ -13,6 +13,9 @@ from expressiongrid.engine.noise import initial_noise, make_generators
 from expressiongrid.engine.schedulers import make_scheduler
 from expressiongrid.samplers import SAMPLERS
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SIZE = 64
 STEPS = 6
 

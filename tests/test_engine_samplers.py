@@ -12,6 +12,9 @@ from expressiongrid.engine.schedulers import make_scheduler
 from expressiongrid.samplers import RUNNABLE, SAMPLERS, get_sampler
 from expressiongrid.errors import SamplerError, UsageError
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 REQUIRED = ["Euler a", "Euler", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE Karras", "DPM++ SDE Karras", "DDIM",
             "UniPC", "Heun", "LMS", "DPM2"]
 

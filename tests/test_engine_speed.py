@@ -18,6 +18,9 @@ from expressiongrid.engine.noise import PreparedNoise, initial_noise, make_gener
 from expressiongrid.engine.precision import allow_tf32, default_dtype, resolve_dtype
 from expressiongrid.errors import UsageError
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: {expr}: 0.2], RAW photo, {char}"
 EXPRESSIONS = ("neutral face expression", "angry", "crying")
 

@@ -13,7 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from expressiongrid.cli import main
-from test_resume import cells, demo_characters, done_images, make_misfit_lora, open_verified, run_cli, write_study
+from helpers import cells, demo_characters, done_images, make_misfit_lora, open_verified, run_cli, write_study
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 GREY = (0x9A, 0x9A, 0x9A)  # the background of output.grid.failed_cell
 

@@ -15,6 +15,9 @@ from expressiongrid.study.importer import import_parameters, import_source
 from expressiongrid.study.plan import plan
 from expressiongrid.study.study import load_study, study_from_dict
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 RUNS = [c for c in load_jsonl("xyz_runs.jsonl") if "expected" in c]
 A1111_EXAMPLE = (  # A1111.md §10, as A1111 1.10 writes it
     "a photo of a [cat:dog:0.5], masterpiece <lora:add_detail:0.6>\n"

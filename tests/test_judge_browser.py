@@ -10,11 +10,14 @@ import threading
 from urllib.parse import urlencode
 
 import pytest
-from test_judge_web import cell_key, make_run
+from helpers import cell_key, make_run
 
 from expressiongrid.judge.app import JudgeApp
 from expressiongrid.judge.db import load_judgements
 from expressiongrid.judge.server import make_server
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()

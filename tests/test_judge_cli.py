@@ -11,7 +11,7 @@ import urllib.request
 
 from click.testing import CliRunner
 from PIL import Image
-from test_judge_web import make_run
+from helpers import make_run
 
 from expressiongrid.cli import main
 from expressiongrid.judge.app import JudgeApp

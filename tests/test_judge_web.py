@@ -6,7 +6,6 @@ import http.client
 import os
 import re
 import threading
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -16,43 +15,8 @@ from expressiongrid.judge.app import InvalidToken, JudgeApp
 from expressiongrid.judge.db import load_judgements
 from expressiongrid.judge.rankings import agreement_with_scores, rankings_for_store
 from expressiongrid.judge.server import make_server
-from expressiongrid.store import CellRecord, Store, cell_file_for
-
-ROWS = [("neutral", "neutral face expression"), ("smile", "smiling, closed mouth"), ("angry", "angry")]
-COLS = [("reference", "Reference"), ("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")]
-
-
-def make_run(run_dir: Path, rows=ROWS, cols=COLS, failed: set[tuple[str, str]] = frozenset()) -> Store:
-    """A finished run folder with one small PNG per cell, written through the real Store."""
-    store = Store(run_dir)
-    cells = []
-    for ci, (col_id, col_label) in enumerate(cols):
-        for ri, (row_id, row_label) in enumerate(rows):
-            key = f"{ri:x}{ci:x}" + format(abs(hash((row_id, col_id))) % 16**30, "030x")
-            cells.append(CellRecord(
-                key=key, run_id=None, page=0, row_index=ri, col_index=ci, row_id=row_id, row_label=row_label,
-                col_id=col_id, col_label=col_label, character_id=None if col_id == "reference" else col_id,
-                prompt=f"closeup, {row_label}, {col_id}", negative_prompt="", seed=1, steps=4, sampler="Euler",
-                cfg_scale=7.0, width=64, height=64, spec={"row": row_id, "col": col_id},
-            ))
-    study_info = {"rows": [{"id": r, "label": lbl} for r, lbl in rows],
-                  "columns": [{"id": c, "label": lbl} for c, lbl in cols]}
-    run_id = store.begin_run(study_info, cells)
-    for cell in cells:
-        if (cell.row_id, cell.col_id) in failed:
-            store.mark_failed(cell.key, "NaN image", run_id=run_id)
-            continue
-        rel = cell_file_for(cell.key)
-        path = run_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        colour = (40 * cell.row_index % 256, 60 * cell.col_index % 256, 128)
-        Image.new("RGB", (64, 64), colour).save(path)
-        store.mark_done(cell.key, file=rel, parameters="x", seconds=0.1, run_id=run_id)
-    return store
-
-
-def cell_key(store: Store, row_id: str, col_id: str) -> str:
-    return next(c.key for c in store.cells() if c.row_id == row_id and c.col_id == col_id)
+from expressiongrid.store import cell_file_for
+from helpers import cell_key, make_run
 
 
 @pytest.fixture()

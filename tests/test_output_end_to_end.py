@@ -15,6 +15,9 @@ from expressiongrid.output.infotext import (
 )
 from expressiongrid.study.axes import parse_axis, prompt_sr
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 TEMPLATE = "closeup of woman facing viewer, [hair, neck, eyes, lips: neutral face expression: 0.2], RAW photo, 1girl"
 NEGATIVE = "naked, illustration, 3d, drawing, cartoon, anime, 2girls"
 

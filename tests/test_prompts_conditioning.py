@@ -11,6 +11,9 @@ from expressiongrid.errors import UsageError  # noqa: E402
 from expressiongrid.prompts import get_schedule, schedule_index_for_call  # noqa: E402
 from expressiongrid.prompts.conditioning import PromptEncoder  # noqa: E402
 
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 SEED_PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: neutral face expression: 0.2], RAW photo, 1girl"
 
 

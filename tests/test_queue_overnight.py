@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from test_resume import ROOT, cells, cli_env, db_counts, demo_characters, done_images, make_misfit_lora, write_study
+from helpers import ROOT, cells, cli_env, db_counts, demo_characters, done_images, make_misfit_lora, write_study
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def _queue(*args: str, env: dict) -> subprocess.CompletedProcess:

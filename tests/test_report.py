@@ -6,37 +6,21 @@ import re
 import time
 from html.parser import HTMLParser
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_analysis_scores import face_columns
+from helpers import face_columns
 
 from expressiongrid.analysis.pipeline import analyze_run
 from expressiongrid.analysis.validation import build_validation_run
 from expressiongrid.cli import main
-from expressiongrid.output.images import CIVITAI_MAX_BYTES, read_parameters, save_png
+from expressiongrid.output.images import CIVITAI_MAX_BYTES, read_parameters
 from expressiongrid.report import write_report
 from expressiongrid.report.bundle import MAX_POST_IMAGES
+from helpers import BOLD_LABEL, EVIL_LABEL, add_grids, labelled_columns
 
-EVIL_LABEL = "<script>alert('x')</script>"
-BOLD_LABEL = "Hopper <b>bold</b> & co"
-
-
-def labelled_columns():
-    cols = face_columns()
-    cols["hopper"] = (BOLD_LABEL, cols["hopper"][1])
-    cols["noface"] = (EVIL_LABEL, cols["noface"][1])
-    return cols
-
-
-def add_grids(run_dir, count: int):
-    """Grid images as the runner writes them: PNG with A1111 parameters naming the grid."""
-    rng = np.random.default_rng(3)
-    for i in range(count):
-        pixels = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
-        save_png(run_dir / "grids" / f"validation-{i:02d}.png", Image.fromarray(pixels),
-                 f"grid {i} of the validation run\nSteps: 4, Sampler: Euler, CFG scale: 7.0, Seed: 7, Size: 256x256")
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

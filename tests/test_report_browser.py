@@ -6,12 +6,15 @@ Fails (does not skip) without the browser: the page is the feature. CI installs 
 from __future__ import annotations
 
 import pytest
-from test_analysis_scores import face_columns
-from test_report import BOLD_LABEL, EVIL_LABEL, add_grids, labelled_columns
+from helpers import face_columns
+from helpers import BOLD_LABEL, EVIL_LABEL, add_grids, labelled_columns
 
 from expressiongrid.analysis.pipeline import analyze_run
 from expressiongrid.analysis.validation import build_validation_run
 from expressiongrid.report import write_report
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 assert face_columns  # the run's images come from there (via labelled_columns)
 

@@ -6,9 +6,9 @@ tiny model with generated character files, running the CLI as a child process, r
 
 from __future__ import annotations
 
+import pytest
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,114 +16,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from helpers import ROOT, cells, cli_env, db_counts, demo_characters, done_images, open_verified, run_cli, write_study
 
-ROOT = Path(__file__).resolve().parents[1]
-_CHARACTERS: dict[str, Path] = {}
-
-
-def demo_characters(root: Path) -> Path:
-    """A folder with the demo LoRA and embedding characters for the tiny model (made once per session)."""
-    if "dir" not in _CHARACTERS:
-        from expressiongrid.characters.demo import make_demo_characters
-        from expressiongrid.tiny import build_tiny_pipeline
-
-        folder = root / "characters"
-        make_demo_characters(build_tiny_pipeline(), folder)
-        _CHARACTERS["dir"] = folder
-    return _CHARACTERS["dir"]
-
-
-def make_misfit_lora(folder: Path) -> Path:
-    """A well-formed LoRA file (it passes every header check) whose one matrix does not fit the model.
-
-    That is what a LoRA for another model, or a damaged conversion, looks like: loading it fails only when
-    its weights are written into the model, in the middle of the night.
-    """
-    from safetensors.torch import load_file, save_file
-    import torch
-
-    weights = load_file(str(folder / "demo_lora.safetensors"))
-    key = sorted(k for k in weights if k.endswith("lora_up.weight"))[0]
-    rows, rank = weights[key].shape
-    weights[key] = torch.zeros(rows + 3, rank)
-    path = folder / "misfit_lora.safetensors"
-    save_file(weights, str(path))
-    return path
-
-
-STUDY = """\
-name = "{name}"
-[model]
-source = "tiny"
-[sampling]
-sampler = "Euler a"
-steps = {steps}
-cfg_scale = 7
-width = 64
-height = 64
-seed = 1234
-{batch}
-[prompt]
-positive = "closeup of woman facing viewer, [hair, neck, eyes, lips: {{expression}}: 0.2], {{character}}"
-reference = "1girl"
-[rows]
-axis = "expressions"
-values = {rows}
-[columns]
-axis = "characters"
-reference = true
-files = {files}
-"""
-
-
-def write_study(folder: Path, name: str, characters: Path, *, files=("demo-lora.toml", "demo-embedding.toml"),
-                rows=("neutral", "smiling", "angry"), steps: int = 3, batch_size: int | None = None) -> Path:
-    """A study file on the tiny model (64x64): reference + the given character files x the given rows."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [str(characters / f) for f in files]
-    text = STUDY.format(name=name, steps=steps, rows=list(rows), files=paths,
-                        batch=f"batch_size = {batch_size}" if batch_size else "")
-    path = folder / f"{name}.toml"
-    path.write_text(text.replace("'", '"'), encoding="utf-8")
-    return path
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", EXPRESSIONGRID_NO_PROGRESS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-    env.pop("WORLD_SIZE", None)
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python -m expressiongrid ARGS` in a fresh interpreter, as a user (or the queue) runs it."""
-    return subprocess.run([sys.executable, "-m", "expressiongrid", *args], capture_output=True, text=True,
-                          env=env or cli_env(), timeout=timeout, cwd=ROOT)
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def start_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "expressiongrid", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env or cli_env(), cwd=ROOT, start_new_session=True)
-
-
-def db_counts(run_dir: Path) -> dict[str, int]:
-    """Cells per status in the latest plan, read without disturbing a writer ({} if there is no plan yet)."""
-    db = run_dir / "run.sqlite"
-    if not db.exists():
-        return {}
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = conn.execute(
-                "SELECT status, COUNT(*) FROM cells WHERE run_id = (SELECT MAX(id) FROM runs) GROUP BY status"
-            ).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # tables not created yet
-        return {}
-    return dict(rows)
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 90) -> None:
@@ -135,27 +36,6 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 90) -> None:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL
-
-
-def cells(run_dir: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(run_dir / "run.sqlite")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute("SELECT * FROM cells WHERE run_id = (SELECT MAX(id) FROM runs) ORDER BY key").fetchall()
-    finally:
-        conn.close()
-
-
-def open_verified(path: Path) -> np.ndarray:
-    """The image's pixels after PIL's integrity check (a truncated or corrupt PNG raises)."""
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
-
-
-def done_images(run_dir: Path) -> dict[str, np.ndarray]:
-    return {c["key"]: open_verified(run_dir / c["file"]) for c in cells(run_dir) if c["status"] == "done"}
 
 
 # A test-only hook loaded by the child interpreter (sitecustomize): pauses the Nth cell PNG write just before

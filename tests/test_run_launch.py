@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -15,6 +12,7 @@ from hypothesis import strategies as st
 
 from expressiongrid.run.launch import ProcessInfo, columns_for_process, current_process, finish_shard
 from expressiongrid.store import Store
+from helpers import accelerate_command, accelerate_env, free_port
 
 
 @given(st.lists(st.text(min_size=1, max_size=4), max_size=30, unique=True), st.integers(1, 9))
@@ -69,44 +67,6 @@ def test_shards_finishing_at_the_same_instant_elect_exactly_one_composer(tmp_pat
     go.touch()
     answers = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(answers) == ["False"] * (n - 1) + ["True"]
-
-
-def accelerate_command(num_processes: int, port: int) -> list[str]:
-    """`accelerate launch` for N local processes with every setting given, so no config file is read.
-
-    `--cpu --num_processes N` starts a single process in accelerate 1.x (multi-CPU needs MPI), so on a
-    machine without GPUs we use the multi-GPU launcher (torchrun underneath); our `current_process()`
-    then forms a gloo group on the CPU. On a machine with GPUs the same command uses one GPU each.
-    """
-    exe = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    return [exe, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-            "--num_cpu_threads_per_process", "1"]
-
-
-def accelerate_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["HF_HOME"] = str(tmp_path / "hf")  # no user accelerate config is picked up
-    env["OMP_NUM_THREADS"] = "1"
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def free_port() -> int:
-    """A free port below Linux's ephemeral range (32768+), so that no outgoing connection made by another
-    program in the seconds before torchrun binds it can take it in the meantime."""
-    import random
-    import socket
-
-    for _ in range(200):
-        port = random.randint(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port between 20000 and 32000")
 
 
 _LAUNCHED = textwrap.dedent(

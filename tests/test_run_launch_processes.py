@@ -8,8 +8,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from test_run_launch import accelerate_command, accelerate_env, free_port
-from test_resume import ROOT, cells, cli_env, demo_characters, done_images, open_verified, run_cli, write_study
+from helpers import accelerate_command, accelerate_env, free_port
+from helpers import ROOT, cells, cli_env, demo_characters, done_images, open_verified, run_cli, write_study
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def _kill_processes_writing_to(out_dir) -> None:
 def test_a_killed_launch_resumes_with_another_launch(tmp_path, shared_study):
     import time
 
-    from test_resume import db_counts
+    from helpers import db_counts
 
     study, single_out = shared_study
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import signal
 import sqlite3
@@ -18,6 +19,9 @@ from expressiongrid.output.run_grids import compose_grids
 from expressiongrid.run.runner import run_study
 from expressiongrid.store import Store, is_complete_png
 from expressiongrid.study.study import load_study
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

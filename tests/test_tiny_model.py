@@ -1,9 +1,13 @@
 """The built-in tiny model is deterministic, SD1.5-shaped and fast."""
 
 
+import pytest
 import torch
 
 from expressiongrid import tiny
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 def test_vocabulary_matches_clip_conventions(tiny_tokenizer):

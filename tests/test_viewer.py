@@ -8,13 +8,16 @@ import threading
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_judge_web import make_run
-from test_report import BOLD_LABEL, EVIL_LABEL, labelled_columns
+from helpers import make_run
+from helpers import BOLD_LABEL, EVIL_LABEL, labelled_columns
 
 from expressiongrid.analysis.pipeline import analyze_run
 from expressiongrid.analysis.validation import build_validation_run
 from expressiongrid.cli import main
 from expressiongrid.report.viewer import THUMB_SIDE, make_viewer_server, write_viewer
+
+# Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
