@@ -7,6 +7,7 @@ at batch size 1 only the affected request fails.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from expressiongrid.samplers import SamplerInfo, get_sampler
 from expressiongrid.errors import UsageError
 
 MAX_AUTO_BATCH = 16
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,18 @@ def _default_encoder(model, embeddings):
     return PromptEncoder(pipe.tokenizer, pipe.text_encoder, clip_skip=model.clip_skip, embeddings=embeddings)
 
 
+def batch_size_for(model, width: int, height: int, cap: int | None = None) -> int:
+    """Images per UNet batch: the user's `cap` when given, else what fits in free memory (an estimate;
+    ``generate`` still halves a batch that runs out of memory). The one place batch sizes are decided."""
+    if cap is not None:
+        return cap
+    try:
+        return max(1, auto_batch_size(model.device, width, height, model.dtype))
+    except Exception as exc:  # noqa: BLE001 - an estimate only
+        logger.warning("could not estimate a batch size from free memory (%s); using 4", exc)
+        return 4
+
+
 def generate(model, requests: list[ImageRequest], batch_size: int | None = None,
              progress: Callable[[int], None] | None = None, encoder=None,
              embeddings: dict[int, list[int]] | None = None) -> list[ImageResult]:
@@ -137,7 +152,7 @@ def generate(model, requests: list[ImageRequest], batch_size: int | None = None,
     results: list[ImageResult | None] = [None] * len(requests)
     done = 0
     for (_steps, _name, width, height, _src), indices in groups.items():
-        size = batch_size or auto_batch_size(model.device, width, height, model.dtype)
+        size = batch_size_for(model, width, height, batch_size)
         for chunk, batch_results in _batches_with_oom_fallback(model, requests, infos, indices, size, encoder):
             for i, res in zip(chunk, batch_results):
                 results[i] = res
@@ -228,4 +243,4 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     ]
 
 
-__all__ = ["ImageRequest", "ImageResult", "auto_batch_size", "generate"]
+__all__ = ["ImageRequest", "ImageResult", "auto_batch_size", "batch_size_for", "generate"]

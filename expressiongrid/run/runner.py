@@ -176,7 +176,7 @@ def run_study(
         status = "failed"
         try:
             if todo:
-                _generate_all(store, run_id, todo, summary, progress, batch_size or study.sampling.batch_size)
+                _Maker(store, run_id, summary, progress, len(todo), batch_size or study.sampling.batch_size).make(todo)
             status = summary.status
         except KeyboardInterrupt:
             status = "interrupted"  # finished cells are kept; the same command resumes
@@ -218,139 +218,127 @@ def _weighted(character, weight: float):
     return dataclasses.replace(character, loras=loras)
 
 
-def _fail(store: Store, run_id: int, cells: list[PlannedCell], error: str, summary: RunSummary) -> None:
-    for cell in cells:
-        store.mark_failed(cell.key, error, run_id=run_id)
-        summary.failures.append(CellFailure(cell.key, cell.page, cell.row.label, cell.col.label, error))
-    summary.failed += len(cells)
+class _Maker:
+    """Makes the cells of one run. Holds what every step shares: the run folder's open store, the run's id,
+    its summary, the progress callback and the count of cells finished so far."""
 
+    def __init__(self, store: Store, run_id: int, summary: RunSummary, progress: Progress | None, total: int,
+                 batch_size: int | None):
+        self.store, self.run_id, self.summary = store, run_id, summary
+        self.progress, self.total, self.batch_size = progress, total, batch_size
+        self.done = 0
 
-def _generate_all(store: Store, run_id: int, todo: list[PlannedCell], summary: RunSummary,
-                  progress: Progress | None, batch_size: int | None) -> None:
-    from expressiongrid.engine import load_model
+    def report(self, note: str | None, extra: int = 0) -> None:
+        if self.progress is not None:
+            self.progress(self.done + extra, self.total, note)
 
-    total = len(todo)
-    state = {"done": 0}
+    def fail(self, cells: list[PlannedCell], error: str) -> None:
+        for cell in cells:
+            self.store.mark_failed(cell.key, error, run_id=self.run_id)
+            self.summary.failures.append(CellFailure(cell.key, cell.page, cell.row.label, cell.col.label, error))
+        self.summary.failed += len(cells)
 
-    def report(note: str | None, extra: int = 0) -> None:
-        if progress is not None:
-            progress(state["done"] + extra, total, note)
+    def make(self, todo: list[PlannedCell]) -> None:
+        """Models outermost, then one character activation per column, then batches."""
+        from expressiongrid.engine import load_model
 
-    groups = _groups(todo)
-    # Models outermost: group the column groups by model, keeping first-appearance order.
-    by_model: dict[tuple, list[list[PlannedCell]]] = {}
-    for group in groups:
-        by_model.setdefault(group[0].activation_group()[0], []).append(group)
+        by_model: dict[tuple, list[list[PlannedCell]]] = {}
+        for group in _groups(todo):
+            by_model.setdefault(group[0].activation_group()[0], []).append(group)
+        for model_groups in by_model.values():
+            first = model_groups[0][0]
+            self.report(f"loading model {first.spec.model.source}")
+            try:
+                model = load_model(first.spec.model)
+                logging.getLogger("expressiongrid.run").info(model.describe())
+            except ExpressionGridError as exc:
+                for group in model_groups:
+                    self.fail(group, f"model {first.spec.model.source}: {exc}")
+                    self.done += len(group)
+                self.report(None)
+                continue
+            activator = None
+            if any(g[0].spec.character is not None for g in model_groups):
+                from expressiongrid.characters import CharacterActivator
 
-    for model_groups in by_model.values():
-        first = model_groups[0][0]
-        report(f"loading model {first.spec.model.source}")
-        try:
-            model = load_model(first.spec.model)
-            logging.getLogger("expressiongrid.run").info(model.describe())
-        except ExpressionGridError as exc:
+                activator = CharacterActivator(model)
             for group in model_groups:
-                _fail(store, run_id, group, f"model {first.spec.model.source}: {exc}", summary)
-                state["done"] += len(group)
-            report(None)
-            continue
-        activator = None
-        chars = [g[0].spec.character for g in model_groups if g[0].spec.character is not None]
-        if chars:
-            from expressiongrid.characters import CharacterActivator
+                self.column(model, activator, group)
+            del model, activator
 
-            activator = CharacterActivator(model)
-        for group in model_groups:
-            _run_column(store, run_id, model, activator, group, summary, report, state, batch_size)
-        del model, activator
+    def column(self, model, activator, cells: list[PlannedCell]) -> None:
+        """Generate one character's cells (one activation), saving each batch as soon as it is done."""
+        import contextlib
 
+        from expressiongrid.engine import batch_size_for
 
-def _run_column(store, run_id, model, activator, cells: list[PlannedCell], summary: RunSummary, report,
-                state: dict, batch_size: int | None) -> None:
-    """Generate one character's cells (one activation), saving each batch as soon as it is done."""
-    import contextlib
+        first = cells[0]
+        character = _weighted(first.spec.character, first.spec.lora_weight)
+        label = first.col.label
+        known = first.col.info.get("problems")
+        if known:
+            # Found by validation before the run: fail the column without touching the model.
+            self.fail(cells, f"character {label!r}: {'; '.join(known)}")
+            self.done += len(cells)
+            self.report(None)
+            return
+        try:
+            if character is not None:
+                activator.prepare([character])
+                context = activator.activate(character)
+            else:
+                context = contextlib.nullcontext(None)
+            with context as active:
+                chunk = batch_size_for(model, first.spec.width, first.spec.height, self.batch_size)
+                for start in range(0, len(cells), chunk):
+                    self.batch(model, active, cells[start:start + chunk], label)
+        except Exception as exc:  # noqa: BLE001 - one column's fault must not end an overnight run
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # a full disk is no column's fault: stop with one line; the next run resumes
+            # The character, its activation or the engine failed on this column: fail what is left of it,
+            # record why, keep going. Unexpected errors keep their type so a bug report can name them.
+            why = str(exc) if isinstance(exc, ExpressionGridError) else f"{type(exc).__name__}: {exc}"
+            left = [c for c in cells if self.store.cell(c.key).status == "pending"]
+            self.fail(left, f"character {label!r}: {why}" if first.spec.character is not None else why)
+            self.done += len(left)
+            self.report(None)
 
-    first = cells[0]
-    character = _weighted(first.spec.character, first.spec.lora_weight)
-    label = first.col.label
-    known = first.col.info.get("problems")
-    if known:
-        # Found by validation before the run: fail the column without touching the model.
-        _fail(store, run_id, cells, f"character {label!r}: {'; '.join(known)}", summary)
-        state["done"] += len(cells)
-        report(None)
-        return
-    try:
-        if character is not None:
-            activator.prepare([character])
-            context = activator.activate(character)
-        else:
-            context = contextlib.nullcontext(None)
-        with context as active:
-            chunk = batch_size or _auto_chunk(model, first)
-            for start in range(0, len(cells), chunk):
-                batch = cells[start:start + chunk]
-                _run_batch(store, run_id, model, active, batch, summary, report, state, label)
-    except Exception as exc:  # noqa: BLE001 - one column's fault must not end an overnight run
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise  # a full disk is no column's fault: stop with one line; the next run resumes
-        # The character, its activation or the engine failed on this column: fail what is left of it,
-        # record why, keep going. Unexpected errors keep their type so a bug report can name them.
-        why = str(exc) if isinstance(exc, ExpressionGridError) else f"{type(exc).__name__}: {exc}"
-        left = [c for c in cells if store.cell(c.key).status == "pending"]
-        _fail(store, run_id, left, f"character {label!r}: {why}" if first.spec.character is not None else why,
-              summary)
-        state["done"] += len(left)
-        report(None)
+    def batch(self, model, active, batch: list[PlannedCell], label: str) -> None:
+        from expressiongrid.engine import ImageRequest, generate
+        from expressiongrid.output.images import save_png
 
-
-def _auto_chunk(model, cell: PlannedCell) -> int:
-    try:
-        from expressiongrid.engine import auto_batch_size
-
-        return max(1, auto_batch_size(model.device, cell.spec.width, cell.spec.height, model.dtype))
-    except Exception:  # an estimate only; generate() still halves batches on out-of-memory
-        return 4
+        requests = [ImageRequest(prompt=c.spec.prompt, negative_prompt=c.spec.negative_prompt, seed=c.spec.seed,
+                                 steps=c.spec.steps, cfg_scale=c.spec.cfg_scale, width=c.spec.width,
+                                 height=c.spec.height, sampler=_sampler_name(c), noise_source=c.spec.noise_source)
+                    for c in batch]
+        self.report(label)
+        try:
+            results = generate(model, requests, batch_size=len(requests),
+                               progress=lambda n: self.report(label, n),
+                               embeddings=active.embeddings if active is not None else None)
+        except ExpressionGridError as exc:
+            self.fail(batch, str(exc))
+            self.done += len(batch)
+            return
+        for cell, result in zip(batch, results):
+            if not result.ok or result.image is None:
+                self.fail([cell], result.error or "generation failed")
+                continue
+            metadata = cell_metadata(cell, model, active)
+            parameters = metadata.parameters()
+            rel = cell_file_for(cell.key)
+            save_png(self.store.run_dir / rel, result.image, parameters)
+            self.store.mark_done(cell.key, file=rel, parameters=parameters, seconds=result.seconds,
+                                 run_id=self.run_id, metadata=metadata.to_dict())
+            self.summary.made += 1
+        self.done += len(batch)
+        self.report(label)
 
 
 def _sampler_name(cell: PlannedCell) -> str:
     if not cell.spec.schedule_type:
         return cell.spec.sampler
     return get_sampler(cell.spec.sampler, cell.spec.schedule_type).name
-
-
-def _run_batch(store, run_id, model, active, batch: list[PlannedCell], summary: RunSummary, report, state: dict,
-               label: str) -> None:
-    from expressiongrid.engine import ImageRequest, generate
-    from expressiongrid.output.images import save_png
-
-    requests = [ImageRequest(prompt=c.spec.prompt, negative_prompt=c.spec.negative_prompt, seed=c.spec.seed,
-                             steps=c.spec.steps, cfg_scale=c.spec.cfg_scale, width=c.spec.width,
-                             height=c.spec.height, sampler=_sampler_name(c), noise_source=c.spec.noise_source)
-                for c in batch]
-    note = label
-    report(note)
-    try:
-        results = generate(model, requests, batch_size=len(requests),
-                           progress=lambda n: report(note, n),
-                           embeddings=active.embeddings if active is not None else None)
-    except ExpressionGridError as exc:
-        _fail(store, run_id, batch, str(exc), summary)
-        state["done"] += len(batch)
-        return
-    for cell, result in zip(batch, results):
-        if not result.ok or result.image is None:
-            _fail(store, run_id, [cell], result.error or "generation failed", summary)
-            continue
-        metadata = cell_metadata(cell, model, active)
-        parameters = metadata.parameters()
-        rel = cell_file_for(cell.key)
-        save_png(store.run_dir / rel, result.image, parameters)
-        store.mark_done(cell.key, file=rel, parameters=parameters, seconds=result.seconds, run_id=run_id,
-                        metadata=metadata.to_dict())
-        summary.made += 1
-    state["done"] += len(batch)
-    report(note)
 
 
 def cell_metadata(cell: PlannedCell, model, active) -> CellMetadata:
