@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from expressiongrid.store import DB_NAME, Store
 from expressiongrid.store.db import transaction
 
 if TYPE_CHECKING:
     from expressiongrid.study.plan import Plan
     from expressiongrid.run.runner import Progress, RunSummary
-    from expressiongrid.store import Store
     from expressiongrid.study.study import Study
 
 T = TypeVar("T")
@@ -157,20 +157,24 @@ class LaunchOutcome:
 
 def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary | None = None,
                  started_at: float | None = None, process: ProcessInfo | None = None,
-                 status: str | None = None, message: str | None = None) -> dict:
+                 status: str | None = None, message: str | None = None, store: Store | None = None) -> dict:
     """A JSON-ready account of the run read from the store: counts, failures by column and why, grids.
 
-    This is what ``--notify`` posts and what the run log ends with.
+    This is what ``--notify`` posts and what the run log ends with. ``store`` is the run's open store
+    (opened here when not given).
     """
     import socket
 
-    from expressiongrid.store import DB_NAME, Store
 
     report: dict = {"event": "run_finished", "study": name, "out_dir": str(Path(out_dir).resolve()),
                     "host": socket.gethostname(), "process_count": process.count if process else 1}
-    if (Path(out_dir) / DB_NAME).is_file():
-        with Store.open_existing(out_dir) as store:
-            cells = store.cells()
+    cells = None
+    if store is not None:
+        cells = store.cells()
+    elif (Path(out_dir) / DB_NAME).is_file():
+        with Store.open_existing(out_dir) as own:
+            cells = own.cells()
+    if cells is not None:
         report["cells_total"] = len(cells)
         for state in ("done", "failed", "pending"):
             report[f"cells_{state}"] = sum(c.status == state for c in cells)
@@ -238,14 +242,15 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     from expressiongrid.study.plan import plan as make_plan
     from expressiongrid.output.run_grids import compose_grids
     from expressiongrid.run.runner import run_study
-    from expressiongrid.store import Store
 
     process = process or current_process()
     # The --notify URL's token and user:password stay out of run.log and runs.argv.
     argv = redact_argv(list(argv if argv is not None else sys.argv[1:]))
     p = plan if plan is not None else make_plan(study)
     started_at = time.time()
-    with run_folder_lock(out_dir, process), open_run_log(out_dir, process.label if process.distributed else None) as log:
+    # The run folder is opened once here and passed down: runner, shard bookkeeping, grids and report.
+    with run_folder_lock(out_dir, process), \
+            open_run_log(out_dir, process.label if process.distributed else None) as log, Store(out_dir) as store:
         resolved = {**study.info(), "base_seed": p.base_seed, "plan": p.describe()}
         log.header(study=resolved, argv=argv, extra={"output folder": Path(out_dir).resolve()})
         labels = {v.id: v.label for v in study.columns.values}
@@ -254,24 +259,23 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
                 log.warning("column %r will fail: %s", labels.get(column, column), problem)
         try:
             if not process.distributed:
-                summary = run_study(study, out_dir, progress, plan=p, batch_size=batch_size, argv=argv)
+                summary = run_study(study, out_dir, progress, plan=p, batch_size=batch_size, argv=argv, store=store)
                 composed = True
             else:
                 columns = columns_for_process(sorted({c.col_index for c in p.cells}), process.index,
                                               process.count)
                 log.info("process %s of the launch makes columns %s", process.label, columns)
-                common = dict(plan=p, batch_size=batch_size, argv=argv, columns=columns, compose=False)
+                common = dict(plan=p, batch_size=batch_size, argv=argv, columns=columns, compose=False, store=store)
                 if process.is_main:
                     summary = run_study(study, out_dir, progress, on_ready=lambda: wait_for_everyone(process),
                                         **common)
                 else:
                     wait_for_everyone(process)
                     summary = run_study(study, out_dir, progress, repair=False, **common)
-                with Store(out_dir) as store:
-                    composed = finish_shard(store, process, summary.made, summary.failed)
+                composed = finish_shard(store, process, summary.made, summary.failed)
                 if composed:
                     log.info("last process to finish: composing the grids")
-                    summary.grids, summary.upload_copies = compose_grids(out_dir)
+                    summary.grids, summary.upload_copies = compose_grids(out_dir, store=store)
             repaired = {k: v for k, v in summary.repaired.items() if v}
             if repaired:
                 log.warning("repaired before the run (left by an interrupted run): %s", repaired)
@@ -279,7 +283,7 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
                 log.failure("cell %s / %s failed: %s", failure.col_label, failure.row_label, failure.error)
             if composed:
                 report = study_report(out_dir, name=study.name, summary=summary, started_at=started_at,
-                                      process=process)
+                                      process=process, store=store)
                 exit_code = report["exit_code"]
             else:
                 report = summary.to_dict()
@@ -296,7 +300,7 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
                 message = "interrupted" if interrupted else f"{exc.__class__.__name__}: {exc}"
                 try:
                     report = study_report(out_dir, name=study.name, started_at=started_at, process=process,
-                                          status=status, message=message)
+                                          status=status, message=message, store=store)
                 except Exception:  # an unreadable store must not hide the error that stopped the run
                     report = {"event": "run_finished", "study": study.name, "status": status, "exit_code": 1,
                               "message": message}

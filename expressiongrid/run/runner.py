@@ -141,6 +141,7 @@ def run_study(
     argv: list[str] | None = None,
     repair: bool = True,
     on_ready: Callable[[], None] | None = None,
+    store: Store | None = None,
 ) -> RunSummary:
     """Make every cell of ``study`` that ``out_dir`` does not hold yet; compose the grids; return a summary.
 
@@ -148,6 +149,7 @@ def run_study(
     restricts the work to those column indices; ``batch_size`` caps images per UNet batch.
     ``repair=False`` skips ``Store.reconcile`` (under accelerate only the main process repairs, before the
     others start writing); ``on_ready`` is called once the plan is registered, before any cell is made.
+    ``store`` is the run folder's store when the caller has it open already (it is then left open).
     """
     from expressiongrid.engine.precision import resolve_study
 
@@ -156,7 +158,8 @@ def run_study(
         study = resolve_study(study)  # dtype "auto" becomes fp16/fp32 before it goes into the cell keys
         plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
     p = plan
-    store = Store(out_dir)
+    own = store is None
+    store = Store(out_dir) if own else store
     try:
         repaired = store.reconcile() if repair else {}
         unique: dict[str, PlannedCell] = {}
@@ -194,7 +197,8 @@ def run_study(
                 store.finish_run(run_id, status, summary.to_dict())
         return summary
     finally:
-        store.close()
+        if own:
+            store.close()
 
 
 # ----------------------------------------------------------------------------------------------------
