@@ -120,6 +120,8 @@ def test_what_cannot_be_found_is_listed_with_the_folders_searched(webui):
     assert "embedding easynegative (hash c74b4e810b03): not found" in text
     assert "Model: v1-5-pruned-emaonly (hash 6ce0161689)" not in text  # found by name: the hash is not required
     assert "X axis Denoising: 5,7: not an axis this tool runs" in text
+    own = import_parameters(A1111_EXAMPLE.replace("X Type: CFG Scale", "X Type: Character"))
+    assert "X axis Character: 5,7: this tool's own axis, which import does not rebuild" in "\n".join(own.unresolved)
     windows = import_parameters(A1111_EXAMPLE.replace("X Type: CFG Scale", "X Type: Denoising").replace("\n", "\r\n"))
     assert windows.study == result.study and windows.unresolved == result.unresolved
 

@@ -287,6 +287,13 @@ def _axes(params: dict, study: dict, config: Config, unresolved: list[str]) -> N
         # A1111 writes the seeds it drew for -1 values as "Fixed X Values": those remake the grid.
         values = params.get(f"Fixed {letter} Values") or params.get(f"{letter} Values", "")
         canonical = canonical_axis_kind(kind)
+        if canonical in ("characters", "expressions"):
+            unresolved.append(f"{letter} axis {kind}: {values}: this tool's own axis, which import does not "
+                              "rebuild: run its study or xyz command again (`expressiongrid runs show RUN_DIR` names "
+                              "the study); left out")
+            if slot != "pages":
+                study[slot] = {"axis": "Nothing"}
+            continue
         if canonical not in SUPPORTED_A1111_AXES:
             unresolved.append(f"{letter} axis {kind}: {values}: not an axis this tool runs "
                               f"({', '.join(SUPPORTED_A1111_AXES)}); left out")
