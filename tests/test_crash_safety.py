@@ -64,21 +64,29 @@ def _kill_all(proc: subprocess.Popen, out: Path) -> None:
 def _kill_at_random_moments(start, out: Path, kills: int, timing: tuple[float, float], rng: random.Random) -> int:
     """Start the run again and again, each time SIGKILLed at a random moment; returns the kills made.
 
-    The moment is drawn across start-up (interpreter, imports, model load) and at most the first 40 % of
-    the work still to do, so every attempt is interrupted: some before any cell, some between cells, some
-    while a PNG or the store is being written. Each attempt still moves the run forward a little.
+    A third of the kills come during start-up (interpreter, imports, model load: a random time, or at once
+    when a first new cell appears); the others once one or two more cells are done, a random fraction of a
+    cell later (while the next image is denoised or its PNG and row are being written). The run is never
+    allowed to finish: the last three cells are left for the resume.
     """
     boot, work = timing
+    per_cell = work / 12
     made = 0
     for _ in range(kills):
-        left = 1 - db_counts(out).get("done", 0) / 12
-        delay = boot * rng.uniform(0.3, 1.0) + work * left * rng.uniform(0.0, 0.4)
+        before = db_counts(out).get("done", 0)
         proc = start()
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        if proc.poll() is not None:  # finished before the moment came: nothing left to interrupt
-            break
+        deadline = time.monotonic() + 600
+        if rng.random() < 1 / 3 or before >= 9:
+            until = time.monotonic() + boot * rng.uniform(0.2, 1.0)
+            moment = lambda: time.monotonic() >= until or db_counts(out).get("done", 0) > before
+        else:
+            target = before + rng.randint(1, min(2, 9 - before))
+            moment = lambda: db_counts(out).get("done", 0) >= target
+        while not moment():
+            assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the moment to kill it"
+            assert time.monotonic() < deadline, "timed out waiting for the moment to kill the run"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5) * per_cell)
         _kill_all(proc, out)
         made += 1
     return made
