@@ -1,0 +1,35 @@
+"""scripts/gpu_check.py runs every section on the CPU with the tiny model (its code paths, not its figures)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+def test_gpu_check_smoke_run_writes_every_section(tmp_path):
+    import sys
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu_check
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "check.json"
+    code = gpu_check.main(["--device", "cpu", "--tiny", "--steps", "2", "--repeat", "1", "--budget", "3600",
+                           "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["errors"] == {} and code == 0
+    assert data["skipped"] == []
+    sections = data["sections"]
+    assert set(sections) == {"env", "unet", "recompiles", "host_syncs", "vae_decode", "compiled_pixels",
+                             "end_to_end", "swap"}
+    assert {"eager_b2", "eager_b18", "channels_last_b18", "compiled_b18", "compiled_b2"} <= set(sections["unet"])
+    # LoRA swaps and the embedding column ran under fail_on_recompile without recompiling
+    assert sections["recompiles"]["recompiles_during_swaps"] == 0
+    assert sections["recompiles"]["errors_under_fail_on_recompile"] == []
+    assert len(sections["recompiles"]["swaps"]) == 4
+    assert sections["compiled_pixels"]["max_levels"] <= 1
+    e2e = sections["end_to_end"]
+    assert all(e2e[w]["images_per_s"] > 0 for w in ("engine", "fair", "naive"))
