@@ -315,6 +315,38 @@ class CharacterActivator:
             self._remove_embeddings(state)
             self._active = None
 
+    @contextlib.contextmanager
+    def activate_together(self, chars: list[Character]):
+        """Several characters that leave the UNet and text-encoder weights alone (embeddings only, no
+        LoRA), active at once so their columns can share one batch with the reference column.
+
+        Their tokens are registered together, as A1111 keeps every embedding loaded. Yields
+        ``(shared, per_character)``: the combined ``ActiveCharacter`` (its ``embeddings`` are for the
+        prompt encoder) and one ``ActiveCharacter`` per character, in order, for that column's metadata.
+        """
+        from expressiongrid.errors import CharacterError
+
+        with_loras = [ch.id for ch in chars if ch.loras]
+        if with_loras:
+            raise CharacterError(f"characters {with_loras} have LoRAs: their columns need their own weights")
+        tokens = [e.token for ch in chars for e in ch.embeddings]
+        if len({t.lower() for t in tokens}) != len(tokens):
+            raise CharacterError(f"embedding tokens {tokens} repeat: these columns cannot be active together")
+        merged = Character(id="+".join(ch.id for ch in chars), label=", ".join(ch.label for ch in chars),
+                           embeddings=[e for ch in chars for e in ch.embeddings])
+        with self.activate(merged) as shared:
+            per_character = []
+            for ch in chars:
+                own = {e.token: shared.tokens[e.token] for e in ch.embeddings}
+                per_character.append(ActiveCharacter(
+                    character=ch,
+                    embeddings={ids[0]: ids for ids in own.values()},
+                    tokens=own,
+                    ti_hashes={_clean(e.token): hashes.embedding_short_hash(e.path) for e in ch.embeddings},
+                    resources=self._resources(ch),
+                ))
+            yield shared, per_character
+
 
 def _copy(value):
     import copy

@@ -5,8 +5,10 @@ Order of work (the expensive things happen least often):
 1. models outermost (a Checkpoint or Clip skip axis reloads weights), then characters: each character is
    activated once for its whole column (LoRA written into the weights, embeddings registered);
 2. the rows of a column go through ``engine.generate`` together, in batches, one UNet call per step;
-3. each finished image is written atomically (temp file + rename) and only then marked done in SQLite, so
-   a crash or SIGKILL at any moment leaves nothing that counts as done without a complete file;
+3. each finished image is handed to a writer thread (``run.cellwriter``) that encodes it, writes it
+   atomically (temp file, fsync, rename) and only then marks it done in SQLite, while the next batch
+   denoises; a cell counts as done (progress, summary) only once the writer has committed it, so a crash
+   or SIGKILL at any moment leaves nothing that counts as done without a complete file;
 4. grids are composed from the cell files (``output.run_grids.compose_grids(run_dir)``, also callable on
    its own), with failed cells drawn as marked placeholders so the grid still shows where they belong.
 
@@ -34,7 +36,7 @@ from expressiongrid.study.plan import Plan, PlannedCell, plan as make_plan
 from expressiongrid.output.metadata import CellMetadata
 from expressiongrid.output.run_grids import compose_grids
 from expressiongrid.samplers import get_sampler
-from expressiongrid.store import CellRecord, Store, cell_file_for
+from expressiongrid.store import CellRecord, Store
 from expressiongrid.study.study import Study
 
 # progress(done, total, note): images finished so far in this run, images to make, what is happening
@@ -222,6 +224,43 @@ def _weighted(character, weight: float):
     return dataclasses.replace(character, loras=loras)
 
 
+def _keeps_base_weights(group: list[PlannedCell]) -> bool:
+    """A column that runs on the base UNet and text encoder: the reference, text-only and embedding-only
+    characters (no LoRA), with no known problem."""
+    first = group[0]
+    character = first.spec.character
+    return not first.col.info.get("problems") and (character is None or not character.loras)
+
+
+def _batch_units(groups: list[list[PlannedCell]]) -> list[list[list[PlannedCell]]]:
+    """The columns of one model in the units they are generated in.
+
+    Columns that keep the base weights share one unit (their rows are batched together, first); a
+    column whose embedding token appears in another such column's prompts stays alone, since all tokens
+    of a unit are registered at once. Every LoRA column is a unit of its own.
+    """
+    shared: list[list[PlannedCell]] = []
+    alone: list[list[list[PlannedCell]]] = []
+    for group in groups:
+        if _keeps_base_weights(group) and all(_compatible(group, other) for other in shared):
+            shared.append(group)
+        else:
+            alone.append([group])
+    return ([shared] if shared else []) + alone
+
+
+def _compatible(a: list[PlannedCell], b: list[PlannedCell]) -> bool:
+    def tokens(group):
+        ch = group[0].spec.character
+        return {e.token.lower() for e in ch.embeddings} if ch is not None else set()
+
+    def prompts(group):
+        return " ".join(f"{c.spec.prompt} {c.spec.negative_prompt}" for c in group).lower()
+
+    ta, tb = tokens(a), tokens(b)
+    return not (ta & tb) and not any(t in prompts(b) for t in ta) and not any(t in prompts(a) for t in tb)
+
+
 class _Maker:
     """Makes the cells of one run. Holds what every step shares: the run folder's open store, the run's id,
     its summary, the progress callback and the count of cells finished so far."""
@@ -230,7 +269,9 @@ class _Maker:
                  batch_size: int | None):
         self.store, self.run_id, self.summary = store, run_id, summary
         self.progress, self.total, self.batch_size = progress, total, batch_size
-        self.done = 0
+        self.done = 0  # cells finished: written and committed by the writer thread, or failed
+        self.writer = None  # run.cellwriter.CellWriter while make() runs
+        self.submitted: set[str] = set()  # keys handed to the writer
 
     def report(self, note: str | None, extra: int = 0) -> None:
         if self.progress is not None:
@@ -242,9 +283,39 @@ class _Maker:
             self.summary.failures.append(CellFailure(cell.key, cell.page, cell.row.label, cell.col.label, error))
         self.summary.failed += len(cells)
 
+    def collect(self, written) -> None:
+        """Count the cells the writer thread has finished: only now are they reported done. A full disk
+        stops the run (the next run resumes), as it does when the runner writes itself."""
+        full = None
+        for w in written:
+            if w.error is None:
+                self.summary.made += 1
+            else:
+                self.fail([w.tag], w.error)
+                if isinstance(w.exc, OSError) and w.exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    full = full or w.exc
+            self.done += 1
+        if full is not None:
+            raise full
+
     def make(self, todo: list[PlannedCell]) -> None:
-        """Models outermost, then one character activation per column, then batches."""
+        """Models outermost, then one character activation per column (or one for all columns on the base
+        weights), then batches; finished images go to a `CellWriter` thread."""
+        from expressiongrid.run.cellwriter import CellWriter
+
+        self.writer = CellWriter(self.store.run_dir, self.run_id)
+        try:
+            self._make(todo)
+        finally:
+            # Every image generated so far is written before the run ends (also on Ctrl-C).
+            written = self.writer.close()
+            self.collect(written)
+            self.report(None)
+
+    def _make(self, todo: list[PlannedCell]) -> None:
         from expressiongrid.engine import load_model
+        from expressiongrid.engine.compiled import should_compile
+        from expressiongrid.engine.loading import pick_device
 
         by_model: dict[tuple, list[list[PlannedCell]]] = {}
         for group in _groups(todo):
@@ -252,8 +323,13 @@ class _Maker:
         for model_groups in by_model.values():
             first = model_groups[0][0]
             self.report(f"loading model {first.spec.model.source}")
+            spec = first.spec.model
+            if spec.compile == "auto":  # compile only when this run is long enough to earn the compile time
+                images = sum(len(g) for g in model_groups)
+                spec = dataclasses.replace(spec, compile="on" if should_compile("auto", pick_device(spec.device),
+                                                                                 images) else "off")
             try:
-                model = load_model(first.spec.model)
+                model = load_model(spec)
                 logging.getLogger("expressiongrid.run").info(model.describe())
             except ExpressionGridError as exc:
                 for group in model_groups:
@@ -266,9 +342,46 @@ class _Maker:
                 from expressiongrid.characters import CharacterActivator
 
                 activator = CharacterActivator(model)
-            for group in model_groups:
-                self.column(model, activator, group)
+            for unit in _batch_units(model_groups):
+                if len(unit) == 1:
+                    self.column(model, activator, unit[0])
+                else:
+                    self.shared(model, activator, unit)
             del model, activator
+
+    def shared(self, model, activator, groups: list[list[PlannedCell]]) -> None:
+        """Columns on the base weights in shared batches: their embeddings registered together, one UNet
+        batch for rows of several columns. A fault falls back to column by column (faults stay isolated)."""
+        import contextlib
+
+        from expressiongrid.engine import batch_size_for
+
+        characters = [g[0].spec.character for g in groups]
+        present = [ch for ch in characters if ch is not None]
+        cells = [c for g in groups for c in g]
+        label = " + ".join(g[0].col.label for g in groups)
+        try:
+            if present:
+                activator.prepare(present)
+                context = activator.activate_together(present)
+            else:
+                context = contextlib.nullcontext((None, []))
+            with context as (shared, per_character):
+                own = iter(per_character)
+                column_active = [next(own) if ch is not None else None for ch in characters]
+                active_of = {c.key: a for g, a in zip(groups, column_active) for c in g}
+                chunk = batch_size_for(model, cells[0].spec.width, cells[0].spec.height, self.batch_size)
+                for start in range(0, len(cells), chunk):
+                    self.batch(model, shared, cells[start:start + chunk], label, active_of=active_of)
+        except Exception as exc:  # noqa: BLE001 - retried column by column below, where faults are isolated
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            logging.getLogger("expressiongrid.run").warning(
+                "columns %s: shared batches failed (%s: %s); making them one by one", label, type(exc).__name__, exc)
+            for g in groups:
+                left = [c for c in g if c.key not in self.submitted and self.store.cell(c.key).status == "pending"]
+                if left:
+                    self.column(model, activator, left)
 
     def column(self, model, activator, cells: list[PlannedCell]) -> None:
         """Generate one character's cells (one activation), saving each batch as soon as it is done."""
@@ -302,14 +415,15 @@ class _Maker:
             # The character, its activation or the engine failed on this column: fail what is left of it,
             # record why, keep going. Unexpected errors keep their type so a bug report can name them.
             why = str(exc) if isinstance(exc, ExpressionGridError) else f"{type(exc).__name__}: {exc}"
-            left = [c for c in cells if self.store.cell(c.key).status == "pending"]
+            left = [c for c in cells if c.key not in self.submitted and self.store.cell(c.key).status == "pending"]
             self.fail(left, f"character {label!r}: {why}" if first.spec.character is not None else why)
             self.done += len(left)
             self.report(None)
 
-    def batch(self, model, active, batch: list[PlannedCell], label: str) -> None:
+    def batch(self, model, active, batch: list[PlannedCell], label: str, active_of: dict | None = None) -> None:
+        """Generate one batch; `active` gives the prompt encoder's embeddings, `active_of` (cell key ->
+        ActiveCharacter) each cell's own character for its metadata when columns share the batch."""
         from expressiongrid.engine import ImageRequest, generate
-        from expressiongrid.output.images import save_png
 
         requests = [ImageRequest(prompt=c.spec.prompt, negative_prompt=c.spec.negative_prompt, seed=c.spec.seed,
                                  steps=c.spec.steps, cfg_scale=c.spec.cfg_scale, width=c.spec.width,
@@ -318,7 +432,6 @@ class _Maker:
         self.report(label)
         try:
             results = generate(model, requests, batch_size=len(requests),
-                               progress=lambda n: self.report(label, n),
                                embeddings=active.embeddings if active is not None else None)
         except ExpressionGridError as exc:
             self.fail(batch, str(exc))
@@ -327,15 +440,14 @@ class _Maker:
         for cell, result in zip(batch, results):
             if not result.ok or result.image is None:
                 self.fail([cell], result.error or "generation failed")
+                self.done += 1
                 continue
-            metadata = cell_metadata(cell, model, active)
-            parameters = metadata.parameters()
-            rel = cell_file_for(cell.key)
-            save_png(self.store.run_dir / rel, result.image, parameters)
-            self.store.mark_done(cell.key, file=rel, parameters=parameters, seconds=result.seconds,
-                                 run_id=self.run_id, metadata=metadata.to_dict())
-            self.summary.made += 1
-        self.done += len(batch)
+            # PNG, metadata, fsync and commit happen on the writer thread while the next batch denoises.
+            metadata = cell_metadata(cell, model, active_of[cell.key] if active_of is not None else active)
+            self.writer.submit(cell.key, result.image, metadata.parameters(), result.seconds, tag=cell,
+                               metadata=metadata.to_dict())
+            self.submitted.add(cell.key)
+        self.collect(self.writer.finished())
         self.report(label)
 
 
