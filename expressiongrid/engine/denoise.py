@@ -129,7 +129,7 @@ def _step_noise(scheduler, generators, device, num_calls: int, prepare: bool | N
     if generators is None:
         return contextlib.nullcontext()
     if prepare is None:
-        prepare = any(g.device != device for g in generators)
+        prepare = any(g.device.type != device.type for g in generators)
     if not prepare or not serve_prepared_noise(scheduler):
         return contextlib.nullcontext()
     return PreparedNoise(generators, device, num_calls)
