@@ -6,9 +6,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 
+@pytest.mark.timeout(1500)  # every section of a GPU script, on the CPU: the longest test of this area
 def test_gpu_check_smoke_run_writes_every_section(tmp_path):
     import sys
 
