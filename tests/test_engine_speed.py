@@ -61,6 +61,18 @@ def test_tf32_only_for_fp32_on_cuda(monkeypatch):
     assert allow_tf32(torch.device("cuda"), "fp32") and calls == ["high"]
 
 
+def test_auto_compiles_on_cuda_only_for_runs_long_enough_to_earn_the_compile_time(monkeypatch):
+    import importlib.util
+
+    from expressiongrid.engine.compiled import COMPILE_MIN_IMAGES
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # as if triton were installed
+    cuda = torch.device("cuda")
+    assert should_compile("auto", cuda, images=COMPILE_MIN_IMAGES) and should_compile("auto", cuda)
+    assert not should_compile("auto", cuda, images=108)  # one 9 x 12 grid: not worth a minute of compiling
+    assert should_compile("on", cuda, images=1)
+
+
 def test_compile_is_automatic_on_cuda_only():
     assert not should_compile("auto", torch.device("cpu"))
     assert should_compile("on", torch.device("cpu")) and not should_compile("off", torch.device("cuda"))

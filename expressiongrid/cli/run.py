@@ -94,7 +94,7 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     check_output_folder(out_dir)
     study = resolve_study(study)
     plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
-    settings = describe_settings(study.model)
+    settings = describe_settings(study.model, images=plan.describe()["unique_images"])
     if as_json:
         import json
 

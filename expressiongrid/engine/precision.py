@@ -75,13 +75,13 @@ def resolve_study(study):
     return dataclasses.replace(study, model=dataclasses.replace(study.model, dtype=default_dtype(device)))
 
 
-def describe_settings(model_config) -> str:
-    """``"cuda, fp16, torch.compile on"``: how a study's model will run (for the dry-run plan)."""
+def describe_settings(model_config, images: int | None = None) -> str:
+    """``"cuda, fp16, torch.compile on"``: how a study's model will run for `images` images (dry run)."""
     from expressiongrid.engine.compiled import should_compile
     from expressiongrid.engine.loading import pick_device
 
     device = pick_device(model_config.device)
     dtype = resolve_dtype(model_config.dtype, device)
-    compiled = should_compile(getattr(model_config, "compile", "auto"), device)
+    compiled = should_compile(getattr(model_config, "compile", "auto"), device, images)
     tf32 = " (TF32 matmuls)" if device.type == "cuda" and dtype == "fp32" else ""
     return f"{device}, {dtype}{tf32}, {'torch.compile on' if compiled else 'not compiled'}"
