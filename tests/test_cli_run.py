@@ -374,7 +374,8 @@ def test_cells_and_grid_link_civitai_resources(tmp_path, demo_chars):
     assert set(cell["Hashes"]) == {"lora:demo_lora"}
     grid = parse_parameters(read_parameters(out / "grids" / "mini.png"))
     assert grid["Civitai resources"] == [{"type": "lora", "weight": 1.0, "modelVersionId": 4242}]
-    assert set(grid["Hashes"]) == {"lora:demo_lora", "embed:demoface"}  # every resource of the grid
+    # every resource of the grid; an embedding under A1111's name for it (its file stem, not the token used here)
+    assert set(grid["Hashes"]) == {"lora:demo_lora", "embed:demo_embedding"}
     upload = parse_parameters(read_parameters(out / "grids" / "mini.upload.jpg"))  # EXIF UserComment
     assert upload["Hashes"] == grid["Hashes"]
 

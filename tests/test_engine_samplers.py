@@ -101,8 +101,9 @@ def test_every_sampler_makes_a_clean_image(tiny_pipeline):
 def test_noise_sources_and_generators():
     from expressiongrid.engine.noise import initial_noise, make_generators
 
-    gens = make_generators([1, 2], "gpu", "cpu")  # no GPU: the device's generator is the CPU's
-    assert all(g.device.type == "cpu" for g in gens)
+    # GPU noise without a GPU is refused: CPU noise would silently make other images than asked for
+    with pytest.raises(UsageError, match='needs a CUDA or MPS device but the model runs on cpu'):
+        make_generators([1, 2], "gpu", "cpu")
     a = initial_noise(make_generators([7], "cpu", "cpu"), (4, 8, 8), "cpu", torch.float32)
     b = initial_noise(make_generators([7, 8], "cpu", "cpu"), (4, 8, 8), "cpu", torch.float32)
     assert torch.equal(a[0], b[0])  # the first image's noise does not depend on the batch

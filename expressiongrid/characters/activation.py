@@ -44,7 +44,7 @@ class ActiveCharacter:
     embeddings: dict[int, list[int]] = field(default_factory=dict)  # trigger token id -> ids of all its vectors
     tokens: dict[str, list[int]] = field(default_factory=dict)  # token text -> ids of all its vectors
     lora_hashes: dict[str, str] = field(default_factory=dict)  # name as in <lora:NAME> -> A1111 short hash
-    ti_hashes: dict[str, str] = field(default_factory=dict)  # token -> A1111 short hash
+    ti_hashes: dict[str, str] = field(default_factory=dict)  # A1111 name (file stem) -> A1111 short hash
     resources: list[dict] = field(default_factory=list)  # civitai-style resource list
     text_encoder_changed: bool = False  # True: a LoRA changed the text encoder, re-encode this column's prompts
 
@@ -281,7 +281,7 @@ class CharacterActivator:
             _link(item, version, ref.path)
             out.append(item)
         for ref in ch.embeddings:
-            item = {"type": "embed", "name": ref.token, "hash": hashes.autov2(ref.path)}
+            item = {"type": "embed", "name": ref.name, "hash": hashes.autov2(ref.path)}
             _link(item, version, ref.path)
             out.append(item)
         return out
@@ -306,7 +306,7 @@ class CharacterActivator:
                 embeddings=trigger_map,
                 tokens=token_map,
                 lora_hashes={_clean(r.name): hashes.lora_short_hash(r.path) for r in ch.loras},
-                ti_hashes={_clean(e.token): hashes.embedding_short_hash(e.path) for e in ch.embeddings},
+                ti_hashes={_clean(e.name): hashes.embedding_short_hash(e.path) for e in ch.embeddings},
                 resources=self._resources(ch),
                 text_encoder_changed=te_changed,
             )

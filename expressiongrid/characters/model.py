@@ -23,13 +23,19 @@ class LoraRef:
 
 @dataclass
 class EmbeddingRef:
-    """A textual-inversion file and the token that stands for it in prompts (lower case)."""
+    """A textual-inversion file and the token that stands for it in prompts (lower case).
+
+    ``name`` is what A1111 calls it (the file stem): the name in ``TI hashes`` and civitai's resources.
+    """
 
     path: Path
     token: str = ""
+    name: str = ""
 
     def __post_init__(self):
         self.path = Path(self.path)
+        if not self.name:
+            self.name = self.path.stem
         if not self.token:
             from expressiongrid.characters.tokens import default_token
 

@@ -53,6 +53,30 @@ def _describe(plan, out_dir: Path, xyz: bool = False) -> None:
                    f"{per_cell}. (Total steps to process: {d['total_steps']})")
 
 
+def _describe_columns(study) -> None:
+    """The dry run's list of character columns: label, text and the files each switches on."""
+    axes = [a for a in (study.columns, study.rows, study.pages) if a is not None and a.kind == "characters"]
+    for axis in axes:
+        click.echo("character columns:" if axis is study.columns else "character axis:")
+        for v in axis.values:
+            ch = v.value
+            if ch is None:
+                click.echo(terminal_safe(f"  {v.label}: text {study.reference_text!r}, no files"))
+                continue
+            files = [f"{r.path} (LoRA {_weights(r)})" for r in ch.loras]
+            files += [f"{e.path} (embedding {e.token!r})" for e in ch.embeddings]
+            click.echo(terminal_safe(f"  {v.label}: text {ch.text!r}, "
+                                     + ("files: " + ", ".join(files) if files else "no files")))
+
+
+def _weights(ref) -> str:
+    from expressiongrid.study.networks import format_weight
+
+    if ref.te_weight == ref.unet_weight:
+        return format_weight(ref.te_weight)
+    return f"text encoder {format_weight(ref.te_weight)}, UNet {format_weight(ref.unet_weight)}"
+
+
 def _already_done(out_dir: Path, plan) -> int:
     from expressiongrid.store import DB_NAME, Store
 
@@ -89,11 +113,12 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     from expressiongrid.engine.precision import describe_settings, resolve_study
     from expressiongrid.paths import check_output_folder
     from expressiongrid.study.plan import plan as make_plan
-    from expressiongrid.run.runner import previous_random_seed
+    from expressiongrid.run.runner import check_devices, previous_random_seed
 
     check_output_folder(out_dir)
     study = resolve_study(study)
     plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
+    check_devices(plan)
     settings = describe_settings(study.model, images=plan.describe()["unique_images"])
     if as_json:
         import json
@@ -109,9 +134,13 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
             click.echo(terminal_safe(f"warning: column {labels.get(char_id, char_id)!r} will fail: {problem}"), err=True)
     for warning in plan.grid_plan().warnings:
         click.echo(terminal_safe(f"warning: {warning}"), err=True)
+    for notes in plan.prompt_warnings():  # A1111's silent fallbacks, said once per distinct prompt
+        for line in notes.lines():
+            click.echo(terminal_safe(f"warning: {line}"), err=True)
     if dry_run and as_json:
         return
     if dry_run:
+        _describe_columns(study)
         click.echo("dry run: nothing generated")
         return
     # run_launched adds run.log, --notify and, under `accelerate launch`, this process's share of columns.

@@ -18,17 +18,27 @@ def make_generators(seeds: list[int], noise_source: str, device) -> list:
     """One generator per seed.
 
     ``cpu`` (the default) draws on the CPU, so a seed gives the same image on any machine; ``gpu`` draws on
-    the model's device like A1111's default "GPU" RNG (on a CPU-only machine that is the CPU again).
+    the model's device like A1111's default "GPU" RNG. Asking for ``gpu`` on a model without a GPU is refused
+    (``check_noise_source``): CPU noise would make other images than the metadata's ``RNG`` promises.
     """
     import torch
 
+    device = torch.device(device)
+    check_noise_source(noise_source, device)
+    gen_device = device if noise_source == "gpu" else torch.device("cpu")
+    return [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
+
+
+def check_noise_source(noise_source: str, device) -> None:
+    """Refuse an unknown noise source, and GPU noise for a model that runs on the CPU."""
     from expressiongrid.errors import UsageError
 
     if noise_source not in NOISE_SOURCES:
         raise UsageError(f"unknown noise source {noise_source!r}; use one of: {', '.join(NOISE_SOURCES)}")
-    device = torch.device(device)
-    gen_device = device if (noise_source == "gpu" and device.type in ("cuda", "mps")) else torch.device("cpu")
-    return [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
+    kind = getattr(device, "type", str(device).split(":")[0])
+    if noise_source == "gpu" and kind not in ("cuda", "mps"):
+        raise UsageError(f"noise_source = \"gpu\" needs a CUDA or MPS device but the model runs on {kind}; "
+                         "use noise_source = \"cpu\" (A1111's RNG setting \"CPU\": the same images on any machine)")
 
 
 def initial_noise(generators: list, shape: tuple[int, int, int], device, dtype):

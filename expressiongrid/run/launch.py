@@ -257,6 +257,9 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
         for column, problems in (getattr(study, "column_problems", None) or {}).items():
             for problem in problems:
                 log.warning("column %r will fail: %s", labels.get(column, column), problem)
+        for notes in p.prompt_warnings():
+            for line in notes.lines():
+                log.warning("%s", line)
         try:
             if not process.distributed:
                 summary = run_study(study, out_dir, progress, plan=p, batch_size=batch_size, argv=argv, store=store)

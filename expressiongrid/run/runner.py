@@ -160,6 +160,7 @@ def run_study(
         study = resolve_study(study)  # dtype "auto" becomes fp16/fp32 before it goes into the cell keys
         plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
     p = plan
+    check_devices(p)
     own = store is None
     store = Store(out_dir) if own else store
     try:
@@ -203,6 +204,18 @@ def run_study(
             store.close()
 
 
+def check_devices(p: Plan) -> None:
+    """Refuse what this machine cannot make as asked (GPU noise without a GPU) before any model loads."""
+    wanted = {(c.spec.model.device, c.spec.noise_source) for c in p.cells if c.spec.noise_source != "cpu"}
+    if not wanted:
+        return  # torch is not imported for a plain dry run
+    from expressiongrid.engine.loading import pick_device
+    from expressiongrid.engine.noise import check_noise_source
+
+    for device, noise_source in sorted(wanted, key=str):
+        check_noise_source(noise_source, pick_device(device))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Generation
 
@@ -215,20 +228,11 @@ def _groups(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
     return list(order.values())
 
 
-def _weighted(character, weight: float):
-    """The character with its LoRA strengths multiplied by a LoRA-weight axis value."""
-    if character is None or weight == 1.0:
-        return character
-    loras = [dataclasses.replace(l, unet_weight=l.unet_weight * weight, te_weight=l.te_weight * weight)
-             for l in character.loras]
-    return dataclasses.replace(character, loras=loras)
-
-
 def _keeps_base_weights(group: list[PlannedCell]) -> bool:
     """A column that runs on the base UNet and text encoder: the reference, text-only and embedding-only
     characters (no LoRA), with no known problem."""
     first = group[0]
-    character = first.spec.character
+    character = first.spec.networks  # what the cells switch on: the column's files and the prompt's tags
     return not first.col.info.get("problems") and (character is None or not character.loras)
 
 
@@ -251,7 +255,7 @@ def _batch_units(groups: list[list[PlannedCell]]) -> list[list[list[PlannedCell]
 
 def _compatible(a: list[PlannedCell], b: list[PlannedCell]) -> bool:
     def tokens(group):
-        ch = group[0].spec.character
+        ch = group[0].spec.networks
         return {e.token.lower() for e in ch.embeddings} if ch is not None else set()
 
     def prompts(group):
@@ -338,7 +342,7 @@ class _Maker:
                 self.report(None)
                 continue
             activator = None
-            if any(g[0].spec.character is not None for g in model_groups):
+            if any(g[0].spec.networks is not None for g in model_groups):
                 from expressiongrid.characters import CharacterActivator
 
                 activator = CharacterActivator(model)
@@ -356,7 +360,7 @@ class _Maker:
 
         from expressiongrid.engine import batch_size_for
 
-        characters = [g[0].spec.character for g in groups]
+        characters = [g[0].spec.networks for g in groups]
         present = [ch for ch in characters if ch is not None]
         cells = [c for g in groups for c in g]
         label = " + ".join(g[0].col.label for g in groups)
@@ -390,7 +394,7 @@ class _Maker:
         from expressiongrid.engine import batch_size_for
 
         first = cells[0]
-        character = _weighted(first.spec.character, first.spec.lora_weight)
+        character = first.spec.networks  # the column's files and the prompt's tags, weights as used
         label = first.col.label
         known = first.col.info.get("problems")
         if known:
@@ -458,7 +462,14 @@ def _sampler_name(cell: PlannedCell) -> str:
 
 
 def cell_metadata(cell: PlannedCell, model, active) -> CellMetadata:
-    """One cell's metadata as data: settings, model, the character's resources and civitai's hashes."""
+    """One cell's metadata as data: settings, model, the character's resources and civitai's hashes.
+
+    Embeddings are named as A1111 names them (file stems, also in the prompts); the checkpoint is a civitai
+    resource when Civitai Helper's ``NAME.civitai.info`` beside it gives its model-version id.
+    """
+    from expressiongrid.characters.sidecars import read_sidecars
+    from expressiongrid.study.networks import a1111_text
+
     s = cell.spec
     info = get_sampler(s.sampler, s.schedule_type)
     resources = [dict(r) for r in (active.resources if active is not None else [])]
@@ -468,13 +479,19 @@ def cell_metadata(cell: PlannedCell, model, active) -> CellMetadata:
     if model.vae_hash:
         hashes["vae"] = model.vae_hash
     civitai = []
+    checkpoint = Path(s.model.source)
+    version = read_sidecars(checkpoint).civitai_version_id if checkpoint.is_file() else None
+    if version is not None:
+        civitai.append({"type": "checkpoint", "modelVersionId": version})
     for r in resources:
         if r.get("hash"):
             hashes[f"{r['type']}:{r['name']}"] = r["hash"]
         if r.get("modelVersionId") is not None:
             civitai.append({"type": r["type"], "weight": r.get("weight", 1.0), "modelVersionId": r["modelVersionId"]})
+    embeddings = active.character.embeddings if active is not None else []
     return CellMetadata(
-        s.prompt, s.negative_prompt, steps=s.steps, sampler=info.sampler,
+        a1111_text(s.prompt, embeddings), a1111_text(s.negative_prompt, embeddings), steps=s.steps,
+        sampler=info.sampler,
         schedule_type=info.schedule_type,  # A1111 1.9+ always writes it ("Automatic" when the sampler has no default)
         cfg_scale=s.cfg_scale, seed=s.seed, width=s.width, height=s.height, model_hash=model.hash,
         model=model.name, vae_hash=model.vae_hash, vae=model.vae_name, clip_skip=s.model.clip_skip,

@@ -49,6 +49,9 @@ class CellSpec:
     model: ModelSpec
     character: Any = None  # characters.Character, or None for the reference column / no character axis
     lora_weight: float = 1.0
+    # What the cell switches on (study.networks): the character's files and the prompt's tags and embedding
+    # words, weights as used; None when nothing is.
+    networks: Any = None
     schedule_type: str | None = None
     noise_source: str = "cpu"
 
@@ -74,8 +77,24 @@ class PlannedCell:
         return getattr(ch, "id", None) if ch is not None else ("reference" if self.col.info.get("reference") else None)
 
     def activation_group(self) -> tuple:
-        """Cells with equal groups share one model load and one character activation."""
-        return (_model_identity_key(self.spec.model), self.character_id, self.spec.lora_weight)
+        """Cells with equal groups share one model load and one activation (same column, same LoRA set)."""
+        return (_model_identity_key(self.spec.model), self.character_id, _networks_key(self.spec.networks))
+
+
+@dataclass
+class PromptNotes:
+    """The warnings about one distinct prompt of a plan (``prompts.PromptWarning`` objects)."""
+
+    prompt: str
+    negative_prompt: str
+    warnings: list
+    cells: int = 1  # how many images use this prompt
+
+    def lines(self) -> list[str]:
+        """One line per warning, naming the prompt (shortened) it is about."""
+        shown = self.prompt if len(self.prompt) <= 80 else self.prompt[:77] + "..."
+        uses = f" ({self.cells} images)" if self.cells > 1 else ""
+        return [f"prompt {shown!r}{uses}: {w}" for w in self.warnings]
 
 
 @dataclass
@@ -138,6 +157,22 @@ class Plan:
         study = self.study
         return GridOptions.from_output(vars(study.output), study.rows.kind, study.columns.kind,
                                        study.pages.kind if study.pages else None)
+
+    def prompt_warnings(self) -> list[PromptNotes]:
+        """A1111's silent fallbacks in the cells' prompts (unclosed brackets, ``|`` turning prompt editing off,
+        ``[a:b:1.0]``, unknown network kinds, ...), once per distinct prompt and negative prompt, in plan order."""
+        from expressiongrid.prompts import explain
+
+        notes: dict[tuple[str, str], PromptNotes] = {}
+        for cell in self.cells:
+            s = cell.spec
+            key = (s.prompt, s.negative_prompt)
+            if key in notes:
+                notes[key].cells += 1
+                continue
+            found = explain(s.prompt, s.steps, s.sampler, negative_prompt=s.negative_prompt).warnings
+            notes[key] = PromptNotes(s.prompt, s.negative_prompt, list(found))
+        return [n for n in notes.values() if n.warnings]
 
     def grid_plan(self):
         """The compositor's layout for one page of this plan (``output.grid.plan_grid``), before drawing."""
@@ -222,9 +257,9 @@ def plan(study: Study, *, rng: random.Random | None = None, random_seed: int | N
         try:
             spec = _resolve_cell(study, base_seed, (x, col), (y, row), (z, page))
         except StudyError as exc:
-            message = str(exc)
-            if message not in problems:
-                problems.append(message)
+            for message in exc.problems or [str(exc)]:
+                if message not in problems:
+                    problems.append(message)
             continue
         cell_seed = spec.seed + vary_offset(ix, iy, iz, dims, vary)
         for sample, seed in enumerate(sample_seeds(cell_seed, s.seeds_per_cell, dims, vary)):
@@ -232,11 +267,34 @@ def plan(study: Study, *, rng: random.Random | None = None, random_seed: int | N
             inputs = key_inputs(sample_spec, identities)
             cells.append(PlannedCell(cell_key(inputs), iz, iy, ix, sample, row, col,
                                      page if study.pages is not None else None, sample_spec, inputs))
+    if not problems:
+        problems = _check_prompt_files(study, cells)
     if len(problems) == 1:
         raise StudyError(problems[0])
     if problems:
         raise StudyError(f"{len(problems)} problems in the plan", problems)
     return Plan(study, cells, base_seed, order)
+
+
+def _check_prompt_files(study: Study, cells: list[PlannedCell]) -> list[str]:
+    """The files that prompts' tags and embedding words switch on (beyond the columns' own files) checked like
+    character files (readable, a LoRA / an embedding, made for SD 1.5) before any model loads."""
+    from expressiongrid.characters import check_characters
+    from expressiongrid.characters.model import Character
+
+    known = {Path(p) for ch in study.characters for p in ch.files()}
+    loras: dict = {}
+    embeddings: dict = {}
+    for cell in cells:
+        ch = cell.spec.networks
+        if ch is None:
+            continue
+        loras.update((r.path, r) for r in ch.loras if r.path not in known and r.path not in loras)
+        embeddings.update((e.path, e) for e in ch.embeddings if e.path not in known and e.path not in embeddings)
+    if not loras and not embeddings:
+        return []
+    named = Character("prompt", "prompt", loras=list(loras.values()), embeddings=list(embeddings.values()))
+    return [p.replace("character 'prompt': ", "named in a prompt: ", 1) for p in check_characters([named])]
 
 
 def _fill_placeholders(template: str, values: dict[str, str]) -> str:
@@ -267,7 +325,25 @@ def _resolve_cell(study: Study, base_seed: int, *axes: tuple[Axis, AxisValue]) -
     for axis, value in axes:  # X, then Y, then Z, as A1111 applies them
         apply_axis_value(spec, axis, value)
     _check_sampler(spec)
+    _resolve_networks(spec, study)
     return spec
+
+
+def _resolve_networks(spec: CellSpec, study: Study) -> None:
+    """Find the files the cell's tags and embedding words name; the written prompt carries the weights used."""
+    from expressiongrid.config import load as load_config
+    from expressiongrid.errors import PromptSyntaxError
+    from expressiongrid.study.networks import resolve_networks
+
+    try:
+        found = resolve_networks(spec.prompt, spec.negative_prompt, spec.character, spec.lora_weight,
+                                 study.user_config or load_config())
+    except PromptSyntaxError as exc:
+        raise StudyError(f"prompt {spec.prompt!r}: {exc}") from None
+    if found.problems:
+        raise StudyError(found.problems[0], found.problems)
+    spec.prompt = found.prompt
+    spec.networks = found.activation(spec.character)
 
 
 def _check_sampler(spec: CellSpec) -> None:
@@ -350,9 +426,17 @@ def _model_identity_key(m: ModelSpec) -> tuple:
     return (m.source, m.vae, m.clip_skip, m.dtype, m.device)
 
 
-def _character_inputs(ch: Any, lora_weight: float, identities: dict) -> dict | None:
+def _networks_key(ch: Any) -> tuple:
     if ch is None:
-        return None
+        return ()
+    return (tuple((str(l.path), l.unet_weight, l.te_weight) for l in ch.loras),
+            tuple((str(e.path), e.token) for e in ch.embeddings))
+
+
+def _character_inputs(character: Any, ch: Any, identities: dict) -> dict | None:
+    """The activated files and weights (``ch``: ``CellSpec.networks``) under the column character's id."""
+    if ch is None:
+        return None if character is None else {"id": character.id, "loras": [], "embeddings": []}
 
     def ident(path) -> str:
         key = str(path)
@@ -361,9 +445,8 @@ def _character_inputs(ch: Any, lora_weight: float, identities: dict) -> dict | N
         return identities[key]
 
     return {
-        "id": ch.id,
-        "loras": [[ident(l.path), float(l.unet_weight) * lora_weight, float(l.te_weight) * lora_weight]
-                  for l in getattr(ch, "loras", [])],
+        "id": character.id if character is not None else None,
+        "loras": [[ident(l.path), float(l.unet_weight), float(l.te_weight)] for l in getattr(ch, "loras", [])],
         "embeddings": [[ident(e.path), e.token] for e in getattr(ch, "embeddings", [])],
     }
 
@@ -383,7 +466,7 @@ def key_inputs(spec: CellSpec, identities: dict | None = None) -> dict:
     return {
         "v": KEY_VERSION,
         "model": {"weights": ident(m.source), "vae": ident(m.vae), "clip_skip": m.clip_skip, "dtype": m.dtype},
-        "character": _character_inputs(spec.character, spec.lora_weight, identities),
+        "character": _character_inputs(spec.character, spec.networks, identities),
         "prompt": spec.prompt,
         "negative_prompt": spec.negative_prompt,
         "seed": spec.seed,

@@ -19,6 +19,7 @@ from typing import Any
 
 from expressiongrid.characters import check_characters, load_character
 from expressiongrid.characters.model import Character
+from expressiongrid.config import Config
 from expressiongrid.config import load as load_config
 from expressiongrid.engine.compiled import COMPILE_CHOICES
 from expressiongrid.engine.loading import DTYPES, ModelSpec
@@ -125,6 +126,8 @@ class Study:
     # reason to refuse the whole study: it fails on its own, recorded and marked in the grid, and the rest
     # of the run goes on (``load_study(..., strict=True)`` refuses instead).
     column_problems: dict[str, list[str]] = field(default_factory=dict)
+    # The user configuration: where LoRAs named by <lora:NAME:..> tags and embedding words are looked up.
+    user_config: Config | None = None
 
     def info(self) -> dict:
         """JSON-ready description stored with each run (``Store.study_info``)."""
@@ -189,7 +192,8 @@ _KNOWN_KEYS = {
     "sampling": {"sampler", "schedule_type", "steps", "cfg_scale", "width", "height", "seed", "seed_policy", "vary",
                  "seeds_per_cell", "noise_source", "batch_size"},
     "prompt": {"positive", "negative", "reference"},
-    "axis": {"axis", "set", "only", "items", "values", "files", "reference", "reference_label"},
+    "axis": {"axis", "set", "only", "items", "values", "files", "loras", "embeddings", "reference",
+             "reference_label"},
     "output": {"dir", "title", "grid_formats", "upload_copy", "margin", "max_cells_per_page", "font", "axis_titles",
                "caption"},
 }
@@ -230,7 +234,7 @@ def _slug(text: str) -> str:
 # ----------------------------------------------------------------------------------------------------
 
 
-def load_study(path: str | Path, *, strict: bool = False) -> Study:
+def load_study(path: str | Path, *, strict: bool = False, user_config: Config | None = None) -> Study:
     """Read and validate a study TOML file; every problem is reported at once in one ``StudyError``.
 
     Problems inside character files (a corrupt LoRA, an embedding for another model family) are kept in
@@ -244,12 +248,17 @@ def load_study(path: str | Path, *, strict: bool = False) -> Study:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"{path}: not valid TOML: {exc}") from None
-    return study_from_dict(data, base_dir=path.parent, source=str(path), path=path, strict=strict)
+    return study_from_dict(data, base_dir=path.parent, source=str(path), path=path, strict=strict,
+                           user_config=user_config)
 
 
 def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<study>",
-                    path: Path | None = None, check_files: bool = True, strict: bool = False) -> Study:
-    """Validate a study given as a dict (a parsed TOML file, or built by ``xyz``) and resolve it."""
+                    path: Path | None = None, check_files: bool = True, strict: bool = False,
+                    user_config: Config | None = None) -> Study:
+    """Validate a study given as a dict (a parsed TOML file, or built by ``xyz``) and resolve it.
+
+    ``user_config``: where tags and embedding words are looked up (default: ``config.load()``).
+    """
     base_dir = Path(base_dir)
     problems = _Problems(source)
     _check_keys(data, _KNOWN_KEYS[""], "", problems)
@@ -266,9 +275,11 @@ def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<s
     negative = _get(prompt_t, "negative", str, "", "prompt.", problems)
     reference_text = _get(prompt_t, "reference", str, "", "prompt.", problems)
 
-    rows = _read_axis(data, "rows", base_dir, problems, check_files, reference_text)
-    columns = _read_axis(data, "columns", base_dir, problems, check_files, reference_text)
-    pages = _read_axis(data, "pages", base_dir, problems, check_files, reference_text) if "pages" in data else None
+    folders = user_config if user_config is not None else load_config()
+    rows = _read_axis(data, "rows", base_dir, problems, check_files, reference_text, folders)
+    columns = _read_axis(data, "columns", base_dir, problems, check_files, reference_text, folders)
+    pages = (_read_axis(data, "pages", base_dir, problems, check_files, reference_text, folders)
+             if "pages" in data else None)
     output = _read_output(_table(data, "output", problems), problems)
     output.title = output.title or _get(data, "title", str, None, "", problems)
     if output.font:
@@ -294,7 +305,8 @@ def study_from_dict(data: dict, *, base_dir: str | Path = ".", source: str = "<s
 
     return Study(name=name, path=path, base_dir=base_dir, model=model, sampling=sampling, prompt=prompt,
                  negative_prompt=negative, rows=rows, columns=columns, pages=pages, output=output,
-                 reference_text=reference_text, characters=characters, column_problems=column_problems)
+                 reference_text=reference_text, characters=characters, column_problems=column_problems,
+                 user_config=folders)
 
 
 def _table(data: dict, key: str, problems: _Problems) -> dict:
@@ -463,7 +475,7 @@ def canonical_axis_kind(name: str) -> str | None:
 
 
 def _read_axis(data: dict, name: str, base_dir: Path, problems: _Problems, check_files: bool,
-               reference_text: str) -> Axis:
+               reference_text: str, folders: Config | None = None) -> Axis:
     t = data.get(name)
     if t is None:
         problems.add(name, f"missing; expected a [{name}] table with an axis, e.g. axis = "
@@ -488,7 +500,7 @@ def _read_axis(data: dict, name: str, base_dir: Path, problems: _Problems, check
     if kind == "expressions":
         axis = _expressions_axis(t, p, base_dir, problems, check_files)
     elif kind == "characters":
-        axis = _characters_axis(t, p, base_dir, problems, check_files, reference_text)
+        axis = _characters_axis(t, p, base_dir, problems, check_files, folders or load_config())
     else:
         before = len(problems.items)
         axis = _a1111_axis(kind, t, p, problems)
@@ -600,18 +612,42 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+_MODEL_FILE_SUFFIXES = (".toml", ".safetensors", ".pt", ".ckpt", ".bin")
+
+
+def _is_file_item(text: str) -> bool:
+    """A characters value that names files (a path or a glob), not a column's text such as ``<lora:x:0.8>``."""
+    return "<" not in text and (Path(text).suffix.lower() in _MODEL_FILE_SUFFIXES or any(c in text for c in "*?["))
+
+
 def _characters_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check_files: bool,
-                     reference_text: str) -> Axis:
+                     folders: Config) -> Axis:
+    """Columns from character files, globs, inline characters, plain texts/tags, and globs over the model folders.
+
+    ``files`` are character files or model files (globs relative to the study); ``loras`` / ``embeddings``
+    are globs over the configured LoRA / embeddings folders (each match a bare-file character); ``items``
+    are inline characters: a text (``"<lora:anna:0.8>, annachar"``, the tag's file found in the LoRA folders)
+    or a table with a character file's keys; ``values`` is A1111 value text mixing ``reference``, files
+    and texts.
+    """
     values: list[AxisValue] = []
     reference = _get(t, "reference", bool, False, p, problems)
     files = t.get("files", [])
     if isinstance(files, str):
         files = [files]
+    texts: list[tuple[str, Any]] = []  # (key, str | dict) inline characters, in order
     if "values" in t:
-        # A1111-style value text (the xyz command): "reference, chars/anna.toml, loras/bob.safetensors"
+        # A1111-style value text (the xyz command): "reference, chars/anna.toml, <lora:bob:0.7>"
         items = [x for x in _split_values(t["values"], p + "values", problems) if x]
         reference = reference or any(x.lower() == "reference" for x in items)
-        files = list(files) + [x for x in items if x.lower() != "reference"]
+        files = list(files) + [x for x in items if x.lower() != "reference" and _is_file_item(x)]
+        texts += [("values", x) for x in items if x.lower() != "reference" and not _is_file_item(x)]
+    items = t.get("items", [])
+    if not isinstance(items, list) or not all(isinstance(x, (str, dict)) for x in items):
+        problems.add(p + "items", "expected a list of inline characters: texts (\"<lora:anna:0.8>, annachar\") or "
+                                  "tables with a character file's keys (label, text, lora, embedding, ...)")
+        items = []
+    texts += [("items", x) for x in items]
     if reference:
         label = _get(t, "reference_label", str, "reference", p, problems)
         values.append(AxisValue("reference", label, None, {"reference": True}))
@@ -631,16 +667,107 @@ def _characters_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check
             paths.append(full)
         else:
             problems.add(p + "files", f"character file not found: {full} (paths are relative to the study file)")
+    for key, kind in (("loras", "lora"), ("embeddings", "embedding")):
+        paths.extend(_folder_globs(t.get(key, []), kind, folders, p + key, problems, check_files))
     if check_files and paths:
         values.extend(_load_characters(paths, p + "files", problems))
     elif paths:
         values.extend(AxisValue(_slug(x.stem), x.stem, None, {"path": str(x)}) for x in paths)
-    items = t.get("items", [])
-    if items:
-        problems.add(p + "items", "characters are given as files = [...] (character .toml or model files)")
-    if not files and not reference:
-        problems.add(p + "files", "expected character files (files = [\"characters/*.toml\"]) and/or reference = true")
+    for index, (key, item) in enumerate(texts):
+        value = _inline_character(item, f"{p}{key}[{index}]", base_dir, folders, problems, check_files)
+        if value is not None:
+            values.append(value)
+    if not files and not reference and not texts and not t.get("loras") and not t.get("embeddings"):
+        problems.add(p + "files", "expected character files (files = [\"characters/*.toml\"]), inline characters "
+                                  "(items = [\"<lora:anna:0.8>\"]) and/or reference = true")
     return Axis("characters", values)
+
+
+def _folder_globs(patterns, kind: str, folders: Config, key: str, problems: _Problems,
+                  check_files: bool) -> list[Path]:
+    """Files of the configured LoRA/embeddings folders whose path (relative to its folder) or name matches."""
+    from expressiongrid.study.lookup import glob_files
+
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, list) or not all(isinstance(x, str) for x in patterns):
+        problems.add(key, f"expected a list of file name patterns such as [\"anna*\"], got {patterns!r}")
+        return []
+    found: list[Path] = []
+    for pattern in patterns:
+        matches = glob_files(folders, kind + "s", pattern)
+        if not matches and check_files:
+            problems.add(key, f"no {kind} file matches {pattern!r}: {folders.describe_search(kind + 's')}")
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+def _inline_character(item, key: str, base_dir: Path, folders: Config, problems: _Problems,
+                      check_files: bool) -> AxisValue | None:
+    """One inline character: a text, or a table with a character file's keys.
+
+    A ``<lora:NAME:W>`` tag in its text that names none of its ``lora`` files is the file NAME in the
+    configured LoRA folders at the tag's weights; an embedding word in its text is that embedding file.
+    """
+    from expressiongrid.characters.files import character_from_dict
+
+    data = {"text": item, "label": item} if isinstance(item, str) else dict(item)
+    text = data.get("text")
+    default_id = _slug(str(data.get("label") or text or "character")) or "character"
+    if check_files and isinstance(text, str):
+        found = _files_named_in(text, data, folders)
+        if isinstance(found, str):
+            problems.add(key, found)
+            return None
+        data.update(found)
+    try:
+        ch = character_from_dict(data, base_dir, default_id, f"{problems.source}: {key}")
+    except ExpressionGridError as exc:
+        problems.add(key, str(exc).removeprefix(f"{problems.source}: {key}: "))
+        return None
+    return AxisValue(ch.id, ch.label, ch, {"inline": True})
+
+
+def _tables(value) -> list | None:
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list):
+        return None
+    return [{"file": v} if isinstance(v, str) else v for v in value]
+
+
+def _files_named_in(text: str, data: dict, folders: Config) -> dict | str:
+    """``lora``/``embedding`` tables for the files the text's tags and words name (or one problem message)."""
+    from expressiongrid.errors import PromptSyntaxError
+    from expressiongrid.prompts import extract_networks
+    from expressiongrid.study.lookup import embedding_words, lookup_lora
+
+    loras, embeddings = _tables(data.get("lora", [])), _tables(data.get("embedding", []))
+    if loras is None or embeddings is None or not all(isinstance(t, dict) for t in loras + embeddings):
+        return {}  # malformed: character_from_dict says what is wrong
+    try:
+        _, tags = extract_networks(text)
+    except PromptSyntaxError as exc:
+        return str(exc)
+    named = {str(t.get("name") or Path(str(t.get("file", ""))).stem) for t in loras}
+    missing = []
+    for tag in tags:
+        if tag.kind != "lora" or tag.name in named:
+            continue
+        path, problem = lookup_lora(folders, tag.name, tag.raw)
+        if problem:
+            missing.append(problem)
+            continue
+        named.add(tag.name)
+        loras.append({"file": str(path), "te_weight": tag.te_weight, "unet_weight": tag.unet_weight,
+                      "name": tag.name})
+    if missing:
+        return "; ".join(missing)
+    have = {Path(str(t.get("file", ""))).stem.lower() for t in embeddings}
+    for _, path in embedding_words(folders, text):
+        if path.stem.lower() not in have:
+            embeddings.append({"file": str(path), "token": path.stem.lower()})
+    return {"lora": loras, "embedding": embeddings}
 
 
 def _load_characters(paths: list[Path], key: str, problems: _Problems) -> list[AxisValue]:
