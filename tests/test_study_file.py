@@ -271,3 +271,21 @@ def test_huge_grids_are_planned_as_parts_not_refused(tmp_path):
     assert d["grid_megapixels"] > 200  # beyond A1111's img_max_size_mp
     assert d["grid_parts_per_page"] > 1
     assert "grid pages" in d["grid"] and "instead of one" in d["grid"]
+
+
+def test_embedding_tokens_of_two_characters_that_are_prefixes_of_one_another_are_a_study_problem(tmp_path):
+    """Each character alone is fine; together "anna" would also match inside "anna2" in every prompt."""
+    import torch
+
+    from expressiongrid.characters.demo import save_safetensors_embedding
+
+    for name, token in (("anna", "anna"), ("anna2", "anna2")):
+        save_safetensors_embedding(tmp_path / f"{name}.safetensors", torch.randn(2, 32))
+        _write(tmp_path, f'label = "{name}"\ntext = "{token}"\n[[embedding]]\nfile = "{name}.safetensors"\n'
+                         f'token = "{token}"\n', name=f"{name}.toml")
+    alone = load_study(_tiny_study(tmp_path, columns='axis = "characters"\nfiles = ["anna.toml"]'))
+    assert [c.id for c in alone.columns.values] == ["anna"]
+    with pytest.raises(StudyError) as err:
+        load_study(_tiny_study(tmp_path, columns='axis = "characters"\nfiles = ["anna.toml", "anna2.toml"]'))
+    joined = "\n".join(err.value.problems)
+    assert ": columns:" in joined and "'anna2' and 'anna'" in joined and "prefixes of one" in joined

@@ -19,6 +19,7 @@ from typing import Any
 
 from expressiongrid.characters import check_characters, load_character
 from expressiongrid.characters.model import Character
+from expressiongrid.characters.tokens import token_problems
 from expressiongrid.config import Config
 from expressiongrid.config import load as load_config
 from expressiongrid.engine.compiled import COMPILE_CHOICES
@@ -953,4 +954,11 @@ def _check_characters(axes: dict, model: ModelSpec, problems: _Problems,
         if found:
             v.info["problems"] = found
             column_problems[v.id] = found
+    # Tokens are checked per character above; two characters' tokens can still collide (or be prefixes of one
+    # another) in one run, which no single column can be blamed for: a study problem.
+    already = {p for found in column_problems.values() for p in found}
+    requests = [(str(e.path), e.token) for v in values for e in v.value.embeddings]
+    for problem in token_problems(requests):
+        if problem not in already:
+            problems.add("columns", problem)
     return [v.value for v in values]
