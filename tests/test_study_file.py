@@ -289,3 +289,17 @@ def test_embedding_tokens_of_two_characters_that_are_prefixes_of_one_another_are
         load_study(_tiny_study(tmp_path, columns='axis = "characters"\nfiles = ["anna.toml", "anna2.toml"]'))
     joined = "\n".join(err.value.problems)
     assert ": columns:" in joined and "'anna2' and 'anna'" in joined and "prefixes of one" in joined
+
+
+def test_an_embedding_longer_than_a_prompt_chunk_is_refused_before_the_model_loads(tmp_path):
+    import torch
+
+    from expressiongrid.characters.demo import save_safetensors_embedding
+
+    save_safetensors_embedding(tmp_path / "long.safetensors", torch.randn(100, 32))
+    save_safetensors_embedding(tmp_path / "fine.safetensors", torch.randn(75, 32))
+    study = load_study(_tiny_study(tmp_path, columns='axis = "characters"\nfiles = ["long.safetensors", '
+                                                     '"fine.safetensors"]'))
+    assert list(study.column_problems) == ["long"]
+    assert "embedding of 100 vectors" in study.column_problems["long"][0]
+    assert "at most 75" in study.column_problems["long"][0]

@@ -17,6 +17,7 @@ from expressiongrid.characters.model import Character
 from expressiongrid.characters.sidecars import read_sidecars
 from expressiongrid.characters.tokens import token_problems
 from expressiongrid.errors import CharacterError
+from expressiongrid.prompts.chunking import CHUNK_LENGTH
 
 # Caption tags that show whether training images had expressions (a first hint of a character's flexibility).
 EXPRESSION_TAGS = (
@@ -123,6 +124,7 @@ def check_characters(chars: list[Character], family: str = "sd15", text_width: i
         for wanted, refs in (("lora", ch.loras), ("embedding", ch.embeddings)):
             for ref in refs:
                 path = Path(ref.path)
+                first_sight = path not in infos
                 if path not in infos:
                     try:
                         infos[path] = describe_file(path)
@@ -138,6 +140,11 @@ def check_characters(chars: list[Character], family: str = "sd15", text_width: i
                     except CharacterError as exc:
                         problems.append(f"character {ch.id!r}: {exc}")
                 info = infos[path]
+                if isinstance(info, dict) and info.get("vectors", 0) > CHUNK_LENGTH and first_sight:
+                    problems.append(
+                        f"character {ch.id!r}: {path} is an embedding of {info['vectors']} vectors; one prompt "
+                        f"chunk holds at most {CHUNK_LENGTH}, so it cannot be used (retrain it with fewer vectors)"
+                    )
                 if isinstance(info, dict) and info["kind"] != wanted:
                     problems.append(
                         f"character {ch.id!r}: {path} is listed as a {wanted} but is a {info['kind']}; "
