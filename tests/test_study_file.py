@@ -303,3 +303,17 @@ def test_an_embedding_longer_than_a_prompt_chunk_is_refused_before_the_model_loa
     assert list(study.column_problems) == ["long"]
     assert "embedding of 100 vectors" in study.column_problems["long"][0]
     assert "at most 75" in study.column_problems["long"][0]
+
+
+def test_an_embedding_made_for_another_text_encoder_width_is_refused_before_the_model_loads(tmp_path):
+    """An SD1.5 embedding (768 wide) given to the tiny model (32 wide) is found from the file's header."""
+    import torch
+
+    from expressiongrid.characters.demo import save_safetensors_embedding
+
+    save_safetensors_embedding(tmp_path / "sd15.safetensors", torch.randn(2, 768))
+    save_safetensors_embedding(tmp_path / "tiny.safetensors", torch.randn(2, 32))
+    study = load_study(_tiny_study(tmp_path, columns='axis = "characters"\nfiles = ["sd15.safetensors", '
+                                                     '"tiny.safetensors"]'))
+    assert list(study.column_problems) == ["sd15"]
+    assert "text encoder 768 wide but the model's is 32 wide" in study.column_problems["sd15"][0]

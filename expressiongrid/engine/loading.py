@@ -8,6 +8,7 @@ unpickled with ``weights_only=True`` only: a file that needs arbitrary code to l
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -174,6 +175,32 @@ def enable_compile(model: LoadedModel, *, backend: str = "inductor", mode: str |
     model.unet_call, model.vae_decode = compile_parts(model.pipe.unet, model.pipe.vae, backend=backend, mode=mode)
     model.compiled = True
     return model
+
+
+SD15_TEXT_WIDTH = 768  # CLIP ViT-L/14: every SD1.5-family checkpoint
+
+
+def expected_text_width(source: str) -> int | None:
+    """The width of the text encoder of the model at ``source``, when it is known without loading weights.
+
+    Lets a study refuse a LoRA or embedding made for another text encoder before the model loads; None
+    where only loading would tell (a hub id, a folder without a readable config).
+    """
+    from expressiongrid.tiny import TINY_HIDDEN
+
+    if source == "tiny":
+        return TINY_HIDDEN
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return SD15_TEXT_WIDTH
+    config = path / "text_encoder" / "config.json"
+    if config.is_file():
+        try:
+            width = json.loads(config.read_text(encoding="utf-8")).get("hidden_size")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return width if isinstance(width, int) else None
+    return None
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:

@@ -23,7 +23,7 @@ from expressiongrid.characters.tokens import token_problems
 from expressiongrid.config import Config
 from expressiongrid.config import load as load_config
 from expressiongrid.engine.compiled import COMPILE_CHOICES
-from expressiongrid.engine.loading import DTYPES, ModelSpec
+from expressiongrid.engine.loading import DTYPES, ModelSpec, expected_text_width
 from expressiongrid.engine.noise import NOISE_SOURCES
 from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
 from expressiongrid.limits import MAX_CELLS, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS
@@ -949,8 +949,10 @@ def _check_characters(axes: dict, model: ModelSpec, problems: _Problems,
               if v.value is not None]
     if not values:
         return []
+    text_width = expected_text_width(model.source) if isinstance(model.source, str) else None
     for v in values:
-        found = list(v.info.get("problems", [])) or list(check_characters([v.value], family="sd15"))
+        found = list(v.info.get("problems", [])) or list(
+            check_characters([v.value], family="sd15", text_width=text_width))
         if found:
             v.info["problems"] = found
             column_problems[v.id] = found
