@@ -278,6 +278,10 @@ def section_host_syncs(c: Ctx) -> dict:
         cond, uncond = encode_batch(_default_encoder(c.model, None), reqs, total_model_calls(steps, "Euler a"))
         for label, source, prepare in (("cpu_noise_prepared", "cpu", None), ("cpu_noise_step_by_step", "cpu", False),
                                        ("gpu_noise", "gpu", None)):
+            if source == "gpu" and not c.cuda:  # refused by the engine, as for a user's study on a CPU
+                out[label] = {"skipped": "GPU noise needs a CUDA or MPS device"}
+                continue
+
             def run():
                 scheduler = make_scheduler("Euler a", c.model.pipe.scheduler.config)
                 scheduler.set_timesteps(steps, device=c.device)

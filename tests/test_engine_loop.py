@@ -11,7 +11,7 @@ import torch
 from expressiongrid.engine.denoise import denoise_batch
 from expressiongrid.engine.noise import initial_noise, make_generators
 from expressiongrid.engine.schedulers import make_scheduler
-from expressiongrid.samplers import SAMPLERS
+from expressiongrid.samplers import SAMPLERS, get_sampler
 
 # Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ class StandInEncoder:
 
 
 def run_rows(pipe, encoder, prompts, negatives, seeds, cfgs, sampler, steps=STEPS, unet=None):
-    info = SAMPLERS[sampler]
+    info = get_sampler(sampler)  # plain "DPM++ 2M" is A1111's Automatic schedule (Karras)
     unet = unet or pipe.unet
     dtype = unet.dtype
     num_calls = 2 * steps if info.second_order else steps
@@ -155,12 +155,15 @@ STOCHASTIC = [name for name, info in SAMPLERS.items() if info.stochastic and "Ka
 
 @pytest.mark.parametrize("sampler", sorted(set(STOCHASTIC + ["DPM++ 2M", "UniPC", "DDIM", "LMS", "DPM2"])))
 def test_image_alone_equals_image_in_batch(tiny_pipeline, encoder, unet64, sampler):
-    """Tolerance: 1e-9 of the latents' largest magnitude, in fp64 (see `unet64`)."""
+    """Tolerance: 1e-9 of the latents' largest magnitude, in fp64 (see `unet64`); 1e-7 with the Beta schedule
+    and Brownian-tree noise, whose closely spaced first sigmas fall within torchsde's interval tolerance
+    (measured 1.1e-8)."""
     rows = (["woman smiling", "woman [neutral:angry:2] face", "man sad"], ["blurry", "", "lowres"],
             [10, 11, 12], [7.0, 4.0, 9.0])
     batch = run_rows(tiny_pipeline, encoder, *rows, sampler, unet=unet64)
     alone = run_rows(tiny_pipeline, encoder, ["woman [neutral:angry:2] face"], [""], [11], [4.0], sampler, unet=unet64)
-    assert relative_difference(batch[1], alone[0]) < 1e-9
+    tolerance = 1e-7 if sampler.endswith("SDE Beta") else 1e-9
+    assert relative_difference(batch[1], alone[0]) < tolerance
     # and the rows really are different images (seeds/prompts are not ignored)
     assert not torch.allclose(batch[0], batch[1], atol=1e-2)
 
