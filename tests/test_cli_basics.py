@@ -43,3 +43,15 @@ def test_help_does_not_import_torch():
 def test_unknown_command_is_usage_error():
     result = CliRunner().invoke(main, ["no-such-command"])
     assert result.exit_code == 2
+
+
+def test_progress_bar_note_shows_user_text_terminal_safe(capsys, monkeypatch):
+    """A column label is the bar's note: its escape sequences must not reach the terminal raw."""
+    from expressiongrid.cli._common import ProgressBar
+
+    monkeypatch.delenv("EXPRESSIONGRID_NO_PROGRESS", raising=False)
+    bar = ProgressBar("img")
+    bar(1, 4, "reference + text\x1b[5m only")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\x1b[5m" not in err and "text\\x1b[5m only" in err and "1/4" in err

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from typing import Any
 
 import click
@@ -51,3 +53,26 @@ def serve_until_interrupted(server) -> None:
         pass  # Ctrl+C is how the user stops a local server
     finally:
         server.server_close()
+
+
+class ProgressBar:
+    """tqdm bar on stderr (count, rate, ETA), created when the first total is known; a callable progress
+    callback ``(done, total, note=None)``. The note (a column name, "loading model ...") is user text, so it
+    is shown terminal-safe; set every time so one that is not repeated does not linger."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.bar = None
+
+    def __call__(self, done: int, total: int, note: str | None = None) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, unit=self.unit, file=sys.stderr, dynamic_ncols=True,
+                            disable=os.environ.get("EXPRESSIONGRID_NO_PROGRESS") == "1")
+        self.bar.set_postfix_str(terminal_safe(note or "")[:40], refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import click
 
-
-class _Bar:
-    """tqdm bar on stderr (cells measured, cells/s, ETA), created when the first total is known."""
-
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit="cell", file=sys.stderr, dynamic_ncols=True,
-                            disable=os.environ.get("EXPRESSIONGRID_NO_PROGRESS") == "1")
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+from expressiongrid.cli._common import ProgressBar
 
 
 @click.command(epilog="\b\nExample:\n  expressiongrid analyze out/demo\n"
@@ -65,7 +46,7 @@ def analyze(source: Path, out_dir: Path | None, clip_model: Path | None, aesthet
         click.echo(f"images gathered into a run: {run_dir}")
     elif out_dir is not None:
         raise click.UsageError("--out is for a folder of images or a grid image; SOURCE is already a run")
-    bar = _Bar()
+    bar = ProgressBar("cell")
     try:
         summary = analyze_run(run_dir, clip_model=clip_model, aesthetic_head=aesthetic_head, progress=bar)
     finally:

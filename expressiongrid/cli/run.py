@@ -6,13 +6,12 @@ Exit codes: 0 every cell done, 1 some cells failed (the rest are kept; run again
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import terminal_safe
+from expressiongrid.cli._common import ProgressBar, terminal_safe
 from expressiongrid.errors import UsageError
 
 
@@ -87,26 +86,6 @@ def _already_done(out_dir: Path, plan) -> int:
     return len(set(plan.unique_keys()) & done)
 
 
-class _Bar:
-    """tqdm progress bar on stderr (images done, images/s, ETA), created when the first total is known."""
-
-    def __init__(self):
-        self.bar = None
-
-    def __call__(self, done: int, total: int, note: str | None) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True,
-                            disable=os.environ.get("EXPRESSIONGRID_NO_PROGRESS") == "1")
-        # Always set: a note that is not repeated (e.g. "loading model ...") must not linger.
-        self.bar.set_postfix_str((note or "")[:40], refresh=False)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
 
 def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
              xyz: bool = False, notify_url: str | None = None, as_json: bool = False) -> None:
@@ -146,7 +125,7 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     # run_launched adds run.log, --notify and, under `accelerate launch`, this process's share of columns.
     from expressiongrid.run.launch import run_launched
 
-    bar = _Bar()
+    bar = ProgressBar("img")
     try:
         outcome = run_launched(study, out_dir, bar, plan=plan, batch_size=batch_size, argv=sys.argv[1:],
                                notify_url=notify_url)
