@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from expressiongrid.errors import StoreError
+from expressiongrid.errors import CharacterError, StoreError
 
 # dlib's detector is slow on big images and gains nothing above this size for a closeup.
 DETECT_MAX_SIDE = 512
@@ -80,16 +80,12 @@ def measure_image(image):
 
 def _file_sha256(path) -> str | None:
     """SHA-256 of a cell image (None when it cannot be read: it is then measured, and recorded as unreadable)."""
-    import hashlib
+    from expressiongrid.characters.hashes import file_sha256
 
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
+        return file_sha256(path)
+    except CharacterError:
         return None
-    return digest.hexdigest()
 
 
 def _cell_measure(cell, row, is_reference: bool):
