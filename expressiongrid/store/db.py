@@ -10,6 +10,7 @@ versions in ``schema_versions``.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +30,7 @@ def connect(path: Path, *, what: str = "database", hint: str = "move it away",
         try:
             if check is not None:
                 check(conn, path)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn)
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
         except BaseException:
@@ -38,6 +39,21 @@ def connect(path: Path, *, what: str = "database", hint: str = "move it away",
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot open {what} {path}: {exc}; {hint}") from exc
     return conn
+
+
+def _set_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
+    """Switch to WAL. The switch needs the database alone for a moment and SQLite answers "database is
+    locked" at once, without its busy timeout, while another process (an accelerate shard opening the same
+    new run folder) does the same: retry for as long as the busy timeout would have waited."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 @contextmanager
