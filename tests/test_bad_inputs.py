@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -331,19 +332,22 @@ def _foreign_db(path: Path) -> None:
     db.close()
 
 
-# A run folder whose run.sqlite is not one this version can use: refused by name, for a dry run and a run.
-for mode in ("dry-run", "run"):
+# A run folder whose run.sqlite is not one this version can use: refused by name, for a dry run and a run,
+# also for a seed = -1 study (which reads the earlier run's random seed from it).
+RANDOM_SEED = {**BASE, "sampling": {**BASE["sampling"], "seed": -1}}
+for mode, (seed, study) in itertools.product(("dry-run", "run"), (("", BASE), ("-random-seed", RANDOM_SEED))):
     flags = ["--dry-run"] if mode == "dry-run" else []
+    args = ["run", "{study}", "--out", "{out}"]
     add(
-        C(f"db-garbage-{mode}", 1, "file is not a database", study=BASE, args=["run", "{study}", "--out", "{out}"],
+        C(f"db-garbage-{mode}{seed}", 1, "file is not a database", study=study, args=args,
           extra=flags, out_setup=_replace_db(lambda p: p.write_bytes(bytes(range(256)) * 16))),
-        C(f"db-other-program-{mode}", 1, "not made by expressiongrid", study=BASE,
-          args=["run", "{study}", "--out", "{out}"], extra=flags, out_setup=_replace_db(_foreign_db)),
-        C(f"db-missing-column-{mode}", 1, "lacks column(s) page", study=BASE, args=["run", "{study}", "--out", "{out}"],
+        C(f"db-other-program-{mode}{seed}", 1, "not made by expressiongrid", study=study,
+          args=args, extra=flags, out_setup=_replace_db(_foreign_db)),
+        C(f"db-missing-column-{mode}{seed}", 1, "lacks column(s) page", study=study, args=args,
           extra=flags, out_setup=_sql("ALTER TABLE cells DROP COLUMN page")),
-        C(f"db-future-version-{mode}", 1, "newer expressiongrid", study=BASE, args=["run", "{study}", "--out", "{out}"],
+        C(f"db-future-version-{mode}{seed}", 1, "newer expressiongrid", study=study, args=args,
           extra=flags, out_setup=_sql("UPDATE schema_versions SET version = 99 WHERE component = 'core'")),
-        C(f"db-is-a-folder-{mode}", 2, "run.sqlite is not a file", study=BASE, args=["run", "{study}", "--out", "{out}"],
+        C(f"db-is-a-folder-{mode}{seed}", 2, "run.sqlite is not a file", study=study, args=args,
           extra=flags, out_setup=_replace_db(lambda p: p.mkdir())),
     )
 

@@ -390,3 +390,72 @@ def test_a_study_name_cannot_write_outside_the_output_folder(tmp_path, demo_char
     assert not (tmp_path / "escaped").exists()
     grids = sorted(p.name for p in (out / "grids").glob("*.png"))
     assert grids == ["escaped_b_x_b.png"]
+
+
+def test_a_resumed_random_seed_run_opens_the_run_store_once_before_the_run(tmp_path, monkeypatch):
+    """The dry run's "already done" count and the earlier run's random seed come from one opening."""
+    import expressiongrid.run.launch as launch
+    import expressiongrid.store.runs as runs
+
+    study = tmp_path / "study.toml"
+    study.write_text(textwrap.dedent("""
+        name = "random"
+        [model]
+        source = "tiny"
+        [sampling]
+        steps = 2
+        width = 64
+        height = 64
+        seed = -1
+        [prompt]
+        positive = "a woman, {expression}"
+        [rows]
+        axis = "expressions"
+        items = ["smiling", "sad"]
+        [columns]
+        axis = "Nothing"
+    """), encoding="utf-8")
+    out = tmp_path / "out"
+    opens: list[Path] = []
+    real_connect, real_launch = runs.connect, launch.run_launched
+
+    def counting_connect(path, **kwargs):
+        opens.append(Path(path))
+        return real_connect(path, **kwargs)
+
+    opens_before_run: list[int] = []
+
+    def counting_launch(*args, **kwargs):
+        opens_before_run.append(len(opens))
+        return real_launch(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "connect", counting_connect)
+    monkeypatch.setattr(launch, "run_launched", counting_launch)
+    run = ["run", str(study), "--out", str(out)]
+    env = {"EXPRESSIONGRID_NO_PROGRESS": "1"}
+
+    first = CliRunner().invoke(main, run, env=env)
+    assert first.exit_code == 0, first.output
+    assert opens_before_run == [0]  # a new folder: nothing to open before the run
+    seeds = _rows(out, "SELECT DISTINCT seed FROM cells")
+    assert len(seeds) == 1
+
+    opens.clear()
+    dry = CliRunner().invoke(main, [*run, "--dry-run"], env=env)
+    assert dry.exit_code == 0, dry.output
+    assert f"2 images, 2 already done in {out}" in dry.output
+    assert opens == [out / "run.sqlite"]
+
+    opens.clear()
+    as_json = CliRunner().invoke(main, [*run, "--dry-run", "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)["already_done"] == 2
+    assert len(opens) == 1
+
+    opens.clear()
+    again = CliRunner().invoke(main, run, env=env)
+    assert again.exit_code == 0, again.output
+    assert opens_before_run == [0, 1]
+    assert "made 0, skipped 2 (already done)" in again.output  # the earlier random seed, so the same cells
+    assert _rows(out, "SELECT DISTINCT seed FROM cells") == seeds
+    assert _rows(out, "SELECT COUNT(*) FROM runs")[0][0] == 2

@@ -35,9 +35,8 @@ class AxisFlag(click.ParamType):
 # shared printing
 
 
-def _describe(plan, out_dir: Path, xyz: bool = False) -> None:
+def _describe(plan, out_dir: Path, done: int, xyz: bool = False) -> None:
     d = plan.describe()
-    done = _already_done(out_dir, plan)
     seeds = f", {d['seeds_per_cell']} seeds per cell" if d["seeds_per_cell"] > 1 else ""
     pages = f" on {d['pages']} pages" if d["pages"] > 1 else ""
     click.echo(f"plan: {d['rows']} rows x {d['columns']} columns{pages} = {d['cells']} cells{seeds}; "
@@ -76,36 +75,27 @@ def _weights(ref) -> str:
     return f"text encoder {format_weight(ref.te_weight)}, UNet {format_weight(ref.unet_weight)}"
 
 
-def _already_done(out_dir: Path, plan) -> int:
-    from expressiongrid.store import DB_NAME, Store
-
-    if not (out_dir / DB_NAME).is_file():
-        return 0
-    with Store.open_existing(out_dir) as store:
-        done = {c.key for c in store.cells("done", all_runs=True)}
-    return len(set(plan.unique_keys()) & done)
-
-
-
 def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_size: int | None,
              xyz: bool = False, notify_url: str | None = None, as_json: bool = False) -> None:
     from expressiongrid.engine.precision import describe_settings, resolve_study
     from expressiongrid.paths import check_output_folder
     from expressiongrid.study.plan import plan as make_plan
-    from expressiongrid.run.runner import check_devices, previous_random_seed
+    from expressiongrid.run.resume import read_resume_state
+    from expressiongrid.run.runner import check_devices
 
     check_output_folder(out_dir)
     study = resolve_study(study)
-    plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
+    earlier = read_resume_state(out_dir, study)  # the run store's one opening before the run
+    plan = make_plan(study, random_seed=earlier.random_seed)
     check_devices(plan)
     settings = describe_settings(study.model, images=plan.describe()["unique_images"])
     if as_json:
         import json
 
         click.echo(json.dumps({**plan.describe(), "out_dir": str(out_dir), "model": f"{study.model.source} on {settings}",
-                               "already_done": _already_done(out_dir, plan)}, ensure_ascii=False, indent=2))
+                               "already_done": earlier.done_in(plan)}, ensure_ascii=False, indent=2))
     else:
-        _describe(plan, out_dir, xyz=xyz)
+        _describe(plan, out_dir, earlier.done_in(plan), xyz=xyz)
         click.echo(f"model: {study.model.source} on {settings}")
     labels = {v.id: v.label for v in study.columns.values}
     for char_id, problems in study.column_problems.items():

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -118,17 +117,9 @@ def previous_random_seed(out_dir: str | Path, study: Study) -> int | None:
 
     Resuming a crashed run must not draw a new random seed: the grid would mix two seeds.
     """
-    from expressiongrid.store import DB_NAME
+    from expressiongrid.run.resume import read_resume_state
 
-    if study.sampling.seed != -1 or not (Path(out_dir) / DB_NAME).is_file():
-        return None
-    with Store.open_existing(out_dir) as store:
-        for record in reversed(store.runs()):
-            row = store.connection.execute("SELECT study_json FROM runs WHERE id = ?", (record.id,)).fetchone()
-            info = json.loads(row[0])
-            if info.get("name") == study.name and info.get("sampling", {}).get("seed") == -1:
-                return info.get("base_seed")
-    return None
+    return read_resume_state(out_dir, study).random_seed if study.sampling.seed == -1 else None
 
 
 def run_study(
