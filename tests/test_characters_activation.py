@@ -308,6 +308,16 @@ def test_multi_vector_embedding_formats_put_every_vector_in_the_prompt(pipe, fil
     assert np.abs(img - plain).mean() > 0.005
 
 
+def test_embeddings_active_together_name_each_column_after_its_file(pipe, files):
+    # the demo's reference + embedding columns share a batch this way: their TI hashes must still use the
+    # file stem A1111 knows the embedding by (the prompt in the metadata says that name), not our token
+    a = Character("a", "a", embeddings=[EmbeddingRef(files["emb_pt"], "annachar")], text="annachar")
+    b = Character("b", "b", embeddings=[EmbeddingRef(files["emb_st"], "bobchar")], text="bobchar")
+    with CharacterActivator(Loaded(pipe)).activate_together([a, b]) as (_shared, (one, two)):
+        assert one.ti_hashes == {files["emb_pt"].stem: hashes.sha256(files["emb_pt"])[:12]}
+        assert two.ti_hashes == {files["emb_st"].stem: hashes.sha256(files["emb_st"])[:12]}
+
+
 def test_diffusers_learned_embeds_single_vector(pipe, files):
     ch = Character("d", "d", embeddings=[EmbeddingRef(files["emb_diffusers"], "cattoy")], text="cattoy")
     with CharacterActivator(Loaded(pipe)).activate(ch) as active:

@@ -342,7 +342,7 @@ class CharacterActivator:
                     character=ch,
                     embeddings={ids[0]: ids for ids in own.values()},
                     tokens=own,
-                    ti_hashes={_clean(e.token): hashes.embedding_short_hash(e.path) for e in ch.embeddings},
+                    ti_hashes={_clean(e.name): hashes.embedding_short_hash(e.path) for e in ch.embeddings},
                     resources=self._resources(ch),
                 ))
             yield shared, per_character
