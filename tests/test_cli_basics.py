@@ -55,3 +55,28 @@ def test_progress_bar_note_shows_user_text_terminal_safe(capsys, monkeypatch):
     bar.close()
     err = capsys.readouterr().err
     assert "\x1b[5m" not in err and "text\\x1b[5m only" in err and "1/4" in err
+
+
+def _example_lines(epilog: str) -> list[str]:
+    lines = [line.strip() for line in epilog.replace("\b", "").splitlines()]
+    return [line for line in lines if line and line != "Example:"]
+
+
+def test_help_examples_keep_one_command_per_line():
+    """An example in --help is copied into a shell: click must not re-wrap several commands into one line or
+    break one inside a quoted argument (seen on an 80-column terminal)."""
+    runner = CliRunner()
+    commands = dict(_all_commands())
+    for path in [("config",), ("import",), ("init",), ("characters", "fetch"), ("analyze",), ("judge",),
+                 ("measure",), ("view",), ("report",), ("expressions", "list"), ("prompt", "explain")]:
+        result = runner.invoke(main, [*path, "--help"], terminal_width=80)
+        shown = {line.strip() for line in result.output.splitlines()}
+        for example in _example_lines(commands[path].epilog):
+            assert example in shown, f"{' '.join(path)} --help mangles the example {example!r}:\n{result.output}"
+
+
+def test_init_prints_a_next_command_that_pastes_with_spaces_in_the_path(tmp_path):
+    folder = tmp_path / "my study"
+    result = CliRunner().invoke(main, ["init", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert f"expressiongrid run '{folder}/examples/seed-study.toml' --dry-run" in result.output

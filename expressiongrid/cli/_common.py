@@ -38,6 +38,14 @@ def terminal_safe(text: object) -> str:
     return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(text))
 
 
+def shell_word(text: object) -> str:
+    """``text`` (a path, usually) as one word of a command line the user can paste: shell-quoted when it
+    holds spaces or other special characters, then terminal-safe."""
+    import shlex
+
+    return terminal_safe(shlex.quote(str(text)))
+
+
 def open_in_browser(url: str) -> None:
     """Open `url` in the user's default web browser (``--open``)."""
     import webbrowser

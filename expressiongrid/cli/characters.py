@@ -82,7 +82,7 @@ def list_command(directory: Path, as_json: bool) -> None:
         click.echo(terminal_safe(f"{rel:<{width}}  {e.kind:<10} {e.label}" + (f"  [{e.detail}]" if e.detail else "")))
 
 
-@characters.command("fetch", epilog="Example:\n\n  CIVITAI_API_KEY=... expressiongrid characters fetch civitai:128713\n"
+@characters.command("fetch", epilog="\b\nExample:\n  CIVITAI_API_KEY=... expressiongrid characters fetch civitai:128713\n"
                                       "  expressiongrid characters fetch hf:owner/repo/anna.safetensors")
 @click.argument("spec")
 @click.option("--dir", "dest", default="characters", show_default=True,

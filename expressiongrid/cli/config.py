@@ -9,7 +9,7 @@ import click
 from expressiongrid.cli._common import echo_json
 
 
-@click.group(epilog="Example:\n\n  expressiongrid config show\n  EXPRESSIONGRID_CONFIG=my.toml expressiongrid config show")
+@click.group(epilog="\b\nExample:\n  expressiongrid config show\n  EXPRESSIONGRID_CONFIG=my.toml expressiongrid config show")
 def config() -> None:
     """The user configuration: model folders (an A1111/Forge install) and defaults (dtype, device, sampler)."""
 
