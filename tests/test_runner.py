@@ -358,7 +358,7 @@ def test_random_seed_is_kept_when_the_run_is_resumed(tmp_path):
 
 def test_split_grid_gets_one_upload_copy_of_the_whole_grid_with_axis_titles_and_caption(tmp_path):
     from expressiongrid.output.grid import GridOptions
-    from expressiongrid.output.infotext import parse_parameters
+    from expressiongrid.output.metadata import CellMetadata
 
     more = "[output]\nmax_cells_per_page = 2\naxis_titles = true\ncaption = true\nupload_copy = \"jpeg\""
     study = _study(tmp_path, name="split", rows='"smiling", "sad", "angry"', columns='axis = "CFG Scale"\nvalues = "5,9"',
@@ -371,6 +371,6 @@ def test_split_grid_gets_one_upload_copy_of_the_whole_grid_with_axis_titles_and_
         parameters = part.info["parameters"]
     options = GridOptions.from_output({"caption": True, "axis_titles": True}, "expressions", "CFG Scale")
     assert (options.row_title, options.col_title) == ("Expression", "CFG Scale")
-    caption = options.caption_text(parse_parameters(parameters))
+    caption = options.caption_text(CellMetadata.from_parameters(parameters))
     assert "Steps: 2" in caption and "Seed: 5" in caption and "Sampler:" in caption
     assert "CFG" not in caption  # the columns vary it: the labels say it, not the caption

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from expressiongrid.errors import UsageError
 from expressiongrid.output.fonts import LabelFont, label_font, missing_glyphs
 from expressiongrid.output.images import CIVITAI_MAX_BYTES, JPEG_MAX_SIDE, WEBP_MAX_SIDE
+from expressiongrid.output.metadata import CellMetadata
 
 __all__ = [
     "ELLIPSIS",
@@ -468,9 +469,10 @@ def plan_grid(
 # -- a study's grid options ---------------------------------------------------------------------------
 
 _AXIS_TITLES = {"expressions": "Expression", "characters": "Character"}
-# Caption keys (A1111 infotext names) and the axis types that vary them (then the caption leaves them out).
-_CAPTION_KEYS = [("Model", "Checkpoint name"), ("Sampler", "Sampler"), ("Steps", "Steps"), ("CFG scale", "CFG Scale"),
-                 ("Seed", "Seed")]
+# Caption keys (A1111 infotext names), the metadata field each shows, and the axis type that varies it (then
+# the caption leaves it out).
+_CAPTION_KEYS = [("Model", "model", "Checkpoint name"), ("Sampler", "sampler", "Sampler"), ("Steps", "steps", "Steps"),
+                 ("CFG scale", "cfg_scale", "CFG Scale"), ("Seed", "seed", "Seed")]
 
 
 @dataclass(frozen=True)
@@ -497,20 +499,22 @@ class GridOptions:
             varying=frozenset(k for k in (row_kind, col_kind, page_kind) if k),
         )
 
-    def caption_text(self, parameters: dict | None) -> str | None:
-        """The caption line from a cell's parsed parameters: ``Model: x · Sampler: y · Steps: 20 · ...``."""
+    def caption_text(self, metadata: CellMetadata | None) -> str | None:
+        """The caption line from a grid's metadata (``output.metadata.grid_metadata``):
+        ``Model: x · Sampler: y · Steps: 20 · ...``; None without metadata (no cell finished)."""
         if not self.caption:
             return None
         if isinstance(self.caption, str):
             return self.caption
-        parameters = parameters or {}
+        if metadata is None:
+            return None
         parts = []
-        for key, axis in _CAPTION_KEYS:
-            value = parameters.get(key)
+        for key, name, axis in _CAPTION_KEYS:
+            value = getattr(metadata, name)
             if value in (None, "") or axis in self.varying:
                 continue
-            if key == "Sampler" and parameters.get("Schedule type") not in (None, "", "Automatic"):
-                value = f"{value} {parameters['Schedule type']}"
+            if name == "sampler" and metadata.schedule_type not in (None, "", "Automatic"):
+                value = f"{value} {metadata.schedule_type}"
             parts.append(f"{key}: {value}")
         return " · ".join(parts) or None
 

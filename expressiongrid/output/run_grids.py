@@ -12,7 +12,7 @@ from pathlib import Path
 
 from expressiongrid.errors import StudyError
 from expressiongrid.output.infotext import grid_axes_params
-from expressiongrid.output.metadata import grid_metadata, record_metadata
+from expressiongrid.output.metadata import CellMetadata, grid_metadata, record_metadata
 from expressiongrid.store import GRIDS_DIR, CellRecord, Store, is_complete_png
 from expressiongrid.text import csv_join
 
@@ -60,7 +60,6 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
     Safe to call on its own (e.g. by the last of several processes) and again after a resumed run.
     """
     from expressiongrid.output import grid as grid_mod
-    from expressiongrid.output.infotext import parse_parameters
 
     run_dir = Path(run_dir)
     own = store is None
@@ -86,6 +85,7 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
 
     name = safe_filename(info.get("name") or "", fallback="grid")  # the study name is user text
     output = info.get("output", {})
+    axes = grid_axes(info)
     grids: list[Path] = []
     copies: list[Path] = []
     for page_index, page in enumerate(pages):
@@ -102,11 +102,11 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
         if page.get("label"):
             title = f"{title} — {page['label']}" if title else page["label"]
         row_labels, col_labels = [r["label"] for r in rows], [c["label"] for c in cols]
-        parameters = grid_parameters(info, records, positions, page_index)
+        metadata = page_metadata(records, positions, page_index)
+        parameters = metadata.parameters(extra=axes) if metadata is not None else None
         options = grid_mod.GridOptions.from_output(
             output, info["rows"]["kind"], info["columns"]["kind"], info["pages"]["kind"] if info.get("pages") else None)
-        labels = dict(row_title=options.row_title, col_title=options.col_title,
-                      caption=options.caption_text(parse_parameters(parameters) if parameters else None))
+        labels = dict(row_title=options.row_title, col_title=options.col_title, caption=options.caption_text(metadata))
         images = grid_mod.compose_grid(cells, row_labels, col_labels, title=title, style=options.style,
                                        fmt=output.get("grid_formats", ["png"])[0],
                                        max_cells_per_page=options.max_cells_per_page, **labels)
@@ -122,15 +122,20 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
     return grids, copies
 
 
-def grid_parameters(info: dict, records: dict[str, CellRecord], positions: dict, page_index: int) -> str | None:
-    """The A1111 text of one page's grid: the first done cell's settings, every cell's resources and hashes,
-    and the axes (A1111's X/Y/Z plot keys). None when the page has no finished cell."""
+def page_metadata(records: dict[str, CellRecord], positions: dict, page_index: int) -> CellMetadata | None:
+    """One page's grid metadata: the first done cell's settings with every cell's resources and hashes
+    (``grid_metadata``); its text and its caption both come from it. None when no cell of the page is done."""
     done = [records[key] for (page, _, _), items in sorted(positions.items()) if page == page_index
             for _, key in items if key in records and records[key].status == "done"]
     metadata = [(record, record_metadata(record)) for record in done]
     metadata = [(record, m) for record, m in metadata if m is not None]
     if not metadata:
         return None
+    return grid_metadata([m for _, m in metadata], metadata[0][0])
+
+
+def grid_axes(info: dict) -> dict[str, str]:
+    """The grid's axes as A1111's X/Y/Z plot keys (``X Type``, ``X Values``, ...), from the stored study."""
     axes = []
     for letter, key in (("X", "columns"), ("Y", "rows"), ("Z", "pages")):
         axis = info.get(key)
@@ -139,5 +144,4 @@ def grid_parameters(info: dict, records: dict[str, CellRecord], positions: dict,
         kind = {"expressions": "Expression", "characters": "Character"}.get(axis["kind"], axis["kind"])
         text = axis.get("raw") or csv_join(v["label"] for v in axis["values"])
         axes.append((letter, kind, text))
-    grid = grid_metadata([m for _, m in metadata], metadata[0][0])
-    return grid.parameters(extra=grid_axes_params(axes))
+    return grid_axes_params(axes)
