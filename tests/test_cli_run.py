@@ -392,29 +392,13 @@ def test_a_study_name_cannot_write_outside_the_output_folder(tmp_path, demo_char
     assert grids == ["escaped_b_x_b.png"]
 
 
-def test_a_resumed_random_seed_run_opens_the_run_store_once_before_the_run(tmp_path, monkeypatch):
+def test_a_resumed_random_seed_run_opens_the_run_store_once_before_the_run(tmp_path, demo_chars, monkeypatch):
     """The dry run's "already done" count and the earlier run's random seed come from one opening."""
     import expressiongrid.run.launch as launch
     import expressiongrid.store.runs as runs
 
-    study = tmp_path / "study.toml"
-    study.write_text(textwrap.dedent("""
-        name = "random"
-        [model]
-        source = "tiny"
-        [sampling]
-        steps = 2
-        width = 64
-        height = 64
-        seed = -1
-        [prompt]
-        positive = "a woman, {expression}"
-        [rows]
-        axis = "expressions"
-        items = ["smiling", "sad"]
-        [columns]
-        axis = "Nothing"
-    """), encoding="utf-8")
+    study = _study(tmp_path, demo_chars, steps=2)
+    study.write_text(study.read_text(encoding="utf-8").replace("seed = 11", "seed = -1"), encoding="utf-8")
     out = tmp_path / "out"
     opens: list[Path] = []
     real_connect, real_launch = runs.connect, launch.run_launched
@@ -443,19 +427,19 @@ def test_a_resumed_random_seed_run_opens_the_run_store_once_before_the_run(tmp_p
     opens.clear()
     dry = CliRunner().invoke(main, [*run, "--dry-run"], env=env)
     assert dry.exit_code == 0, dry.output
-    assert f"2 images, 2 already done in {out}" in dry.output
+    assert f"6 images, 6 already done in {out}" in dry.output
     assert opens == [out / "run.sqlite"]
 
     opens.clear()
     as_json = CliRunner().invoke(main, [*run, "--dry-run", "--json"], env=env)
     assert as_json.exit_code == 0, as_json.output
-    assert json.loads(as_json.stdout)["already_done"] == 2
+    assert json.loads(as_json.stdout)["already_done"] == 6
     assert len(opens) == 1
 
     opens.clear()
     again = CliRunner().invoke(main, run, env=env)
     assert again.exit_code == 0, again.output
     assert opens_before_run == [0, 1]
-    assert "made 0, skipped 2 (already done)" in again.output  # the earlier random seed, so the same cells
+    assert "made 0, skipped 6 (already done)" in again.output  # the earlier random seed, so the same cells
     assert _rows(out, "SELECT DISTINCT seed FROM cells") == seeds
     assert _rows(out, "SELECT COUNT(*) FROM runs")[0][0] == 2
