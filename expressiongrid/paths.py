@@ -38,15 +38,18 @@ def read_text_file(path: str | os.PathLike, what: str = "file", error: type[Exce
     except FileNotFoundError:
         raise error(f"{what} not found: {path}") from None
     except IsADirectoryError:
-        raise error(f"{path}: is a folder, not a {what}") from None
+        raise error(f"{path}: is a folder; give the {what} itself") from None
     except OSError as exc:
         raise error(f"cannot read {what} {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
+    # Checked on the descriptor before wrapping it: Linux opens a folder read-only, and os.fdopen then
+    # raises a bare IsADirectoryError naming only the descriptor.
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
         if stat.S_ISDIR(mode):
-            raise error(f"{path}: is a folder, not a {what}")
-        if not stat.S_ISREG(mode):
-            raise error(f"{path}: not a regular file (a pipe or device); give the {what} itself")
+            raise error(f"{path}: is a folder; give the {what} itself")
+        raise error(f"{path}: not a regular file (a pipe or device); give the {what} itself")
+    with os.fdopen(fd, "rb") as fh:
         try:
             data = fh.read(max_bytes + 1)
         except OSError as exc:

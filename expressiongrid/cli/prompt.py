@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from expressiongrid.cli._common import echo_json
+from expressiongrid.limits import MAX_STEPS
 
 
 @click.group(epilog="Example:\n\n\b\n  expressiongrid prompt explain \"a [cat:dog:0.5], (smiling:1.2)\" --steps 20")
@@ -40,7 +41,7 @@ def _print_part(part, title: str) -> None:
 
 @prompt.command(epilog="Example:\n\n\b\n  expressiongrid prompt explain \"closeup, [neutral:angry face:0.2] <lora:x:0.8>\" --steps 20 --sampler Heun")
 @click.argument("text")
-@click.option("--steps", type=click.IntRange(min=1), required=True, help="Sampler steps of the pass.")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), required=True, help="Sampler steps of the pass.")
 @click.option("--sampler", default=None, help="A1111 sampler name; second-order samplers (Heun, DPM2, ...) double the model calls.")
 @click.option("--negative", "negative", default="", help="Negative prompt to explain as well (no AND split, tags stay text).")
 @click.option("--tokenizer", type=click.Choice(["sd15", "tiny"]), default="sd15", show_default=True, help="Vocabulary for token counts.")

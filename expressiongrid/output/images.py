@@ -190,12 +190,21 @@ def save_image(path: str | os.PathLike, image: Image.Image, parameters: str | No
 
 
 def read_parameters(path: str | os.PathLike) -> str | None:
-    """The A1111 ``parameters`` text of an image file (PNG text chunk or EXIF UserComment), or None."""
-    with Image.open(path) as im:
-        text = im.info.get("parameters")
-        if text:
-            return text
-        comment = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    """The A1111 ``parameters`` text of an image file (PNG text chunk or EXIF UserComment), or None.
+
+    A file that is not an image Pillow can open is a ``UsageError`` naming it."""
+    from PIL import UnidentifiedImageError
+
+    from expressiongrid.errors import UsageError
+
+    try:
+        with Image.open(path) as im:
+            text = im.info.get("parameters")
+            if text:
+                return text
+            comment = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UsageError(f"{path}: cannot read the image ({exc})") from exc
     if comment:
         return decode_user_comment(comment)
     return None

@@ -58,14 +58,9 @@ def read_source(path: str | Path) -> str:
     if not path.is_file():
         raise UsageError(f"{path}: file not found")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import UnidentifiedImageError
-
         from expressiongrid.output.images import read_parameters
 
-        try:
-            text = read_parameters(path)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UsageError(f"{path}: cannot read the image ({exc})") from exc
+        text = read_parameters(path)  # an unreadable image is a UsageError naming it
         if not text:
             raise UsageError(f"{path}: the image has no A1111 parameters (no PNG 'parameters' text, no EXIF "
                              "UserComment); it was not written by A1111, or its metadata was stripped")
