@@ -264,7 +264,7 @@ def section_host_syncs(c: Ctx) -> dict:
     """Euler a over 9 rows: syncs per step with CPU noise (prepared / step by step) and GPU noise."""
     from expressiongrid.engine import ImageRequest, make_scheduler
     from expressiongrid.engine.denoise import denoise_batch
-    from expressiongrid.engine.generation import _default_encoder, encode_batch
+    from expressiongrid.engine.generation import prompt_encoder, encode_batch
     from expressiongrid.engine.noise import initial_noise, make_generators
     from expressiongrid.prompts import total_model_calls
 
@@ -275,7 +275,7 @@ def section_host_syncs(c: Ctx) -> dict:
     unet = c.compiled_unet or c.model.pipe.unet
     out: dict = {}
     with torch.inference_mode():
-        cond, uncond = encode_batch(_default_encoder(c.model, None), reqs, total_model_calls(steps, "Euler a"))
+        cond, uncond = encode_batch(prompt_encoder(c.model, None), reqs, total_model_calls(steps, "Euler a"))
         for label, source, prepare in (("cpu_noise_prepared", "cpu", None), ("cpu_noise_step_by_step", "cpu", False),
                                        ("gpu_noise", "gpu", None)):
             if source == "gpu" and not c.cuda:  # refused by the engine, as for a user's study on a CPU

@@ -12,7 +12,7 @@ from expressiongrid.characters import demo
 from expressiongrid.engine import ImageRequest, ModelSpec, generate, load_model, make_scheduler
 from expressiongrid.engine.compiled import BatchBuckets, should_compile
 from expressiongrid.engine.denoise import decode_latents, denoise_batch
-from expressiongrid.engine.generation import encode_batch, _default_encoder
+from expressiongrid.engine.generation import encode_batch, prompt_encoder
 from expressiongrid.engine.loading import enable_compile
 from expressiongrid.engine.noise import PreparedNoise, initial_noise, make_generators
 from expressiongrid.engine.precision import allow_tf32, default_dtype, resolve_dtype
@@ -159,7 +159,7 @@ def test_prepared_noise_gives_bit_identical_latents(model, sampler, monkeypatch)
 
     info = get_sampler(sampler)
     with torch.inference_mode():
-        cond, uncond = encode_batch(_default_encoder(model, None), reqs, total_model_calls(4, info.name))
+        cond, uncond = encode_batch(prompt_encoder(model, None), reqs, total_model_calls(4, info.name))
 
     served = []
     original_next = PreparedNoise.next

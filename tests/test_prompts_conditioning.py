@@ -212,3 +212,52 @@ def test_bad_arguments_are_usage_errors(encoder):
         encoder.encode_schedules(["a"], num_calls=0)
     with pytest.raises(UsageError):
         PromptEncoder(encoder.tokenizer, encoder.text_encoder, emphasis="Loud")
+
+
+def test_a_rows_vectors_do_not_depend_on_what_else_is_encoded(encoder):
+    """A text encoded alone and among five others gives the same bits (each row runs on its own), so a
+    cached row equals a fresh one and a resumed run encodes like the run it resumes."""
+    others = ["a dog", "(red hair:1.3) woman", "a very long prompt " * 20, "[cat:dog:0.5]", "smiling"]
+    alone = encoder.encode(["closeup of woman"])[0]
+    among = encoder.encode(others + ["closeup of woman"])[-1]
+    assert torch.equal(alone[:77], among[:77])
+
+
+def test_cache_scopes_share_base_rows_and_keep_embedding_and_lora_rows_apart(tiny_tokenizer, text_encoder):
+    from expressiongrid.prompts.conditioning import EncodingCache
+
+    rows: list[tuple[int, ...]] = []
+    handle = text_encoder.register_forward_hook(
+        lambda module, args, kwargs, out: rows.extend(tuple(r) for r in kwargs["input_ids"].tolist()), with_kwargs=True)
+    try:
+        cache = EncodingCache()
+        trigger = _ids(tiny_tokenizer, "cat")[0]
+        emb = {trigger: [trigger, *_ids(tiny_tokenizer, "hair neck")]}
+        first = PromptEncoder(tiny_tokenizer, text_encoder, cache=cache.scope(None, ("emb-a",)), embeddings=emb)
+        dog, cat = (tuple(first.chunk(t).chunks[0].tokens) for t in ("a dog", "a cat"))
+        empty = first._empty_chunk()[0]
+        base = first.encode(["a dog"])
+        assert rows == [empty, dog]
+        # another column on the same weights, other embeddings: the plain rows are reused, bit for bit
+        second = PromptEncoder(tiny_tokenizer, text_encoder, cache=cache.scope(None, ("emb-b",)), embeddings=emb)
+        assert torch.equal(second.encode(["a dog"]), base) and rows == [empty, dog]
+        # a row with embedding vectors belongs to its embedding state
+        first.encode(["a cat"])
+        second.encode(["a cat"])
+        first.encode(["a cat"])
+        assert rows == [empty, dog, cat, cat]
+        # a text encoder a LoRA changed encodes everything again; clip skip is part of the key
+        PromptEncoder(tiny_tokenizer, text_encoder, cache=cache.scope(("lora.safetensors", 1.0), None)).encode(["a dog"])
+        PromptEncoder(tiny_tokenizer, text_encoder, clip_skip=2, cache=cache.scope(None, None)).encode(["a dog"])
+        assert rows == [empty, dog, cat, cat, empty, dog, empty, dog]
+    finally:
+        handle.remove()
+
+
+def test_cache_keeps_at_most_max_rows(tiny_tokenizer, text_encoder):
+    from expressiongrid.prompts.conditioning import EncodingCache
+
+    cache = EncodingCache(max_rows=2)
+    enc = PromptEncoder(tiny_tokenizer, text_encoder, cache=cache.scope())
+    enc.encode(["a", "b", "c"])
+    assert len(cache) == 2

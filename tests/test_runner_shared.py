@@ -95,3 +95,68 @@ def test_reference_and_embedding_columns_share_a_batch_and_keep_their_own_pixels
         assert "TI hashes" in together[key][1]  # the embedding column's own resource
     for key in [k for k in together if k[0] in ("reference", "plain")]:
         assert "TI hashes" not in together[key][1] and "Lora hashes" not in together[key][1]
+
+
+def _counting_text_encoder(monkeypatch) -> list[tuple[int, ...]]:
+    """Every 77-token row the CLIP text encoder is run on, in order."""
+    from transformers import CLIPTextModel
+
+    rows: list[tuple[int, ...]] = []
+    real = CLIPTextModel.forward
+
+    def forward(self, input_ids=None, *args, **kwargs):
+        rows.extend(tuple(r) for r in input_ids.tolist())
+        return real(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPTextModel, "forward", forward)
+    return rows
+
+
+def _unet_only_lora(chars):
+    path = chars / "unet-only.toml"
+    path.write_text('label = "UNet only"\ntext = "demochar"\n[[lora]]\nfile = "demo_lora.safetensors"\n'
+                    'weight = 1.0\nte_weight = 0\n', encoding="utf-8")
+    return path.name
+
+
+def test_prompt_rows_are_encoded_once_per_text_encoder_state_and_change_no_pixel(tmp_path, chars, monkeypatch):
+    """Batches of one image: the prompt-editing bracket's first text is the same for every row of a column
+    and the negative prompt the same for every column, yet each distinct row goes through the text
+    encoder once while its weights are unchanged; the column whose LoRA changes the text encoder encodes
+    its own, and the UNet-only LoRA column after it reuses the base rows. Caching changes no pixel."""
+    from collections import Counter
+
+    import expressiongrid.prompts.conditioning as conditioning
+    from expressiongrid.prompts.conditioning import PromptEncoder
+    from expressiongrid.tiny import build_tiny_pipeline
+
+    files = ["demo-embedding.toml", "demo-lora.toml", _unet_only_lora(chars)]
+    text = _study(tmp_path, chars, files).read_text(encoding="utf-8")
+    text = text.replace("batch_size = 16", "batch_size = 1").replace("steps = 3", "steps = 5")  # "face" for 1 step
+    study_path = tmp_path / "one.toml"
+    study_path.write_text(text, encoding="utf-8")
+
+    rows = _counting_text_encoder(monkeypatch)
+    cached = tmp_path / "cached"
+    assert run_study(load_study(study_path), cached).made == 8
+    counts = Counter(rows)
+    encoder = PromptEncoder(build_tiny_pipeline().tokenizer, None)
+    row = lambda text: tuple(encoder.chunk(text).chunks[0].tokens)  # noqa: E731
+    # "blurry" (every column's negative prompt) and the empty chunk (padding) are encoded twice: once for
+    # the base weights, once for the text encoder the demo LoRA changed; every other row once
+    assert {r for r, n in counts.items() if n > 1} == {row("blurry"), encoder._empty_chunk()[0]}
+    assert max(counts.values()) == 2
+    assert counts[row("closeup of woman, face, 1girl")] == 1  # both reference rows' first step
+    encoded = len(rows)
+
+    rows.clear()
+    real_init = conditioning.EncodingCache.__init__
+    monkeypatch.setattr(conditioning.EncodingCache, "__init__", lambda self, max_rows=0: real_init(self, 0))
+    uncached = tmp_path / "uncached"
+    assert run_study(load_study(study_path), uncached).made == 8
+    assert len(rows) > encoded  # without the cache the shared rows are encoded batch after batch
+    a, b = _images(cached), _images(uncached)
+    assert a.keys() == b.keys() and len(a) == 8
+    for key in a:
+        assert np.array_equal(a[key][0], b[key][0]), key
+        assert a[key][1] == b[key][1]

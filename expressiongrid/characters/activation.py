@@ -48,6 +48,17 @@ class ActiveCharacter:
     resources: list[dict] = field(default_factory=list)  # civitai-style resource list
     text_encoder_changed: bool = False  # True: a LoRA changed the text encoder, re-encode this column's prompts
 
+    def text_state(self) -> tuple:
+        """``(weights, embeddings)`` naming the text encoder's state while this character is active, for
+        ``EncodingCache.scope``: weights are None unless a LoRA changed the text encoder; embeddings say
+        which vectors sit at which token ids."""
+        weights = None
+        if self.text_encoder_changed:
+            weights = tuple((str(ref.path), ref.te_weight) for ref in self.character.loras if ref.te_weight)
+        paths = {ref.token: str(ref.path) for ref in self.character.embeddings}
+        embeddings = tuple(sorted((token, tuple(ids), paths.get(token, "")) for token, ids in self.tokens.items()))
+        return weights, embeddings or None
+
     def expand_ids(self, ids: list[int]) -> list[int]:
         """Token ids with every embedding trigger replaced by all its vector ids (for a plain encoder)."""
         out: list[int] = []

@@ -13,7 +13,7 @@ _EXPORTS = {
     "SD15_CONFIG_DIR": "loading",
     "make_scheduler": "schedulers",
     "ImageRequest": "generation", "ImageResult": "generation", "generate": "generation",
-    "auto_batch_size": "generation", "batch_size_for": "generation",
+    "auto_batch_size": "generation", "batch_size_for": "generation", "prompt_encoder": "generation",
     "denoise_batch": "denoise", "decode_latents": "denoise",
     "make_generators": "noise", "initial_noise": "noise",
 }

@@ -110,11 +110,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _default_encoder(model, embeddings):
+def prompt_encoder(model, embeddings: dict[int, list[int]] | None = None, cache=None):
+    """The model's ``PromptEncoder`` (its clip skip) with textual-inversion `embeddings` registered;
+    `cache` is an ``EncodingCache.scope`` naming the text encoder's state (rows are then kept across
+    batches and columns), or None for rows kept by this encoder only."""
     from expressiongrid.prompts.conditioning import PromptEncoder
 
     pipe = model.pipe
-    return PromptEncoder(pipe.tokenizer, pipe.text_encoder, clip_skip=model.clip_skip, embeddings=embeddings)
+    return PromptEncoder(pipe.tokenizer, pipe.text_encoder, clip_skip=model.clip_skip, embeddings=embeddings,
+                         cache=cache)
 
 
 def batch_size_for(model, width: int, height: int, cap: int | None = None) -> int:
@@ -143,7 +147,7 @@ def generate(model, requests: list[ImageRequest], batch_size: int | None = None,
     infos = [validate_request(r) for r in requests]
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"batch size must be at least 1 (got {batch_size})")
-    encoder = encoder if encoder is not None else _default_encoder(model, embeddings)
+    encoder = encoder if encoder is not None else prompt_encoder(model, embeddings)
 
     groups: dict[tuple, list[int]] = {}
     for i, (req, info) in enumerate(zip(requests, infos)):
@@ -243,4 +247,4 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     ]
 
 
-__all__ = ["ImageRequest", "ImageResult", "auto_batch_size", "batch_size_for", "generate"]
+__all__ = ["ImageRequest", "ImageResult", "auto_batch_size", "batch_size_for", "generate", "prompt_encoder"]

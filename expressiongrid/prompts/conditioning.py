@@ -18,12 +18,19 @@ one table entry per distinct tensor (rows without emphasis and equal chunk count
 Rows whose texts have fewer chunks than the longest are padded the way A1111 stacks a batch: by repeating
 the last token vector.
 
+Raw text-encoder outputs are computed one 77-token row at a time, so a row's vectors never depend on
+which other rows happen to be encoded with it (a batched matmul may round differently at another batch
+size). That makes them cacheable: an :class:`EncodingCache` keeps them across batches and columns for as
+long as the text encoder's weights and embedding rows are the same (the ``state`` the caller names), and a
+cached run, a resumed run and an uncached run encode bit for bit alike.
+
 torch is imported lazily; import this module only where prompts are encoded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from expressiongrid.errors import UsageError
@@ -74,6 +81,63 @@ def _final_layer_norm(text_encoder):
     return norm
 
 
+class EncodingCache:
+    """Raw text-encoder outputs (``[77, C]`` per 77-token row), kept across batches and columns.
+
+    A row's vectors depend on the text encoder's weights and, when the row holds textual-inversion vector
+    ids, on the vectors registered at those ids. The caller names both with :meth:`scope`:
+    ``weights`` (None for the model's own weights; anything hashable that differs whenever a LoRA changed
+    the text encoder) and ``embeddings`` (what is registered at which ids). Rows without embedding ids are
+    shared by every scope with the same ``weights``. Least recently used rows are dropped beyond
+    ``max_rows`` (SD1.5: 118 KB per row in fp16).
+    """
+
+    def __init__(self, max_rows: int = 1024):
+        self.max_rows = max_rows
+        self._rows: OrderedDict[Hashable, object] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def scope(self, weights: Hashable = None, embeddings: Hashable = None) -> "_CacheScope":
+        return _CacheScope(self, weights, embeddings)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _get(self, key: Hashable):
+        value = self._rows.get(key)
+        if value is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._rows.move_to_end(key)
+        return value
+
+    def _put(self, key: Hashable, value) -> None:
+        self._rows[key] = value
+        self._rows.move_to_end(key)
+        while len(self._rows) > self.max_rows:
+            self._rows.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class _CacheScope:
+    """One text-encoder state's view of an :class:`EncodingCache`."""
+
+    cache: EncodingCache
+    weights: Hashable
+    embeddings: Hashable
+
+    def key(self, clip_skip: int, row: tuple[int, ...], uses_embeddings: bool) -> tuple:
+        return (clip_skip, self.weights, self.embeddings if uses_embeddings else None, row)
+
+    def get(self, key: tuple):
+        return self.cache._get(key)
+
+    def put(self, key: tuple, vectors) -> None:
+        self.cache._put(key, vectors)
+
+
 class PromptEncoder:
     """Encode A1111-syntax prompts with a CLIP text encoder the way A1111 does.
 
@@ -83,6 +147,8 @@ class PromptEncoder:
     - ``embeddings``: textual inversion, ``{trigger_token_id: [vector_token_ids, ...]}``; the trigger is
       replaced by all its vectors, kept whole within one 75-token chunk.
     - ``comma_padding_backtrack``: A1111's "Prompt word wrap length limit" (20; 0 turns it off).
+    - ``cache``: an :meth:`EncodingCache.scope` naming the text encoder's current state; without one the
+      encoder keeps its own rows (shared by its calls only).
     """
 
     def __init__(
@@ -93,6 +159,7 @@ class PromptEncoder:
         emphasis: str = "Original",
         embeddings: dict[int, list[int]] | None = None,
         comma_padding_backtrack: int = 20,
+        cache: _CacheScope | None = None,
     ):
         if int(clip_skip) < 1:
             raise UsageError(f"clip skip must be 1 or more (got {clip_skip}); 1 means the last layer")
@@ -110,6 +177,8 @@ class PromptEncoder:
             for trigger, vectors in (embeddings or {}).items()
         ]
         self._chunk_cache: dict[str, ChunkedPrompt] = {}
+        self._rows = cache if cache is not None else EncodingCache(max_rows=1 << 30).scope()
+        self._embedding_ids = frozenset(int(i) for e in self.embeddings for i in (*e.trigger, *e.vector_ids))
 
     # -- text -> chunks (pure Python apart from the tokenizer) --------------------------------------
     def fragments(self, text: str) -> list[tuple[str, float]]:
@@ -147,24 +216,25 @@ class PromptEncoder:
         return chunked
 
     # -- chunks -> tensors ---------------------------------------------------------------------------
-    def _run_text_encoder(self, token_rows: list[tuple[int, ...]], batch_size: int = 64) -> dict:
-        """Raw (unweighted) hidden states ``[77, C]`` for each distinct 77-token row."""
+    def _run_text_encoder(self, token_rows: list[tuple[int, ...]]) -> dict:
+        """Raw (unweighted) hidden states ``[77, C]`` for each distinct 77-token row, each row encoded on
+        its own (batch of one) so its vectors are the same whatever else is encoded; cached by state."""
         import torch
 
         device = self.text_encoder.device
         out: dict[tuple[int, ...], object] = {}
         norm = _final_layer_norm(self.text_encoder) if self.clip_skip > 1 else None
-        with torch.no_grad():
-            for start in range(0, len(token_rows), batch_size):
-                rows = token_rows[start : start + batch_size]
-                ids = torch.tensor(rows, dtype=torch.long, device=device)
-                result = self.text_encoder(input_ids=ids, output_hidden_states=self.clip_skip > 1)
-                if norm is None:
-                    z = result.last_hidden_state
-                else:
-                    z = norm(result.hidden_states[-self.clip_skip])
-                for row, vectors in zip(rows, z):
-                    out[row] = vectors
+        for row in token_rows:
+            key = self._rows.key(self.clip_skip, row, not self._embedding_ids.isdisjoint(row))
+            vectors = self._rows.get(key)
+            if vectors is None:
+                with torch.no_grad():
+                    ids = torch.tensor([row], dtype=torch.long, device=device)
+                    result = self.text_encoder(input_ids=ids, output_hidden_states=self.clip_skip > 1)
+                    z = result.last_hidden_state if norm is None else norm(result.hidden_states[-self.clip_skip])
+                vectors = z[0]
+                self._rows.put(key, vectors)
+            out[row] = vectors
         return out
 
     def _empty_chunk(self) -> tuple[tuple[int, ...], list[float]]:

@@ -5,6 +5,8 @@ Order of work (the expensive things happen least often):
 1. models outermost (a Checkpoint or Clip skip axis reloads weights), then characters: each character is
    activated once for its whole column (LoRA written into the weights, embeddings registered);
 2. the rows of a column go through ``engine.generate`` together, in batches, one UNet call per step;
+   prompt texts are encoded once per model and text-encoder state (an ``EncodingCache``): again for a
+   column only when its LoRA changed the text encoder or its prompts use its embedding's vectors;
 3. each finished image is handed to a writer thread (``run.cellwriter``) that encodes it, writes it
    atomically (temp file, fsync, rename) and only then marks it done in SQLite, while the next batch
    denoises; a cell counts as done (progress, summary) only once the writer has committed it, so a crash
@@ -266,6 +268,7 @@ class _Maker:
         self.progress, self.total, self.batch_size = progress, total, batch_size
         self.done = 0  # cells finished: written and committed by the writer thread, or failed
         self.writer = None  # run.cellwriter.CellWriter while make() runs
+        self.text_cache = None  # prompts.conditioning.EncodingCache of the model being used
         self.submitted: set[str] = set()  # keys handed to the writer
 
     def report(self, note: str | None, extra: int = 0) -> None:
@@ -332,6 +335,9 @@ class _Maker:
                     self.done += len(group)
                 self.report(None)
                 continue
+            from expressiongrid.prompts.conditioning import EncodingCache
+
+            self.text_cache = EncodingCache()
             activator = None
             if any(g[0].spec.networks is not None for g in model_groups):
                 from expressiongrid.characters import CharacterActivator
@@ -343,6 +349,7 @@ class _Maker:
                 else:
                     self.shared(model, activator, unit)
             del model, activator
+            self.text_cache = None
 
     def shared(self, model, activator, groups: list[list[PlannedCell]]) -> None:
         """Columns on the base weights in shared batches: their embeddings registered together, one UNet
@@ -365,9 +372,10 @@ class _Maker:
                 own = iter(per_character)
                 column_active = [next(own) if ch is not None else None for ch in characters]
                 active_of = {c.key: a for g, a in zip(groups, column_active) for c in g}
+                encoder = self.encoder(model, shared)
                 chunk = batch_size_for(model, cells[0].spec.width, cells[0].spec.height, self.batch_size)
                 for start in range(0, len(cells), chunk):
-                    self.batch(model, shared, cells[start:start + chunk], label, active_of=active_of)
+                    self.batch(model, encoder, shared, cells[start:start + chunk], label, active_of=active_of)
         except Exception as exc:  # noqa: BLE001 - retried column by column below, where faults are isolated
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -401,9 +409,10 @@ class _Maker:
             else:
                 context = contextlib.nullcontext(None)
             with context as active:
+                encoder = self.encoder(model, active)
                 chunk = batch_size_for(model, first.spec.width, first.spec.height, self.batch_size)
                 for start in range(0, len(cells), chunk):
-                    self.batch(model, active, cells[start:start + chunk], label)
+                    self.batch(model, encoder, active, cells[start:start + chunk], label)
         except Exception as exc:  # noqa: BLE001 - one column's fault must not end an overnight run
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise  # a full disk is no column's fault: stop with one line; the next run resumes
@@ -415,9 +424,20 @@ class _Maker:
             self.done += len(left)
             self.report(None)
 
-    def batch(self, model, active, batch: list[PlannedCell], label: str, active_of: dict | None = None) -> None:
-        """Generate one batch; `active` gives the prompt encoder's embeddings, `active_of` (cell key ->
-        ActiveCharacter) each cell's own character for its metadata when columns share the batch."""
+    def encoder(self, model, active):
+        """The prompt encoder while `active` (an ActiveCharacter, or None for the base model) is active:
+        its embeddings registered, its rows cached under the text encoder's state."""
+        from expressiongrid.engine import prompt_encoder
+
+        weights, embeddings = active.text_state() if active is not None else (None, None)
+        return prompt_encoder(model, active.embeddings if active is not None else None,
+                              cache=self.text_cache.scope(weights, embeddings))
+
+    def batch(self, model, encoder, active, batch: list[PlannedCell], label: str,
+              active_of: dict | None = None) -> None:
+        """Generate one batch with `encoder` (``self.encoder``); `active` is the ActiveCharacter (or None)
+        for the cells' metadata, `active_of` (cell key -> ActiveCharacter) each cell's own character when
+        columns share the batch."""
         from expressiongrid.engine import ImageRequest, generate
 
         requests = [ImageRequest(prompt=c.spec.prompt, negative_prompt=c.spec.negative_prompt, seed=c.spec.seed,
@@ -426,8 +446,7 @@ class _Maker:
                     for c in batch]
         self.report(label)
         try:
-            results = generate(model, requests, batch_size=len(requests),
-                               embeddings=active.embeddings if active is not None else None)
+            results = generate(model, requests, batch_size=len(requests), encoder=encoder)
         except ExpressionGridError as exc:
             self.fail(batch, str(exc))
             self.done += len(batch)
