@@ -113,6 +113,17 @@ def test_civitai_keys_are_bare_json_that_civitai_finds():
     assert parsed["Model hash"] == "6ce0161689" and parsed["Version"].startswith("expressiongrid")
 
 
+def test_a_quoted_value_that_looks_like_a_hashes_key_is_a_value():
+    """A label reading `a, Hashes: {}` is written quoted; the real Hashes after it are the Hashes."""
+    hashes = {"model": "6ce0161689", "lora:anna": "0a1b2c3d4e"}
+    text = ("p\nSteps: 20, Sampler: Euler a, Seed: 5, Y Type: Prompt S/R, Y Values: \"a, Hashes: {}\", "
+            f"Hashes: {json.dumps(hashes)}, Version: v1.10.1")
+    parsed = parse_parameters(text)
+    assert parsed["Y Values"] == "a, Hashes: {}"
+    assert parsed["Hashes"] == hashes
+    assert parsed["Version"] == "v1.10.1"
+
+
 def test_grid_keys_follow_xyz_runs_corpus():
     for run in load_jsonl("xyz_runs.jsonl"):
         if "expected" not in run or not run["expected"].get("saved_grids"):

@@ -213,22 +213,38 @@ def _unquote(text: str) -> str:
 
 
 def _take_raw_json(line: str) -> tuple[str, dict[str, Any]]:
-    """Cut ``Hashes: {...}`` and ``Civitai resources: [...]`` out of the line and decode them."""
+    """Cut ``Hashes: {...}`` and ``Civitai resources: [...]`` out of the line and decode them.
+
+    The line is read pair by pair as ``_PARAM`` reads it (a quoted value is one value, so a label such as
+    ``"a, Hashes: {}"`` is not mistaken for the key); text that is no pair is skipped a character at a
+    time, as ``re.findall`` does.
+    """
     found: dict[str, Any] = {}
     decoder = json.JSONDecoder()
-    for key in _RAW_JSON_KEYS:
-        m = re.search(rf"(^|,\s*){re.escape(key)}:\s*(?=[\[{{])", line)
-        if m is None:
+    kept: list[str] = []
+    pos = 0
+    while pos < len(line):
+        pair = _PARAM.match(line, pos)
+        if pair is None:
+            kept.append(line[pos])
+            pos += 1
             continue
-        try:
-            value, end = decoder.raw_decode(line, m.end())
-        except ValueError:
-            continue  # not JSON: leave it to the ordinary key/value reading
-        found[key] = value
-        rest = line[end:]
-        rest = rest[1:] if rest.startswith(",") else rest
-        line = line[: m.start()] + ("," if m.group(1) and rest.strip() else "") + rest
-    return line, found
+        key = pair.group(1)
+        start = pair.start(2)
+        if key in _RAW_JSON_KEYS and key not in found and line[start:start + 1] in ("[", "{"):
+            try:
+                value, end = decoder.raw_decode(line, start)
+            except ValueError:
+                pass  # not JSON: leave it to the ordinary key/value reading
+            else:
+                found[key] = value
+                rest = line[end:]
+                pos = end + (len(rest) - len(rest.lstrip()))
+                pos += 1 if line.startswith(",", pos) else 0
+                continue
+        kept.append(line[pos:pair.end()])
+        pos = pair.end()
+    return "".join(kept), found
 
 
 def parse_parameters(text: str) -> dict[str, Any]:
