@@ -356,6 +356,18 @@ def test_random_seed_is_kept_when_the_run_is_resumed(tmp_path):
     assert elsewhere.made == 2
 
 
+def test_random_seed_is_kept_when_a_library_caller_resumes_through_run_launched(tmp_path):
+    from expressiongrid.run.launch import run_launched
+
+    study = _study(tmp_path, sampling="", rows='"a", "b"')
+    study.write_text(study.read_text().replace("seed = 5", "seed = -1"))
+    first = run_launched(load_study(study), tmp_path / "out", argv=[])
+    again = run_launched(load_study(study), tmp_path / "out", argv=[])  # no plan given: it reads the seed
+    assert (first.summary.made, again.summary.made, again.summary.skipped) == (2, 0, 2)
+    with Store.open_existing(tmp_path / "out") as store:
+        assert len({c.seed for c in store.cells()}) == 1
+
+
 def test_split_grid_gets_one_upload_copy_of_the_whole_grid_with_axis_titles_and_caption(tmp_path):
     from expressiongrid.output.grid import GridOptions
     from expressiongrid.output.metadata import CellMetadata
