@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from expressiongrid import config as user_config
 from expressiongrid.characters import demo
+from expressiongrid.output.images import read_parameters
 from expressiongrid.output.infotext import parse_parameters
 from expressiongrid.study.plan import plan
 from expressiongrid.run.runner import cell_metadata, run_study
@@ -132,3 +133,6 @@ def test_embedding_with_its_own_token_is_written_under_its_file_name(tmp_path, t
     assert params["Negative prompt"] == "Anna_Face-v2-like, blurry"
     assert params["TI hashes"].startswith("Anna_Face-v2: ")
     assert cell.prompt == "a photo of annaface, smiling"  # the store keeps the prompt as it was encoded
+    # the grid's text is its first cell's, so pasting the grid into A1111 finds the embedding too
+    grid = parse_parameters(read_parameters(next((tmp_path / "out" / "grids").glob("*.png"))))
+    assert grid["Prompt"] == params["Prompt"] and grid["Negative prompt"] == params["Negative prompt"]

@@ -43,10 +43,12 @@ def test_a_grid_lists_every_cells_resources_once():
     bea = _meta(lora_hashes={"bea": "fedcba654321"}, hashes={"model": "6ce0161689", "lora:bea": "9876543210"},
                 civitai_resources=[{"type": "lora", "weight": 1.0, "modelVersionId": 8}],
                 resources=[{"type": "lora", "name": "bea", "hash": "9876543210"}])
-    first = SimpleNamespace(prompt="p", negative_prompt="n", steps=20, sampler="DPM++ 2M", cfg_scale=7.0, seed=42,
-                            width=512, height=768)
+    # the store's record keeps the prompt as it was encoded (an embedding's token); the grid states the first
+    # cell's image text, as A1111's grid does
+    first = SimpleNamespace(prompt="closeup, annaface", negative_prompt="n", steps=20, sampler="DPM++ 2M",
+                            cfg_scale=7.0, seed=42, width=512, height=768)
     grid = grid_metadata([anna, bea, anna], first)
-    assert grid.prompt == "p" and grid.model == "v1-5"
+    assert grid.prompt == anna.prompt and grid.negative_prompt == "blurry" and grid.model == "v1-5"
     assert grid.hashes == {"model": "6ce0161689", "lora:anna": "0123456789", "lora:bea": "9876543210"}
     assert grid.lora_hashes == {"anna": "abcdef123456", "bea": "fedcba654321"}
     assert [r["modelVersionId"] for r in grid.civitai_resources] == [7, 8]

@@ -106,11 +106,13 @@ def record_metadata(record: Any) -> CellMetadata | None:
 def grid_metadata(cells: Sequence[CellMetadata], first: Any) -> CellMetadata:
     """A grid's metadata: its first cell's settings, with every cell's resources and hashes.
 
-    `first` is the first cell's store record, whose prompt, seed and settings are what the grid states.
+    `first` is the first cell's store record, whose seed and settings are what the grid states. The prompts
+    are the first cell's as its own image states them (an embedding by its file stem, so a pasted grid finds
+    it as the cell does), not the store's prompt as it was encoded.
     """
     p0 = cells[0]
     return dataclasses.replace(
-        p0, prompt=first.prompt, negative_prompt=first.negative_prompt, steps=first.steps,
+        p0, prompt=p0.prompt, negative_prompt=p0.negative_prompt, steps=first.steps,
         sampler=p0.sampler or first.sampler, cfg_scale=first.cfg_scale, seed=first.seed, width=first.width,
         height=first.height,
         lora_hashes=merge_hashes(*[c.lora_hashes for c in cells]),
