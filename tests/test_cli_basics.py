@@ -80,3 +80,13 @@ def test_init_prints_a_next_command_that_pastes_with_spaces_in_the_path(tmp_path
     result = CliRunner().invoke(main, ["init", str(folder)])
     assert result.exit_code == 0, result.output
     assert f"expressiongrid run '{folder}/examples/seed-study.toml' --dry-run" in result.output
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    """`expressiongrid ... | head -1`: no "error: Broken pipe" and no traceback when the reader goes away."""
+    proc = subprocess.Popen([sys.executable, "-m", "expressiongrid", "expressions", "list", "seed-study", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) != 0
+    assert stderr == "", stderr

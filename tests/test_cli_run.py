@@ -443,3 +443,35 @@ def test_a_resumed_random_seed_run_opens_the_run_store_once_before_the_run(tmp_p
     assert "made 0, skipped 6 (already done)" in again.output  # the earlier random seed, so the same cells
     assert _rows(out, "SELECT DISTINCT seed FROM cells") == seeds
     assert _rows(out, "SELECT COUNT(*) FROM runs")[0][0] == 2
+
+
+def test_runs_list_and_show_print_a_hostile_study_name_and_labels_terminal_safe(tmp_path):
+    study = tmp_path / "s.toml"
+    study.write_text(textwrap.dedent("""
+        name = "x\\u001b]0;retitled\\u0007y"
+        [model]
+        source = "tiny"
+        [sampling]
+        steps = 1
+        width = 64
+        height = 64
+        [prompt]
+        positive = "a cat, {expression}"
+        [rows]
+        axis = "expressions"
+        values = ["red\\u001b[31m smile", "calm"]
+        [columns]
+        axis = "Nothing"
+    """), encoding="utf-8")
+    runner = CliRunner()
+    out = tmp_path / "runs" / "r"
+    assert runner.invoke(main, ["run", str(study), "--out", str(out)]).exit_code == 0
+    listed = runner.invoke(main, ["runs", "list", str(tmp_path / "runs")])
+    shown = runner.invoke(main, ["runs", "show", str(out)])
+    for result in (listed, shown):
+        assert result.exit_code == 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output
+        assert "x\\x1b]0;retitled\\x07y" in result.output
+    # the escaped label is padded like any other, so the seed column stays aligned
+    cell_lines = [line for line in shown.output.splitlines() if line.lstrip().startswith("0 ")]
+    assert len(cell_lines) == 2 and len({line.index(" done ") for line in cell_lines}) == 1, cell_lines

@@ -106,6 +106,14 @@ class LazyGroup(click.Group):
             for problem in getattr(exc, "problems", []) or []:
                 click.echo(f"  - {terminal_safe(problem)}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            if debug_enabled(ctx):
+                raise
+            # The reader of the output went away (`... | head`): stop quietly, as other command-line tools
+            # do, instead of an "error: Broken pipe" line; stdout goes to devnull so the exit flush is silent.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(1)
         except Exception as exc:
             message = None if debug_enabled(ctx) else _environment_message(exc)
             if message is None:

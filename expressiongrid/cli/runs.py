@@ -49,9 +49,9 @@ def list_runs(root: Path, as_json: bool) -> None:
         click.echo(f"no runs under {root}")
         return
     click.echo(f"{'folder':40} {'study':16} {'cells':>6} {'done':>6} {'failed':>6} {'pending':>7}  last run")
-    for r in rows:
-        click.echo(f"{r['run_dir']:40} {str(r['study'] or '-'):16} {r['cells']:>6} {r['done']:>6} {r['failed']:>6} "
-                   f"{r['pending']:>7}  #{r['last_run']} {r['status']} {r['started']}")
+    for r in rows:  # user text made terminal-safe before it is padded, so the columns stay aligned
+        click.echo(f"{terminal_safe(r['run_dir']):40} {terminal_safe(r['study'] or '-'):16} {r['cells']:>6} "
+                   f"{r['done']:>6} {r['failed']:>6} {r['pending']:>7}  #{r['last_run']} {r['status']} {r['started']}")
 
 
 @runs.command("show", epilog="Example:\n\n  expressiongrid runs show out/demo --json")
@@ -77,8 +77,8 @@ def show_run(run_dir: Path, as_json: bool) -> None:
         echo_json({"run_dir": str(run_dir), "study": info, "counts": counts,
                    "runs": [vars(r) for r in runs_], "cells": cell_rows})
         return
-    click.echo(f"run folder: {run_dir}")
-    click.echo(f"study: {info.get('name')} ({info.get('path') or 'ad-hoc'})")
+    click.echo(f"run folder: {terminal_safe(run_dir)}")
+    click.echo(f"study: {terminal_safe(info.get('name'))} ({terminal_safe(info.get('path') or 'ad-hoc')})")
     click.echo(f"cells: {sum(counts.values())} ({counts['done']} done, {counts['failed']} failed, "
                f"{counts['pending']} pending)")
     for r in runs_:
@@ -91,5 +91,5 @@ def show_run(run_dir: Path, as_json: bool) -> None:
     click.echo(f"{'page':>4} {'column':20} {'row':24} {'status':8} {'seed':>10} {'s':>6}  file")
     for c in cells:
         secs = f"{c.seconds:.2f}" if c.seconds is not None else "-"
-        click.echo(terminal_safe(f"{c.page:>4} {c.col_label[:20]:20} {c.row_label[:24]:24} {c.status:8} "
-                                 f"{c.seed:>10} {secs:>6}  {c.file or c.error or '-'}"))
+        click.echo(f"{c.page:>4} {terminal_safe(c.col_label)[:20]:20} {terminal_safe(c.row_label)[:24]:24} "
+                   f"{c.status:8} {c.seed:>10} {secs:>6}  {terminal_safe(c.file or c.error or '-')}")
