@@ -317,3 +317,14 @@ def _done_cells(out: Path) -> int:
             conn.close()
     except sqlite3.OperationalError:
         return 0
+
+
+def test_list_json_shows_the_notify_url_without_its_secrets(tmp_path, home):
+    runner = CliRunner()
+    url = "https://user:hunter2@ntfy.example/topic?auth=tok123#frag"
+    assert runner.invoke(main, ["queue", "add", str(_study(tmp_path, "s")), "--notify", url]).exit_code == 0
+    assert StudyQueue().entries()[0].args == ["--notify", url]  # kept whole: the runner must post to it
+    listed = runner.invoke(main, ["queue", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert "hunter2" not in listed.output and "tok123" not in listed.output
+    assert "ntfy.example/topic" in json.loads(listed.output)[0]["args"][1]

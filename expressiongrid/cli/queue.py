@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import echo_json
+from expressiongrid.cli._common import echo_json, terminal_safe
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -76,13 +76,17 @@ def list_(as_json: bool) -> None:
 
       expressiongrid queue list
     """
+    from expressiongrid.run.notify import redact_argv
     from expressiongrid.run.queue import StudyQueue
 
     q = StudyQueue()
     entries = q.entries()
     runner_active = q.runner_active() if any(e.state == "running" for e in entries) else False
     if as_json:
-        echo_json([e.__dict__ | {"interrupted": e.state == "running" and not runner_active} for e in entries])
+        # The queue keeps the full --notify URL to post to it later; what is printed (and so pasted into
+        # bug reports or logs) shows it without its user:password, query and fragment, like run.log.
+        echo_json([e.__dict__ | {"args": redact_argv(list(e.args or [])),
+                                 "interrupted": e.state == "running" and not runner_active} for e in entries])
         return
     if not entries:
         click.echo(f"the queue is empty ({q.path})")
@@ -91,14 +95,14 @@ def list_(as_json: bool) -> None:
         state = e.state
         if state == "running" and not runner_active:
             state = "running (interrupted; `queue run` resumes it)"
-        click.echo(f"#{e.id:<4} {state:<10} added {_fmt_time(e.added_at)}  {e.study}")
+        click.echo(f"#{e.id:<4} {state:<10} added {_fmt_time(e.added_at)}  {terminal_safe(e.study)}")
         if e.out_dir:
-            click.echo(f"      out: {e.out_dir}")
+            click.echo(f"      out: {terminal_safe(e.out_dir)}")
         if e.started_at:
             click.echo(f"      started {_fmt_time(e.started_at)}, finished {_fmt_time(e.finished_at)}, "
                        f"attempts {e.attempts}")
         if e.outcome:
-            click.echo(f"      outcome: {e.outcome}")
+            click.echo(f"      outcome: {terminal_safe(e.outcome)}")
 
 
 @queue.command("run")
