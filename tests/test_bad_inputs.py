@@ -421,3 +421,18 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case: Case, tmp_path, f
     assert_clean_error(result, case.exit_code, case.message)
     assert snapshot(out) == before
     assert log_text(out).startswith(log_before)
+
+
+def test_character_files_in_a_folder_with_glob_brackets_are_found(tmp_path):
+    """civitai downloads often sit in folders such as "Anna [SD1.5]": a named file there, a pattern inside
+    it, and a study whose own folder has brackets all find the file instead of 'no files match'."""
+    from expressiongrid.study.study import load_study
+
+    folder = tmp_path / "study [x]" / "Anna [SD1.5]"
+    folder.mkdir(parents=True)
+    (folder / "anna.toml").write_text('label = "Anna"\ntext = "annachar"\n', encoding="utf-8")
+    for files in (["Anna [SD1.5]/anna.toml"], ["Anna [SD1.5]/*.toml"]):
+        study = tmp_path / "study [x]" / "s.toml"
+        study.write_text(to_toml(chars_study(*files)), encoding="utf-8")
+        labels = [v.label for v in load_study(study).columns.values]
+        assert labels == ["Anna"], (files, labels)

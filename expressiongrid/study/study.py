@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -657,10 +658,16 @@ def _characters_axis(t: dict, p: str, base_dir: Path, problems: _Problems, check
         files = []
     paths: list[Path] = []
     for pattern in files:
-        full = Path(pattern).expanduser()
-        full = full if full.is_absolute() else base_dir / full
-        if any(ch in pattern for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(str(full)))
+        given = Path(pattern).expanduser()
+        full = given if given.is_absolute() else base_dir / given
+        # An existing file is taken as named, even with glob characters in its path (civitai downloads are
+        # often in folders like "Anna [SD1.5]"); the study's own folder is never read as a pattern.
+        if any(ch in pattern for ch in "*?[") and not full.exists():
+            root = "" if given.is_absolute() else glob.escape(str(base_dir)) + os.sep
+            matches = sorted(Path(m) for m in glob.glob(root + str(given)))
+            if not matches and given.parent != Path("."):  # "Anna [SD1.5]/*.toml": a literal folder
+                literal_dir = glob.escape(str(given.parent)) + os.sep + given.name
+                matches = sorted(Path(m) for m in glob.glob(root + literal_dir))
             if not matches and check_files:
                 problems.add(p + "files", f"no files match {pattern!r} (relative to {base_dir})")
             paths.extend(matches)
