@@ -308,6 +308,10 @@ add(
       files={"g.png": lambda p: p.write_bytes(b"not a png")}),
     C("analyze-folder-with-a-broken-image", 2, "b.png: cannot read the image", args=["analyze", "{dir}/imgs"],
       files={"imgs": lambda p: (p.mkdir(), (p / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken"))}),
+    C("import-text-too-big", 2, "larger than 4 MiB", args=["import", "{dir}/p.txt", "--out", "{dir}/s2.toml"],
+      files={"p.txt": lambda p: p.write_text("a, " * 2_000_000 + "\nSteps: 20, Sampler: Euler, Seed: 1\n")}),
+    C("import-fifo", 2, "not a regular file", args=["import", "{dir}/p.txt", "--out", "{dir}/s2.toml"],
+      files={"p.txt": lambda p: os.mkfifo(p)}),
     C("xyz-prompt-too-long", 2, "at most 10,000", args=["xyz", "--prompt", "a" * 10_001, "--x", "Steps: 1",
                                                         "--dry-run", "--out", "{out}"]),
 )

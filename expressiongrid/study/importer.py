@@ -24,6 +24,7 @@ from pathlib import Path
 from expressiongrid.config import Config
 from expressiongrid.config import load as load_config
 from expressiongrid.errors import SamplerError, UsageError
+from expressiongrid.paths import read_text_file
 from expressiongrid.text import csv_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -55,9 +56,9 @@ class ImportResult:
 def read_source(path: str | Path) -> str:
     """The A1111 parameters text of an image (PNG Info / EXIF UserComment) or a text file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UsageError(f"{path}: file not found")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
         from expressiongrid.output.images import read_parameters
 
         text = read_parameters(path)  # an unreadable image is a UsageError naming it
@@ -65,11 +66,8 @@ def read_source(path: str | Path) -> str:
             raise UsageError(f"{path}: the image has no A1111 parameters (no PNG 'parameters' text, no EXIF "
                              "UserComment); it was not written by A1111, or its metadata was stripped")
         return text
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read it as text ({exc}); give an image or a text file of A1111 "
-                         "parameters") from exc
+    # A pipe, a device, a folder, a file of many MiB or one that is not UTF-8 is refused by name.
+    text = read_text_file(path, "parameters file")
     if not text.strip():
         raise UsageError(f"{path}: empty; expected A1111 parameters (prompt, then 'Steps: ..., Sampler: ...')")
     return text
