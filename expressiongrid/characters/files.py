@@ -17,6 +17,7 @@ embedding, read through the safe unpickler).
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from expressiongrid.characters.model import Character, EmbeddingRef, LoraRef
 from expressiongrid.characters.sidecars import read_sidecars
 from expressiongrid.characters.tokens import validate_token
 from expressiongrid.errors import CharacterError
+from expressiongrid.limits import MAX_NETWORK_WEIGHT
 
 LORA_TAG = re.compile(r"<(lora|lyco):([^>:]+)(?::([^>]*))?>")
 _TOP_KEYS = {"id", "label", "text", "lora", "embedding", "source", "tags"}
@@ -81,6 +83,9 @@ def _number(table: dict, key: str, default: float, where: str) -> float:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise CharacterError(f"{where}: {key} must be a number, got {value!r}")
+    if not math.isfinite(value) or abs(value) > MAX_NETWORK_WEIGHT:
+        raise CharacterError(f"{where}: {key} must be a number from -{MAX_NETWORK_WEIGHT:g} to "
+                             f"{MAX_NETWORK_WEIGHT:g}, got {value!r}")
     return float(value)
 
 
@@ -127,7 +132,10 @@ def character_from_dict(data: dict, base_dir: Path, default_id: str, where: str,
     if not isinstance(text, str):
         raise CharacterError(f"{where}: text must be a string")
     _check_tags(text, loras, where)
-    label = str(data.get("label", cid))
+    label = data.get("label", cid)
+    if not isinstance(label, str) or not label.strip():
+        raise CharacterError(f"{where}: label must be a non-empty string (the column's name in the grid), "
+                             f"got {label!r}")
     return Character(id=cid, label=label, loras=loras, embeddings=embeddings, text=text, source=source, file=file,
                      tags={k: v.strip() for k, v in tags.items()})
 
