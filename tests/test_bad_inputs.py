@@ -287,6 +287,8 @@ add(
       extra=["--strict"], files={"c.toml": lambda p: p.write_text('[[lora]]\nfile = "x.safetensors"\nte_weight = 1e30\n')}),
     C("character-label-empty", 2, "label must be a non-empty string", study=chars_study("c.toml"), extra=["--strict"],
       files={"c.toml": lambda p: p.write_text('label = " "\ntext = "x"\n')}),
+    C("character-model-is-a-folder", 2, "c.safetensors: is a folder", study=chars_study("c.safetensors"),
+      extra=["--strict"], files={"c.safetensors": lambda p: p.mkdir()}),
     C("character-missing", 2, "character file not found", study=chars_study("nope.toml")),
     C("character-unsupported-type", 2, "c.txt", study=chars_study("c.txt"), extra=["--strict"],
       files={"c.txt": lambda p: p.write_text("hello")}),

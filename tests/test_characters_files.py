@@ -258,7 +258,7 @@ def test_a_folder_in_place_of_a_file_is_reported(tmp_path):
     folder = tmp_path / "looks_like.safetensors"
     folder.mkdir()
     (problem,) = check_characters([Character("f", "f", loras=[LoraRef(folder)])])
-    assert "not a readable file" in problem and str(folder) in problem
+    assert "is a folder" in problem and str(folder) in problem
 
 
 def _lora_keys(path, modules: dict[str, tuple[int, int]]):

@@ -7,11 +7,10 @@ validated in well under a second; pickled ``.pt`` files go through the weights-o
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
-from expressiongrid.characters.formats import PICKLE_SUFFIXES, load_pickle, read_safetensors_header
+from expressiongrid.characters.formats import PICKLE_SUFFIXES, check_model_file, load_pickle, read_safetensors_header
 from expressiongrid.characters.lora import FAMILY_NAMES, detect_family, parse_layout
 from expressiongrid.characters.model import Character
 from expressiongrid.characters.sidecars import read_sidecars
@@ -37,11 +36,7 @@ def describe_file(path: str | Path) -> dict:
 
     Raises ``CharacterError`` for missing, unreadable, truncated, hostile or unrecognised files.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CharacterError(f"{path}: file not found")
-    if not path.is_file() or not os.access(path, os.R_OK):
-        raise CharacterError(f"{path}: not a readable file (check its permissions)")
+    path = check_model_file(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         header = read_safetensors_header(path)

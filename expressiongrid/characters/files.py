@@ -23,7 +23,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from expressiongrid.characters.formats import MODEL_SUFFIXES, PICKLE_SUFFIXES, read_safetensors_header
+from expressiongrid.characters.formats import (MODEL_SUFFIXES, PICKLE_SUFFIXES, check_model_file,
+                                               read_safetensors_header)
 from expressiongrid.characters.model import Character, EmbeddingRef, LoraRef
 from expressiongrid.characters.sidecars import read_sidecars
 from expressiongrid.characters.tokens import validate_token
@@ -199,9 +200,7 @@ def identify(path: str | Path) -> tuple[str, dict[str, str]]:
     """``("lora" | "embedding", metadata)`` for a model file; raises ``CharacterError`` if it is neither."""
     from expressiongrid.characters.lora import parse_layout
 
-    path = Path(path)
-    if not path.is_file():
-        raise CharacterError(f"{path}: file not found")
+    path = check_model_file(path)
     if path.suffix.lower() == ".safetensors":
         header = read_safetensors_header(path)
         keys = list(header.tensors)

@@ -178,13 +178,24 @@ def load_pickle(path: str | os.PathLike):
         raise CharacterError(f"{path}: corrupt or truncated file ({exc.__class__.__name__}: {exc}); download it again") from exc
 
 
-def load_state(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
-    """Tensors and metadata of any supported model file (safetensors, or a pickle loaded safely)."""
+def check_model_file(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path`` if it is a readable regular file; else a ``CharacterError`` saying what it is
+    (missing, a folder, a pipe or device, not readable)."""
     path = Path(path)
     if not path.exists():
         raise CharacterError(f"{path}: file not found")
+    if path.is_dir():
+        raise CharacterError(f"{path}: is a folder, not a LoRA or embedding file")
+    if not path.is_file():
+        raise CharacterError(f"{path}: not a regular file (a pipe or device); give the model file itself")
     if not os.access(path, os.R_OK):
-        raise CharacterError(f"{path}: file is not readable (check its permissions)")
+        raise CharacterError(f"{path}: not a readable file (check its permissions)")
+    return path
+
+
+def load_state(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """Tensors and metadata of any supported model file (safetensors, or a pickle loaded safely)."""
+    path = check_model_file(path)
     if path.suffix.lower() == ".safetensors":
         return load_safetensors(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
