@@ -328,3 +328,20 @@ def test_list_json_shows_the_notify_url_without_its_secrets(tmp_path, home):
     assert listed.exit_code == 0, listed.output
     assert "hunter2" not in listed.output and "tok123" not in listed.output
     assert "ntfy.example/topic" in json.loads(listed.output)[0]["args"][1]
+
+
+def test_add_queues_nothing_when_one_study_is_bad_or_two_share_a_folder(tmp_path, home):
+    runner = CliRunner()
+    good = _study(tmp_path, "good")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sampling]\nsteps = "x"\n')
+    result = runner.invoke(main, ["queue", "add", str(good), str(bad), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "sampling.steps" in result.output
+    assert StudyQueue().entries() == []  # not the good one either: the user fixes and adds both again
+    # a/night.toml and b/night.toml would both run into runs/night, mixing two studies in one run folder
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    same = [_study(tmp_path / d, "night") for d in ("a", "b")]
+    result = runner.invoke(main, ["queue", "add", *map(str, same), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "would both run into" in result.output
+    assert StudyQueue().entries() == []

@@ -50,21 +50,33 @@ def add(studies: tuple[str, ...], out: str | None, notify_url: str | None) -> No
       expressiongrid queue add studies/night1.toml studies/night2.toml --out runs
     """
     from expressiongrid.cli.run import _default_out
+    from expressiongrid.errors import UsageError
     from expressiongrid.run.queue import StudyQueue
     from expressiongrid.study.study import load_study
 
-    q = StudyQueue()
     extra = ["--notify", notify_url] if notify_url else []
+    # Every study is validated before any is queued (a typo is reported now, while the user is at the
+    # keyboard, and nothing is queued), and its output folder fixed now, because `queue run` may be started
+    # from another directory.
+    planned: list[tuple[str, Path]] = []
     for study in studies:
-        # Validate now, while the user is at the keyboard, not at 3 a.m.; and fix the output folder now,
-        # because `queue run` may be started from another directory.
         loaded = load_study(study)
         if out is not None:
             out_dir = Path(out) / Path(study).stem if len(studies) > 1 else Path(out)
         else:
             out_dir = _default_out(loaded, None)
+        planned.append((study, out_dir))
+    folders: dict[Path, str] = {}
+    for study, out_dir in planned:
+        other = folders.setdefault(Path(out_dir).resolve(), study)
+        if other != study:
+            raise UsageError(f"{other} and {study} would both run into {out_dir}; queue them with separate "
+                             "--out folders (or rename one)")
+    q = StudyQueue()
+    for study, out_dir in planned:
         entry = q.add(study, out_dir=out_dir, args=extra)
-        click.echo(f"queued #{entry.id}: {entry.study}" + (f" -> {entry.out_dir}" if entry.out_dir else ""))
+        click.echo(f"queued #{entry.id}: {terminal_safe(entry.study)}"
+                   + (f" -> {terminal_safe(entry.out_dir)}" if entry.out_dir else ""))
 
 
 @queue.command("list")
