@@ -28,16 +28,18 @@ def _when(ts: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_runs(root: Path, as_json: bool) -> None:
     """List run folders under ROOT (default: out) with cell counts and the last run's status."""
+    from expressiongrid.errors import StoreError
     from expressiongrid.store import Store, find_runs
 
     rows = []
     for run_dir in find_runs(root):
         with Store.open_existing(run_dir) as store:
             counts = store.counts()
-            last = store.runs()[-1] if store.runs() else None
+            history = store.runs()
+            last = history[-1] if history else None
             try:
                 name = store.study_info().get("name")
-            except Exception:
+            except StoreError:  # a store that holds no run yet has no study: listed with "-"
                 name = None
         rows.append({"run_dir": str(run_dir), "study": name, "cells": sum(counts.values()), **counts,
                      "last_run": last.id if last else None, "status": last.status if last else None,
