@@ -268,3 +268,37 @@ def test_out_of_memory_is_recognised_in_its_forms():
 def test_tiny_model_by_name_makes_a_64px_image(model):
     result = generate(model, [request(seed=2, steps=20)], batch_size=1)[0]
     assert result.ok and result.image.size == (64, 64)
+
+
+def test_free_cuda_memory_counts_what_torch_keeps_cached(monkeypatch):
+    """After a batch torch's allocator keeps the freed blocks; the driver counts them as used. Ignoring
+    them would shrink every later column's batch (and with compiled code, pad it up to the first size)."""
+    from expressiongrid.engine.generation import free_memory
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 << 30, 24 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 12 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 4 << 30)
+    assert free_memory(cuda) == (2 << 30) + (8 << 30)
+
+
+def test_out_of_memory_empties_the_cache_after_the_failed_batch_is_released(model, monkeypatch):
+    """torch.cuda.empty_cache can only return blocks nobody holds: it must run after the exception (whose
+    traceback keeps the failed batch's tensors alive) is gone."""
+    import weakref
+
+    import expressiongrid.engine.generation as gen
+
+    failed_inputs, released_at_empty = [], []
+
+    def limited_memory(x, ctx):
+        if x.shape[0] > 2:
+            failed_inputs.append(weakref.ref(x))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(gen, "_empty_cache", lambda device: released_at_empty.append(
+        all(ref() is None for ref in failed_inputs)))
+    with UnetRecorder(model.pipe.unet, before=limited_memory):
+        results = generate(model, [request(seed=s) for s in range(2)], batch_size=2)
+    assert all(r.ok for r in results)
+    assert released_at_empty == [True]

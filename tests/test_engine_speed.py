@@ -194,3 +194,76 @@ def test_decoded_images_cross_to_the_host_as_uint8_with_diffusers_rounding(model
     assert decoded.pixels.dtype == torch.uint8 and tuple(decoded.pixels.shape) == (2, 64, 64, 3)
     want = (((image / 2 + 0.5).clamp(0, 1)).permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     assert np.array_equal(decoded.pixels.numpy(), want)
+
+
+# -- compiled code: inputs normalised, memory errors, many shapes ---------------------------------------
+
+
+def test_samplers_with_int_and_float_timesteps_share_one_compiled_unet():
+    """DPM++ 2M and DDIM give int64 timesteps, Euler a float32: a sampler axis must not compile the UNet once
+    per timestep dtype (a minute each on a GPU), and the images must not change."""
+    torch._dynamo.reset()
+    plain = load_model(ModelSpec("tiny"))
+    model = enable_compile(load_model(ModelSpec("tiny")), backend="eager")
+    reqs = lambda sampler: [ImageRequest("a woman smiling", "blurry", seed=s, steps=2, width=64, height=64,  # noqa: E731
+                                         sampler=sampler) for s in (1, 2)]
+    assert all(r.ok for r in generate(model, reqs("Euler a"), batch_size=2))
+    with torch.compiler.set_stance("fail_on_recompile"):
+        got = generate(model, reqs("DPM++ 2M Karras"), batch_size=2) + generate(model, reqs("DDIM"), batch_size=2)
+    want = generate(plain, reqs("DPM++ 2M Karras"), batch_size=2) + generate(plain, reqs("DDIM"), batch_size=2)
+    assert [a.image.tobytes() for a in got] == [b.image.tobytes() for b in want]
+
+
+def test_channels_last_latents_reach_the_compiled_unet_in_its_compiled_layout(model):
+    """A channels-last UNet returns channels-last noise; latents in that layout must not compile again."""
+    from expressiongrid.engine.compiled import CompiledUNet
+
+    torch._dynamo.reset()
+    unet = model.pipe.unet
+    compiled = CompiledUNet(unet, backend="eager")
+    with torch.inference_mode():  # as in the engine: inputs made under inference mode (dynamo guards on it)
+        x = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+        ctx = torch.randn((2, 77, unet.config.cross_attention_dim), generator=torch.Generator().manual_seed(1))
+        t = torch.tensor(500.0)
+        first = compiled(x, t, encoder_hidden_states=ctx)[0]
+        with torch.compiler.set_stance("fail_on_recompile"):
+            again = compiled(x.contiguous(memory_format=torch.channels_last), t, encoder_hidden_states=ctx)[0]
+    assert torch.equal(first, again)
+
+
+def test_a_batch_size_that_ran_out_of_memory_is_not_padded_to_again():
+    """generate halves a batch that runs out of memory; the compiled UNet must then run the smaller batch,
+    not pad it back up to the size that did not fit (every retry would fail the same way)."""
+    torch._dynamo.reset()
+    model = enable_compile(load_model(ModelSpec("tiny")), backend="eager")
+    compiled = model.unet_call
+    real = compiled._compiled
+    seen = []
+
+    def fits_two_rows(sample, *args, **kwargs):  # a GPU with room for one image (cond + uncond) at a time
+        seen.append(sample.shape[0])
+        if sample.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(sample, *args, **kwargs)
+
+    compiled._compiled = fits_two_rows
+    results = generate(model, requests(n=2, steps=2), batch_size=2)
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert seen[0] == 4 and set(seen[1:]) == {2}
+    assert list(compiled.buckets.compiled_sizes().values()) == [[2]]
+
+
+def test_many_compiled_shapes_do_not_hit_dynamos_recompile_limit(model):
+    """fullgraph=True turns dynamo's full cache (8 shapes by default) into an error; a study over sizes,
+    prompt lengths and batch sizes can need more."""
+    from expressiongrid.engine.compiled import CompiledUNet
+
+    torch._dynamo.reset()
+    unet = model.pipe.unet
+    compiled = CompiledUNet(unet, backend="eager")
+    with torch.inference_mode():
+        for n in range(1, 11):  # ten batch sizes, each larger than every one compiled before
+            out = compiled(torch.zeros((n, 4, 8, 8)), torch.tensor(10.0),
+                           encoder_hidden_states=torch.zeros((n, 77, unet.config.cross_attention_dim)))[0]
+            assert out.shape[0] == n
+    assert list(compiled.buckets.compiled_sizes().values()) == [list(range(1, 11))]

@@ -18,6 +18,16 @@ What keeps a run at one compilation:
 - What does compile again: a longer prompt (another 75-token chunk changes the conditioning's shape; it
   is not padded, since extra tokens would change the cross-attention and the pixels), another image
   size, and the fp32 decode retry, which runs the uncompiled VAE instead.
+- Inputs are normalised before they reach the compiled code, since dynamo guards on dtype and strides:
+  the timestep goes in as float32 (DDIM, UniPC and DPM++ 2M schedulers give int64 timesteps, Euler and
+  the other k-samplers float32; the UNet's time embedding casts it to float32 first thing, so the
+  numbers are the same) and the sample as a contiguous tensor (a channels-last UNet returns
+  channels-last noise predictions, which a scheduler may pass on into the next step's latents).
+- A batch size that ran out of memory is forgotten, so the smaller batches ``generate`` retries with
+  are not padded back up to it (they compile their own size instead).
+- Every shape is one entry in dynamo's cache for the UNet's ``forward``; with ``fullgraph=True`` a
+  full cache is an error, not a silent fallback, so the limit is raised from dynamo's default of 8
+  to `RECOMPILE_LIMIT` (a study over several sizes, prompt lengths and batch sizes can pass 8).
 
 ``auto`` compiles on CUDA only, and only for runs of at least `COMPILE_MIN_IMAGES` images when the
 caller knows the count (the runner does): compiling SD1.5's UNet and VAE takes about a minute, and a
@@ -34,6 +44,8 @@ COMPILE_CHOICES = ("auto", "on", "off")
 # batched) saved per image. scripts/gpu_check.py measures both (unet.compiled_b18.compile_s and the
 # eager/compiled calls/s); set this from its figures.
 COMPILE_MIN_IMAGES = 500
+# Compiled shapes per compiled function (dynamo's default is 8); each costs about a minute to compile.
+RECOMPILE_LIMIT = 64
 
 
 def should_compile(choice: str, device, images: int | None = None) -> bool:
@@ -63,17 +75,44 @@ class BatchBuckets:
         sizes.append(n)
         return n
 
+    def forget(self, size: int, signature: tuple) -> None:
+        """Stop padding to `size` (it ran out of memory); a batch that needs it again compiles it again."""
+        sizes = self._sizes.get(signature, [])
+        if size in sizes:
+            sizes.remove(size)
+
     def compiled_sizes(self) -> dict[tuple, list[int]]:
         return {k: sorted(v) for k, v in self._sizes.items()}
 
 
 def _pad_rows(tensor, size: int):
+    """`tensor` padded to `size` rows with copies of its last row, contiguous (the layout compiled for)."""
     import torch
 
     n = tensor.shape[0]
     if size == n:
-        return tensor
-    return torch.cat([tensor, tensor[-1:].expand(size - n, *tensor.shape[1:])])
+        return tensor.contiguous()
+    return torch.cat([tensor, tensor[-1:].expand(size - n, *tensor.shape[1:])]).contiguous()
+
+
+def _raise_recompile_limit() -> None:
+    from torch._dynamo import config
+
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+
+
+def _run_padded(buckets: BatchBuckets, signature: tuple, n: int, call):
+    """``call(size)`` at the bucket size for `n` rows; a size that runs out of memory is forgotten."""
+    from expressiongrid.engine.generation import is_out_of_memory
+
+    size = buckets.size_for(n, signature)
+    try:
+        return call(size)
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            buckets.forget(size, signature)
+        raise
 
 
 class CompiledUNet:
@@ -88,15 +127,22 @@ class CompiledUNet:
         self.unet = unet
         self.config = unet.config
         self.buckets = BatchBuckets()
+        _raise_recompile_limit()
         self._compiled = torch.compile(unet, backend=backend, mode=mode, dynamic=False, fullgraph=True)
 
     def __call__(self, sample, timestep, encoder_hidden_states, return_dict: bool = False):
+        import torch
+
         n = sample.shape[0]
         signature = (tuple(sample.shape[1:]), tuple(encoder_hidden_states.shape[1:]), sample.dtype)
-        size = self.buckets.size_for(n, signature)
-        out = self._compiled(_pad_rows(sample, size), timestep, encoder_hidden_states=_pad_rows(encoder_hidden_states, size),
-                             return_dict=False)[0]
-        return (out[:n],)
+        if torch.is_tensor(timestep) and timestep.dtype != torch.float32:
+            timestep = timestep.to(torch.float32)  # one graph for int64 and float32 schedulers (same embedding)
+
+        def call(size):
+            return self._compiled(_pad_rows(sample, size), timestep,
+                                  encoder_hidden_states=_pad_rows(encoder_hidden_states, size), return_dict=False)[0]
+
+        return (_run_padded(self.buckets, signature, n, call)[:n],)
 
 
 class CompiledDecode:
@@ -107,12 +153,14 @@ class CompiledDecode:
 
         self.vae = vae
         self.buckets = BatchBuckets()
+        _raise_recompile_limit()
         self._compiled = torch.compile(vae.decode, backend=backend, mode=mode, dynamic=False, fullgraph=True)
 
     def __call__(self, latents):
         n = latents.shape[0]
-        size = self.buckets.size_for(n, (tuple(latents.shape[1:]), latents.dtype))
-        return self._compiled(_pad_rows(latents, size), return_dict=False)[0][:n]
+        signature = (tuple(latents.shape[1:]), latents.dtype)
+        return _run_padded(self.buckets, signature, n,
+                           lambda size: self._compiled(_pad_rows(latents, size), return_dict=False)[0])[:n]
 
 
 def compile_parts(unet, vae, *, backend: str = "inductor", mode: str | None = None):

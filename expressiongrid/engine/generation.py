@@ -75,12 +75,18 @@ def bytes_per_image(width: int, height: int, dtype) -> int:
 
 
 def free_memory(device) -> int:
-    """Bytes free for activations on `device` (CUDA: driver's free memory; otherwise available RAM)."""
+    """Bytes free for activations on `device` (CUDA: the driver's free memory plus what torch's caching
+    allocator holds unused; otherwise available RAM).
+
+    After a batch, torch keeps the freed blocks reserved for the next one; the driver counts them as used,
+    so its figure alone would shrink every later batch size estimate.
+    """
     import torch
 
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free) + max(0, int(cached))
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -181,11 +187,12 @@ def _batches_with_oom_fallback(model, requests, infos, indices: list[int], size:
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            _empty_cache(model.device)
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         else:
             yield chunk, batch_results  # outside the try: errors of the caller's progress hook are not ours
             continue
+        # Only now, with the exception gone: its traceback held the failed batch's frames and their tensors.
+        _empty_cache(model.device)
         if len(chunk) == 1:
             failed = ImageResult(None, requests[chunk[0]].seed, False, f"out of memory at batch size 1: {message}",
                                  False, 0.0)
