@@ -220,3 +220,88 @@ def test_schedule_too_short_for_sampler_is_an_error(tiny_pipeline, encoder):
     latents = torch.zeros(1, 4, 8, 8)
     with pytest.raises(GenerationError, match="total_model_calls"):
         denoise_batch(tiny_pipeline.unet, scheduler, latents, cond, cond, [7.0])
+
+
+# -- the guidance combine, on its own (stand-in UNet and sampler) -------------------------------------------
+
+
+class RecordingSampler:
+    """One model call; records the noise prediction the loop hands to the sampler."""
+
+    def __init__(self):
+        self.timesteps = torch.tensor([1.0])
+        self.init_noise_sigma = 1.0
+        self.seen = []
+
+    def scale_model_input(self, sample, t):
+        return sample
+
+    def step(self, noise_pred, t, sample, return_dict=False):
+        self.seen.append(noise_pred)
+        return (sample,)
+
+
+def context_unet(sample, t, encoder_hidden_states, return_dict=False):
+    """A noise prediction that depends on each row's conditioning and latents, value by value."""
+    scale = 1 + encoder_hidden_states.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+    return (sample * scale + encoder_hidden_states[:, :1, :1].view(-1, 1, 1, 1),)
+
+
+def stand_in_conditioning(dtype, texts: int, rows: int, parts: int = 1):
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn((texts, 77, 8), generator=g).to(dtype)
+    index = torch.arange(rows * parts).remainder(texts).view(rows, parts, 1)
+    return table, index
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cfg_scale_multiplies_as_diffusers_does_in_half_precision(dtype):
+    """diffusers computes uncond + cfg * (cond - uncond) with cfg a Python float; in fp16/bf16 the scale must
+    not be rounded to the model dtype first (bf16 makes 6.3 into 6.3125)."""
+    table, index = stand_in_conditioning(dtype, texts=4, rows=2)
+    cond = Scheduled(table, index[:, 0], [])
+    uncond = Scheduled(table, index[:, 0].flip(0) + 2, [])
+    latents = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(4)).to(dtype)
+    sampler = RecordingSampler()
+    with torch.inference_mode():
+        denoise_batch(context_unet, sampler, latents, cond, uncond, [6.3, 4.35])
+        eps_u = context_unet(latents, None, table[uncond.index[:, 0]])[0]
+        eps_c = context_unet(latents, None, table[cond.index[:, 0]])[0]
+        want = torch.cat([eps_u[i:i + 1] + cfg * (eps_c[i:i + 1] - eps_u[i:i + 1]) for i, cfg in enumerate((6.3, 4.35))])
+    assert sampler.seen[0].dtype == dtype and torch.equal(sampler.seen[0], want)
+
+
+def test_and_parts_are_summed_in_order_whatever_order_index_add_applies_them(monkeypatch):
+    """On CUDA index_add_ adds with atomics, in no fixed order; with three AND parts in a row the sum must
+    still be (part 0 + part 1) + part 2, the same bits every run and on every device."""
+    dtype = torch.float16
+    table, index = stand_in_conditioning(dtype, texts=6, rows=2, parts=3)
+    weights = torch.tensor([[1.0, 0.7, 0.45], [0.9, 1.3, 0.0]]).to(dtype)  # row 1: two parts and padding
+    cond = Scheduled(table, index[:, 0], [])
+    cond.part_index, cond.part_weights = index, weights
+    uncond = Scheduled(table, torch.full((2, 1), 5), [])
+    latents = torch.randn((2, 4, 4, 4), generator=torch.Generator().manual_seed(5)).to(dtype)
+
+    def run():
+        sampler = RecordingSampler()
+        with torch.inference_mode():
+            denoise_batch(context_unet, sampler, latents, cond, uncond, [7.0, 7.0])
+        return sampler.seen[0]
+
+    in_order = run()
+    original = torch.Tensor.index_add_
+
+    def reversed_order(self, dim, idx, source, alpha=1):  # what an atomic add may do
+        return original(self, dim, idx.flip(0), source.flip(0), alpha=alpha)
+
+    monkeypatch.setattr(torch.Tensor, "index_add_", reversed_order)
+    assert torch.equal(run(), in_order)
+    with torch.inference_mode():
+        eps_u = context_unet(latents, None, table[uncond.index[:, 0]])[0]
+        for row in range(2):
+            total = torch.zeros_like(eps_u[row])
+            for k in range(3):
+                if weights[row, k] != 0:
+                    eps_k = context_unet(latents[row:row + 1], None, table[index[row, k, 0]][None])[0][0]
+                    total = total + (eps_k - eps_u[row]) * weights[row, k]
+            assert torch.equal(in_order[row], eps_u[row] + (7.0 * total.float()).to(dtype))

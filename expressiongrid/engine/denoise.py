@@ -44,21 +44,31 @@ def _predict_noise(unet, x, x_cond, t, uncond_ctx, cond_ctx):
 
 
 def _cond_parts(cond, batch: int, device, dtype):
-    """(row of each cond part, its weight, its index [parts, num_calls]) for composable diffusion (AND).
+    """(row of each cond part, its weight, its index [parts, num_calls], slots) for composable diffusion (AND).
 
-    Without ``part_index`` every row has one part of weight 1. Parts of weight 0 (padding for rows with
-    fewer AND parts) contribute nothing, so they are left out of the UNet batch.
+    Without ``part_index`` every row has one part of weight 1 (and slots is None). Parts of weight 0
+    (padding for rows with fewer AND parts) contribute nothing, so they are left out of the UNet batch.
+    Slot ``k`` is ``(positions, rows)`` of every row's k-th part: each row at most once, so adding slot by
+    slot sums a row's parts in order with no two additions to one row at once. (One ``index_add_`` over
+    all parts would do that on the CPU, but on CUDA it adds with atomics, in no fixed order: with three
+    or more parts the images would change in the last bits from run to run.)
     """
     import torch
+
+    from expressiongrid.engine.noise import to_device
 
     part_index = getattr(cond, "part_index", None)
     part_weights = getattr(cond, "part_weights", None)
     if part_index is None or part_weights is None:
         rows = torch.arange(batch, device=device)
-        return rows, None, cond.index.to(device)
-    weights = part_weights.to(device=device, dtype=dtype)
+        return rows, None, cond.index.to(device), None
+    weights = part_weights.detach().to(device="cpu", dtype=dtype)  # one copy to the host per batch
     rows, parts = torch.nonzero(weights != 0, as_tuple=True)
-    return rows, weights[rows, parts].view(-1, 1, 1, 1), part_index.to(device)[rows, parts]
+    slots = [(to_device(pos, device), to_device(rows[pos], device))
+             for pos in (torch.nonzero(parts == k).flatten() for k in torch.unique(parts).tolist())]
+    weights = to_device(weights[rows, parts].view(-1, 1, 1, 1), device)
+    rows, parts = to_device(rows, device), to_device(parts, device)
+    return rows, weights, part_index.to(device)[rows, parts], slots
 
 
 def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, generators=None, seeds=None,
@@ -101,7 +111,10 @@ def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, genera
             f"the prompt schedule covers {num_calls} model calls but the sampler makes {len(timesteps)}; "
             "build it with total_model_calls(steps, sampler)"
         )
-    scales = torch.as_tensor(list(guidance_scale), dtype=dtype, device=device).view(batch, 1, 1, 1)
+    # CFG scales in at least fp32: an fp16/bf16 scale would round 6.3 to 6.30 / 6.31. diffusers multiplies by
+    # a Python float, which CUDA and CPU kernels hold in fp32 and round the product once to the model dtype.
+    scale_dtype = torch.promote_types(dtype, torch.float32)
+    scales = torch.as_tensor(list(guidance_scale), dtype=scale_dtype, device=device).view(batch, 1, 1, 1)
     cond_table = cond.table.to(device=device, dtype=dtype)
     uncond_table = uncond.table.to(device=device, dtype=dtype)
     uncond_index = uncond.index.to(device)
@@ -113,11 +126,11 @@ def denoise_batch(unet, scheduler, latents, cond, uncond, guidance_scale, genera
         # DPM++ SDE draws from Brownian trees; one tree per image seeded with its seed (as A1111 does).
         scheduler.noise_sampler_seed = [int(s) for s in seeds] if batch > 1 else int(seeds[0])
 
-    part_rows, part_weights, part_index = _cond_parts(cond, batch, device, dtype)
+    part_rows, part_weights, part_index, part_slots = _cond_parts(cond, batch, device, dtype)
     latents = latents * scheduler.init_noise_sigma
     with _step_noise(scheduler, step_kwargs.get("generator"), device, len(timesteps), prepare_noise):
         return _loop(unet, scheduler, latents, timesteps, cond_table, uncond_table, part_index, uncond_index,
-                     part_rows, part_weights, scales, step_kwargs)
+                     part_rows, part_weights, part_slots, scales, step_kwargs)
 
 
 def _step_noise(scheduler, generators, device, num_calls: int, prepare: bool | None):
@@ -136,7 +149,7 @@ def _step_noise(scheduler, generators, device, num_calls: int, prepare: bool | N
 
 
 def _loop(unet, scheduler, latents, timesteps, cond_table, uncond_table, part_index, uncond_index, part_rows,
-          part_weights, scales, step_kwargs):
+          part_weights, part_slots, scales, step_kwargs):
     import torch
 
     for call, t in enumerate(timesteps):
@@ -151,8 +164,10 @@ def _loop(unet, scheduler, latents, timesteps, cond_table, uncond_table, part_in
             guidance = eps_cond - eps_uncond
         else:
             delta = (eps_cond - eps_uncond[part_rows]) * part_weights
-            guidance = torch.zeros_like(eps_uncond).index_add_(0, part_rows, delta)
-        noise_pred = eps_uncond + scales * guidance
+            guidance = torch.zeros_like(eps_uncond)
+            for positions, rows in part_slots:
+                guidance.index_add_(0, rows, delta[positions])
+        noise_pred = eps_uncond + (scales * guidance).to(eps_uncond.dtype)
         # 4. sampler step; stochastic samplers draw from each row's generator
         latents = scheduler.step(noise_pred, t, latents, return_dict=False, **step_kwargs)[0]
     return latents
