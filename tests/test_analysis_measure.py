@@ -148,3 +148,15 @@ def test_demo_analysis_reports_real_photos_labelled_as_photos(tmp_path):
     # The same man smiles and laughs as himself; the LFW column is a different person in every row.
     assert chars["man"][0] > 0.5 and chars["man"][1] == 1.0
     assert chars["strangers"][1] == 0.0 and chars["strangers"][2] == 2
+
+
+def test_measure_text_shows_small_angles_as_plus_zero_and_file_names_terminal_safe(monkeypatch):
+    from expressiongrid.analysis import measure as measure_module
+
+    record = {"file": "a\x1b[31m.png", "face": True, "aus": {}, "pose": {"yaw": -0.2, "pitch": -5.4, "roll": 0.4},
+              "emotions": {}, "identity_distance": None, "note": None}
+    monkeypatch.setattr(measure_module, "measure_files", lambda images, neutral: [record])
+    result = CliRunner().invoke(main, ["measure", "x.png"])
+    assert result.exit_code == 0, result.output
+    assert "pose: yaw +0°, pitch -5°, roll +0°" in result.output
+    assert "\x1b" not in result.output and "a\\x1b[31m.png: face" in result.output

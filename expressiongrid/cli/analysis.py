@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import ProgressBar
+from expressiongrid.cli._common import ProgressBar, terminal_safe
 
 
 @click.command(epilog="\b\nExample:\n  expressiongrid analyze out/demo\n"
@@ -103,9 +103,9 @@ def measure(images: tuple[Path, ...], neutral: Path | None, as_json: bool) -> No
         if as_json:
             click.echo(json.dumps(record, ensure_ascii=False))
             continue
-        click.echo(f"{record['file']}: " + ("face" if record["face"] else "no face"))
-        if record["pose"]:
-            click.echo("  pose: " + ", ".join(f"{k} {v:+.0f}°" for k, v in record["pose"].items()))
+        click.echo(f"{terminal_safe(record['file'])}: " + ("face" if record["face"] else "no face"))
+        if record["pose"]:  # whole degrees, rounded as integers so -0.2 is "+0", not "-0"
+            click.echo("  pose: " + ", ".join(f"{k} {round(v):+d}°" for k, v in record["pose"].items()))
         if record["aus"]:
             shown = [f"{k} {v:.2f}" for k, v in sorted(record["aus"].items(), key=lambda kv: -kv[1]) if v >= 0.05]
             click.echo("  AUs: " + (", ".join(shown) or "none above 0.05"))
