@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -71,6 +72,15 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
     on a read-only file system or without write permission, are each a one-line ``UsageError``.
     """
     out = Path(out_dir)
+    try:
+        os.stat(out)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # made by the run; a file on the way is refused below
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise UsageError(f"output folder {out}: {exc.strerror} for the file system (at most "
+                         f"{_name_max(out)} characters per name): choose a shorter --out") from None
     if out.exists() and not out.is_dir():
         raise UsageError(f"output folder {out} is a file: give a folder with --out")
     for name in ("cells", "grids"):
@@ -89,3 +99,14 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
         why = "is on a read-only file system" if read_only else "is not writable"
         raise UsageError(f"output folder {out} cannot be written ({existing} {why}): choose another --out")
     return out
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name the file system of ``path``'s nearest existing folder allows (255 if unknown)."""
+    existing = path.absolute()
+    while not os.path.isdir(existing) and existing.parent != existing:
+        existing = existing.parent
+    try:
+        return os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255

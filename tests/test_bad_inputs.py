@@ -300,6 +300,8 @@ add(
       study=BASE, files={"f": lambda p: p.write_text("x")}),
     C("out-under-a-file", 2, "is a file", args=["run", "{study}", "--dry-run", "--out", "{dir}/f/sub"],
       study=BASE, files={"f": lambda p: p.write_text("x")}),
+    C("out-name-too-long", 2, "choose a shorter --out", args=["run", "{study}", "--dry-run", "--out",
+                                                             "{dir}/" + "x" * 300], study=BASE),
     C("notify-bad-port", 2, "port outside 1-65535", study=BASE, extra=["--notify", "http://127.0.0.1:99999/"]),
     C("notify-ftp", 2, "http:// or https://", study=BASE, extra=["--notify", "ftp://example.com/x"]),
     C("notify-no-host", 2, "with a host", study=BASE, extra=["--notify", "http://user:pw@/x"]),
