@@ -239,3 +239,17 @@ def test_view_serve_command_serves_the_page_until_ctrl_c(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def test_a_damaged_cell_image_is_shown_without_a_picture_and_named(tmp_path):
+    store = make_run(tmp_path / "run", rows=[("a", "a"), ("b", "b")], cols=[("reference", "reference")])
+    damaged, fine = store.cells()
+    store.close()
+    (tmp_path / "run" / damaged.file).write_bytes(b"not a png any more")  # a bad disk or a bad copy
+    result = CliRunner().invoke(main, ["view", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "1 new thumbnails" in result.output  # the readable cell still gets its thumbnail
+    assert "1 cell image(s) cannot be read" in result.stderr and damaged.file in result.stderr
+    assert (tmp_path / "run" / "viewer" / "index.html").is_file()
+    assert (tmp_path / "run" / "viewer" / "thumbs" / f"{fine.key}.jpg").is_file()
+    assert not (tmp_path / "run" / "viewer" / "thumbs" / f"{damaged.key}.jpg").exists()

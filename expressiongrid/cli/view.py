@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import open_in_browser, serve_until_interrupted
+from expressiongrid.cli._common import open_in_browser, serve_until_interrupted, terminal_safe
 
 
 @click.command(epilog="\b\nExample:\n  expressiongrid view out/seed-study\n  expressiongrid view out/seed-study --serve")
@@ -27,6 +27,10 @@ def view(run_dir: Path, serve: bool, port: int, open_browser: bool) -> None:
 
     files = write_viewer(run_dir)
     click.echo(f"viewer: {files.index} ({files.cells} cells, {files.thumbnails} new thumbnails)")
+    if files.unreadable:
+        click.echo(f"note: {len(files.unreadable)} cell image(s) cannot be read and are shown without a picture "
+                   f"({terminal_safe(files.unreadable[0])}{', ...' if len(files.unreadable) > 1 else ''}): run the "
+                   "study again to remake them", err=True)
     url = files.index.resolve().as_uri()
     server = None
     if serve:

@@ -14,7 +14,7 @@ page works from the folder, offline, and from ``expressiongrid view --serve``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.templating import render_template
@@ -28,11 +28,14 @@ class ViewerFiles:
     index: Path
     thumbnails: int  # thumbnails made now (the others were up to date)
     cells: int
+    unreadable: list[str] = field(default_factory=list)  # done cells whose image cannot be read (shown without)
 
 
-def _thumbnail(run_dir: Path, file: str, out_dir: Path, key: str) -> tuple[str, bool]:
-    """The thumbnail of a cell image (made when missing or older than the image); (path, made now)."""
-    from PIL import Image
+def _thumbnail(run_dir: Path, file: str, out_dir: Path, key: str) -> tuple[str | None, bool]:
+    """The thumbnail of a cell image (made when missing or older than the image); (path, made now).
+
+    The path is None when the image cannot be read (damaged on disk): the caller says so."""
+    from PIL import Image, UnidentifiedImageError
 
     from expressiongrid.output.images import atomic_write
 
@@ -41,8 +44,11 @@ def _thumbnail(run_dir: Path, file: str, out_dir: Path, key: str) -> tuple[str, 
     dest = out_dir / name
     if dest.is_file() and dest.stat().st_mtime >= src.stat().st_mtime:
         return name, False
-    with Image.open(src) as im:
-        image = im.convert("RGB")
+    try:
+        with Image.open(src) as im:
+            image = im.convert("RGB")
+    except (UnidentifiedImageError, OSError):
+        return None, False
     image.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.LANCZOS)
     atomic_write(dest, lambda fh: image.save(fh, format="JPEG", quality=85))
     return name, True
@@ -66,8 +72,9 @@ def _scores(cell) -> list[list[str]] | None:
     return scores
 
 
-def viewer_data(store) -> tuple[dict, int]:
-    """Everything the page shows, as JSON-ready data, and how many thumbnails were made."""
+def viewer_data(store) -> tuple[dict, int, list[str]]:
+    """Everything the page shows, as JSON-ready data, how many thumbnails were made, and the done cells whose
+    image could not be read (shown without a picture)."""
     from expressiongrid.report.data import load_report_data
 
     run_dir = Path(store.run_dir)
@@ -91,6 +98,7 @@ def viewer_data(store) -> tuple[dict, int]:
     col_pos = {cid: i for i, (cid, _) in enumerate(data.columns)}
     cells: dict[tuple[int, int, int], dict] = {}
     made = 0
+    unreadable: list[str] = []
     for cell in data.cells:
         if cell.row_id not in row_pos or cell.col_id not in col_pos:
             continue
@@ -99,8 +107,12 @@ def viewer_data(store) -> tuple[dict, int]:
         sample = {"key": cell.key, "status": cell.status, "seed": cell.seed, "error": cell.error,
                   "parameters": cell.parameters or "", "title": f"{cell.row_label} × {cell.col_label}"}
         if cell.status == "done" and cell.file and (run_dir / cell.file).is_file():
-            sample["thumb"], new = _thumbnail(run_dir, cell.file, out_dir, cell.key)
-            sample["full"] = os.path.relpath(run_dir / cell.file, out_dir).replace(os.sep, "/")
+            thumb, new = _thumbnail(run_dir, cell.file, out_dir, cell.key)
+            if thumb is None:
+                unreadable.append(cell.file)
+            else:
+                sample["thumb"] = thumb
+                sample["full"] = os.path.relpath(run_dir / cell.file, out_dir).replace(os.sep, "/")
             made += new
         scores = _scores(cell)
         if scores:
@@ -115,7 +127,7 @@ def viewer_data(store) -> tuple[dict, int]:
         "thumb_side": THUMB_SIDE,
         "cell_size": [info.get("sampling", {}).get("width", 512), info.get("sampling", {}).get("height", 512)],
     }
-    return payload, made
+    return payload, made, unreadable
 
 
 def write_viewer(run_dir: str | os.PathLike) -> ViewerFiles:
@@ -125,10 +137,10 @@ def write_viewer(run_dir: str | os.PathLike) -> ViewerFiles:
 
     run_dir = Path(run_dir)
     with Store.open_existing(run_dir) as store:
-        payload, made = viewer_data(store)
+        payload, made, unreadable = viewer_data(store)
     html = render_template("viewer/index.html", title=payload["title"], data=payload)
     index = atomic_write(run_dir / VIEWER_DIR / "index.html", lambda fh: fh.write(html.encode("utf-8")))
-    return ViewerFiles(index=index, thumbnails=made, cells=len(payload["cells"]))
+    return ViewerFiles(index=index, thumbnails=made, cells=len(payload["cells"]), unreadable=unreadable)
 
 
 SERVED_DIRS = (VIEWER_DIR, "cells", "grids")  # what --serve hands out; the database and logs stay private
