@@ -224,18 +224,24 @@ def test_a_rows_vectors_do_not_depend_on_what_else_is_encoded(encoder):
 
 
 def test_cache_scopes_share_base_rows_and_keep_embedding_and_lora_rows_apart(tiny_tokenizer, text_encoder):
-    from expressiongrid.prompts.conditioning import EncodingCache
+    from expressiongrid.prompts.conditioning import TEXT_BATCH, EncodingCache
 
-    rows: list[tuple[int, ...]] = []
-    handle = text_encoder.register_forward_hook(
-        lambda module, args, kwargs, out: rows.extend(tuple(r) for r in kwargs["input_ids"].tolist()), with_kwargs=True)
+    empty = PromptEncoder(tiny_tokenizer, text_encoder)._empty_chunk()[0]
+    rows: list[tuple[int, ...]] = []  # the rows encoded, less the empty chunks filling up each batch
+
+    def record(module, args, kwargs, out):
+        sent = [tuple(r) for r in kwargs["input_ids"].tolist()]
+        assert len(sent) == TEXT_BATCH
+        real = sent[:next((i for i in range(len(sent), 0, -1) if sent[i - 1] != empty), 0)]
+        rows.extend(real)
+
+    handle = text_encoder.register_forward_hook(record, with_kwargs=True)
     try:
         cache = EncodingCache()
         trigger = _ids(tiny_tokenizer, "cat")[0]
         emb = {trigger: [trigger, *_ids(tiny_tokenizer, "hair neck")]}
         first = PromptEncoder(tiny_tokenizer, text_encoder, cache=cache.scope(None, ("emb-a",)), embeddings=emb)
         dog, cat = (tuple(first.chunk(t).chunks[0].tokens) for t in ("a dog", "a cat"))
-        empty = first._empty_chunk()[0]
         base = first.encode(["a dog"])
         assert rows == [empty, dog]
         # another column on the same weights, other embeddings: the plain rows are reused, bit for bit

@@ -18,9 +18,9 @@ one table entry per distinct tensor (rows without emphasis and equal chunk count
 Rows whose texts have fewer chunks than the longest are padded the way A1111 stacks a batch: by repeating
 the last token vector.
 
-Raw text-encoder outputs are computed one 77-token row at a time, so a row's vectors never depend on
-which other rows happen to be encoded with it (a batched matmul may round differently at another batch
-size). That makes them cacheable: an :class:`EncodingCache` keeps them across batches and columns for as
+Raw text-encoder outputs are computed in batches of a fixed number of 77-token rows, so a row's vectors
+never depend on which other rows happen to be encoded with it (a batched matmul may round differently at
+another batch size). That makes them cacheable: an :class:`EncodingCache` keeps them across batches and columns for as
 long as the text encoder's weights and embedding rows are the same (the ``state`` the caller names), and a
 cached run, a resumed run and an uncached run encode bit for bit alike.
 
@@ -79,6 +79,9 @@ def _final_layer_norm(text_encoder):
     if norm is None:
         norm = text_encoder.text_model.final_layer_norm
     return norm
+
+
+TEXT_BATCH = 8  # rows per text-encoder call (fixed, see PromptEncoder._run_text_encoder)
 
 
 class EncodingCache:
@@ -217,24 +220,35 @@ class PromptEncoder:
 
     # -- chunks -> tensors ---------------------------------------------------------------------------
     def _run_text_encoder(self, token_rows: list[tuple[int, ...]]) -> dict:
-        """Raw (unweighted) hidden states ``[77, C]`` for each distinct 77-token row, each row encoded on
-        its own (batch of one) so its vectors are the same whatever else is encoded; cached by state."""
+        """Raw (unweighted) hidden states ``[77, C]`` for each distinct 77-token row, cached by state.
+
+        Rows not cached yet go through the text encoder in batches of exactly ``TEXT_BATCH`` rows (the
+        last one filled up with empty chunks): a fixed shape, so a row's vectors are the same bits
+        whatever else is encoded with it and wherever it sits in the batch."""
         import torch
 
-        device = self.text_encoder.device
+        keys = {row: self._rows.key(self.clip_skip, row, not self._embedding_ids.isdisjoint(row)) for row in token_rows}
         out: dict[tuple[int, ...], object] = {}
-        norm = _final_layer_norm(self.text_encoder) if self.clip_skip > 1 else None
+        missing = []
         for row in token_rows:
-            key = self._rows.key(self.clip_skip, row, not self._embedding_ids.isdisjoint(row))
-            vectors = self._rows.get(key)
+            vectors = self._rows.get(keys[row])
             if vectors is None:
-                with torch.no_grad():
-                    ids = torch.tensor([row], dtype=torch.long, device=device)
-                    result = self.text_encoder(input_ids=ids, output_hidden_states=self.clip_skip > 1)
-                    z = result.last_hidden_state if norm is None else norm(result.hidden_states[-self.clip_skip])
-                vectors = z[0]
-                self._rows.put(key, vectors)
-            out[row] = vectors
+                missing.append(row)
+            else:
+                out[row] = vectors
+        device = self.text_encoder.device if missing else None
+        norm = _final_layer_norm(self.text_encoder) if self.clip_skip > 1 and missing else None
+        filler = self._empty_chunk()[0]
+        for start in range(0, len(missing), TEXT_BATCH):
+            rows = missing[start:start + TEXT_BATCH]
+            padded = rows + [filler] * (TEXT_BATCH - len(rows))
+            with torch.no_grad():
+                ids = torch.tensor(padded, dtype=torch.long, device=device)
+                result = self.text_encoder(input_ids=ids, output_hidden_states=self.clip_skip > 1)
+                z = result.last_hidden_state if norm is None else norm(result.hidden_states[-self.clip_skip])
+            for row, vectors in zip(rows, z):
+                out[row] = vectors
+                self._rows.put(keys[row], vectors)
         return out
 
     def _empty_chunk(self) -> tuple[tuple[int, ...], list[float]]:
