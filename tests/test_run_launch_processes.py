@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sqlite3
+import textwrap
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from expressiongrid.output.infotext import parse_parameters
 
 from helpers import accelerate_command, accelerate_env, free_port
 from helpers import ROOT, cells, cli_env, demo_characters, done_images, open_verified, run_cli, write_study
@@ -103,3 +107,46 @@ def test_a_killed_launch_resumes_with_another_launch(tmp_path, shared_study):
     assert on_disk == sorted(c["file"] for c in cells(out))  # each cell once, no temp files left
     expected, got = done_images(single_out), done_images(out)
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+def test_random_seeds_drawn_by_the_main_process_are_every_process_seeds(tmp_path):
+    """seed = -1 and a Seed axis with -1: each process plans on its own, yet every column of the launch
+    uses the seeds the main process drew, and the grid says which (Fixed X Values)."""
+    study = tmp_path / "random.toml"
+    study.write_text(textwrap.dedent("""
+        name = "random"
+        [model]
+        source = "tiny"
+        [sampling]
+        steps = 2
+        width = 64
+        height = 64
+        seed = -1
+        [prompt]
+        positive = "a woman, {expression}"
+        [rows]
+        axis = "expressions"
+        items = ["smiling"]
+        [columns]
+        axis = "Seed"
+        values = "-1, 7, -1"
+        [pages]
+        axis = "CFG Scale"
+        values = "5, 9"
+    """), encoding="utf-8")
+    out = tmp_path / "out"
+    env = {**accelerate_env(tmp_path), **{k: v for k, v in cli_env().items() if k.startswith(("EXPRESSIONGRID", "PYTHON"))}}
+    proc = subprocess.run([*accelerate_command(2, free_port()), "-m", "expressiongrid", "run", str(study),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = cells(out)
+    assert len(done) == 6 and {c["status"] for c in done} == {"done"}
+    seeds = {c["col_label"]: c["seed"] for c in done}
+    assert len(seeds) == 3 and seeds["Seed: 7"] == 7
+    with Image.open(out / "grids" / "random-page1.png") as grid:
+        fixed = parse_parameters(grid.info["parameters"])["Fixed X Values"]
+    drawn = [c["seed"] for c in sorted(done, key=lambda c: c["col_index"]) if c["page"] == 0]
+    assert fixed == ", ".join(str(s) for s in drawn)
+    # and a plain run resumed in that folder makes nothing new
+    again = run_cli("run", str(study), "--out", str(out))
+    assert again.returncode == 0 and "made 0" in again.stdout, again.stdout + again.stderr

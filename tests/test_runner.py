@@ -356,6 +356,25 @@ def test_random_seed_is_kept_when_the_run_is_resumed(tmp_path):
     assert elsewhere.made == 2
 
 
+def test_seeds_drawn_for_a_seed_axis_are_kept_when_the_run_is_resumed(tmp_path):
+    from expressiongrid.output.infotext import parse_parameters
+
+    study = _study(tmp_path, rows='"a"', columns='axis = "Seed"\nvalues = "-1, 7, -1"')
+    first = run_study(load_study(study), tmp_path / "out")
+    again = run_study(load_study(study), tmp_path / "out")  # a new draw would make both -1 columns again
+    assert (first.made, again.made, again.skipped) == (3, 0, 3)
+    with Store.open_existing(tmp_path / "out") as store:
+        seeds = [c.seed for c in sorted(store.cells(), key=lambda c: c.col_index)]
+    assert len(seeds) == 3 and seeds[1] == 7
+    with Image.open(again.grids[0]) as grid:
+        params = parse_parameters(grid.info["parameters"])
+    assert (params["X Values"], params["Fixed X Values"]) == ("-1, 7, -1", ", ".join(map(str, seeds)))
+    elsewhere = run_study(load_study(study), tmp_path / "other")  # a new folder draws anew, as A1111 does
+    with Store.open_existing(tmp_path / "other") as store:
+        assert [c.seed for c in sorted(store.cells(), key=lambda c: c.col_index)] != seeds
+    assert elsewhere.made == 3
+
+
 def test_random_seed_is_kept_when_a_library_caller_resumes_through_run_launched(tmp_path):
     from expressiongrid.run.launch import run_launched
 

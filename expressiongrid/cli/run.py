@@ -79,14 +79,13 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
              xyz: bool = False, notify_url: str | None = None, as_json: bool = False) -> None:
     from expressiongrid.engine.precision import describe_settings, resolve_study
     from expressiongrid.paths import check_output_folder
-    from expressiongrid.study.plan import plan as make_plan
     from expressiongrid.run.resume import read_resume_state
     from expressiongrid.run.runner import check_devices
 
     check_output_folder(out_dir)
     study = resolve_study(study)
     earlier = read_resume_state(out_dir, study)  # the run store's one opening before the run
-    plan = make_plan(study, random_seed=earlier.random_seed)
+    plan = earlier.plan(study)  # the random seeds an earlier run there drew, reused
     check_devices(plan)
     settings = describe_settings(study.model, images=plan.describe()["unique_images"])
     if as_json:

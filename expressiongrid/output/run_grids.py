@@ -137,6 +137,7 @@ def page_metadata(records: dict[str, CellRecord], positions: dict, page_index: i
 def grid_axes(info: dict) -> dict[str, str]:
     """The grid's axes as A1111's X/Y/Z plot keys (``X Type``, ``X Values``, ...), from the stored study."""
     axes = []
+    fixed: dict[str, str] = {}
     for letter, key in (("X", "columns"), ("Y", "rows"), ("Z", "pages")):
         axis = info.get(key)
         if not axis:
@@ -144,4 +145,6 @@ def grid_axes(info: dict) -> dict[str, str]:
         kind = {"expressions": "Expression", "characters": "Character"}.get(axis["kind"], axis["kind"])
         text = axis.get("raw") or csv_join(v["label"] for v in axis["values"])
         axes.append((letter, kind, text))
-    return grid_axes_params(axes)
+        if axis.get("drawn"):  # -1 seeds drawn: A1111 writes every value as used
+            fixed[letter] = ", ".join(str(v["value"]) for v in axis["values"])
+    return grid_axes_params(axes, fixed)

@@ -239,15 +239,15 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     """
     from expressiongrid.run.notify import notify, redact_argv
     from expressiongrid.run.runlog import open_run_log
-    from expressiongrid.study.plan import plan as make_plan
     from expressiongrid.output.run_grids import compose_grids
-    from expressiongrid.run.runner import previous_random_seed, run_study
+    from expressiongrid.run.resume import resume_plan
+    from expressiongrid.run.runner import run_study
 
     process = process or current_process()
     # The --notify URL's token and user:password stay out of run.log and runs.argv.
     argv = redact_argv(list(argv if argv is not None else sys.argv[1:]))
-    # Without a plan shown to the user, a resumed seed = -1 study keeps the seed its earlier run drew.
-    p = plan if plan is not None else make_plan(study, random_seed=previous_random_seed(out_dir, study))
+    # Without a plan shown to the user, a resumed study keeps the random seeds its earlier run drew.
+    p = plan if plan is not None else resume_plan(out_dir, study)
     started_at = time.time()
     # The run folder is opened once here and passed down: runner, shard bookkeeping, grids and report.
     with run_folder_lock(out_dir, process), \
@@ -275,6 +275,10 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
                                         **common)
                 else:
                     wait_for_everyone(process)
+                    if study.sampling.seed == -1 or study.drawn_axes():
+                        # The main process drew this launch's random seeds and registered its plan: the
+                        # same seeds here, or this process's columns would be made with seeds of its own.
+                        common["plan"] = resume_plan(out_dir, study)
                     summary = run_study(study, out_dir, progress, repair=False, **common)
                 composed = finish_shard(store, process, summary.made, summary.failed)
                 if composed:

@@ -1,7 +1,8 @@
 """What an output folder already holds for a study, read in one pass before a run or a dry run.
 
-A resumed run needs two things from earlier runs in the folder: the base seed an earlier run drew for
-``seed = -1`` (a new draw would mix two seeds in one grid) and the keys of the cells already done (the
+A resumed run needs three things from earlier runs in the folder: the base seed an earlier run drew for
+``seed = -1`` (a new draw would mix two seeds in one grid), the seeds it drew for -1 values of a Seed axis
+(new ones would make those columns again under new keys), and the keys of the cells already done (the
 plan says how many are left). Both come from one opening of ``run.sqlite``, so a folder whose store is
 foreign, from a newer version or damaged is refused once, with the store's one-line message.
 """
@@ -9,7 +10,7 @@ foreign, from a newer version or damaged is refused once, with the store's one-l
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.store import DB_NAME, Store
@@ -23,6 +24,13 @@ class ResumeState:
 
     random_seed: int | None = None
     done_keys: frozenset[str] = frozenset()
+    axis_seeds: dict[str, dict[int, int]] = field(default_factory=dict)  # slot -> position -> seed drawn
+
+    def plan(self, study: Study) -> Plan:
+        """The plan of ``study`` that continues the earlier run: its random seeds reused."""
+        from expressiongrid.study.plan import plan
+
+        return plan(study.with_drawn_seeds(self.axis_seeds), random_seed=self.random_seed)
 
     def done_in(self, plan: Plan) -> int:
         """How many of the plan's distinct images are already done."""
@@ -36,7 +44,13 @@ def read_resume_state(out_dir: str | Path, study: Study) -> ResumeState:
         return ResumeState()
     with Store.open_existing(out_dir) as store:
         return ResumeState(random_seed=_earlier_random_seed(store, study),
-                           done_keys=frozenset(c.key for c in store.cells("done", all_runs=True)))
+                           done_keys=frozenset(c.key for c in store.cells("done", all_runs=True)),
+                           axis_seeds=_earlier_axis_seeds(store, study))
+
+
+def resume_plan(out_dir: str | Path, study: Study) -> Plan:
+    """``study``'s plan for ``out_dir``, reusing what an earlier run there drew at random."""
+    return read_resume_state(out_dir, study).plan(study)
 
 
 def _earlier_random_seed(store: Store, study: Study) -> int | None:
@@ -49,3 +63,26 @@ def _earlier_random_seed(store: Store, study: Study) -> int | None:
         if info.get("name") == study.name and info.get("sampling", {}).get("seed") == -1:
             return info.get("base_seed")
     return None
+
+
+def _earlier_axis_seeds(store: Store, study: Study) -> dict[str, dict[int, int]]:
+    """The seeds the latest earlier run of this study drew for the -1 values of each Seed axis that is
+    typed the same way (slot -> position -> seed)."""
+    wanted = study.drawn_axes()
+    found: dict[str, dict[int, int]] = {}
+    if not wanted:
+        return found
+    for (study_json,) in store.connection.execute("SELECT study_json FROM runs ORDER BY id DESC"):
+        info = json.loads(study_json)
+        if info.get("name") != study.name:
+            continue
+        for slot, axis in wanted.items():
+            earlier = info.get(slot) or {}
+            if slot in found or earlier.get("kind") != axis.kind or earlier.get("raw") != axis.raw:
+                continue
+            values = earlier.get("values") or []
+            if earlier.get("drawn") == list(axis.drawn) and len(values) == len(axis.values):
+                found[slot] = {i: int(values[i]["value"]) for i in axis.drawn}
+        if len(found) == len(wanted):
+            break
+    return found

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.errors import ExpressionGridError
-from expressiongrid.study.plan import Plan, PlannedCell, plan as make_plan
+from expressiongrid.study.plan import Plan, PlannedCell
 from expressiongrid.output.metadata import CellMetadata
 from expressiongrid.output.run_grids import compose_grids
 from expressiongrid.samplers import get_sampler
@@ -114,16 +114,6 @@ def run_info(p: Plan) -> dict:
     return info
 
 
-def previous_random_seed(out_dir: str | Path, study: Study) -> int | None:
-    """The seed an earlier run of this study in ``out_dir`` drew for ``seed = -1`` (None if there is none).
-
-    Resuming a crashed run must not draw a new random seed: the grid would mix two seeds.
-    """
-    from expressiongrid.run.resume import read_resume_state
-
-    return read_resume_state(out_dir, study).random_seed if study.sampling.seed == -1 else None
-
-
 def run_study(
     study: Study,
     out_dir: str | Path,
@@ -147,11 +137,12 @@ def run_study(
     ``store`` is the run folder's store when the caller has it open already (it is then left open).
     """
     from expressiongrid.engine.precision import resolve_study
+    from expressiongrid.run.resume import resume_plan
 
     started = time.monotonic()
     if plan is None:
         study = resolve_study(study)  # dtype "auto" becomes fp16/fp32 before it goes into the cell keys
-        plan = make_plan(study, random_seed=previous_random_seed(out_dir, study))
+        plan = resume_plan(out_dir, study)  # what an earlier run there drew at random, reused
     p = plan
     check_devices(p)
     own = store is None

@@ -190,7 +190,8 @@ class AxisValues:
 
     Unpacks as ``values, labels = parse_axis(...)``. `text` is what the user typed (A1111 writes it into
     the grid's ``X Values``); `fixed_seeds` is True when -1 seeds were replaced by random ones, which
-    A1111 records as ``Fixed X Values``; `warnings` are values A1111 would ignore at run time.
+    A1111 records as ``Fixed X Values``, and `drawn` says at which positions; `warnings` are values A1111
+    would ignore at run time.
     """
 
     axis: AxisType
@@ -199,6 +200,7 @@ class AxisValues:
     labels: list[str]
     fixed_seeds: bool = False
     warnings: list[str] = field(default_factory=list)
+    drawn: tuple[int, ...] = ()
 
     def __iter__(self) -> Iterator[list]:
         return iter((self.values, self.labels))
@@ -370,7 +372,7 @@ def parse_axis(
     axis = axis_type(axis_name)
     text = "" if text is None else str(text)
     warnings: list[str] = []
-    fixed = False
+    drawn: tuple[int, ...] = ()
 
     if axis.kind == "nothing":
         values: list[Any] = [0]
@@ -393,7 +395,7 @@ def parse_axis(
         axis.confirm(axis.name, values)
     if axis.name in ("Seed", "Var. seed") and fix_seeds:
         draw = rng or random.Random()
-        fixed = any(v == -1 for v in values)
+        drawn = tuple(i for i, v in enumerate(values) if v == -1)
         values = [draw.randrange(4294967294) if v == -1 else v for v in values]
     if axis.name == "Size":
         for v in values:
@@ -402,7 +404,7 @@ def parse_axis(
             except AxisError as exc:
                 warnings.append(str(exc))
     labels = [format_legend(axis, v) for v in values]
-    return AxisValues(axis, text, values, labels, fixed, warnings)
+    return AxisValues(axis, text, values, labels, bool(drawn), warnings, drawn)
 
 
 def _expression_values(axis: str, text: str, base_dir) -> list[Any]:

@@ -239,7 +239,7 @@ def plan(study: Study, *, rng: random.Random | None = None, random_seed: int | N
     """Resolve every cell of ``study``; ``StudyError`` lists every cell that cannot be made.
 
     With ``seed = -1`` a random seed is drawn, unless ``random_seed`` gives the one an earlier run of this
-    study drew (``runner.previous_random_seed``), so a resumed run continues the same grid.
+    study drew (``run.resume.read_resume_state``), so a resumed run continues the same grid.
     """
     s = study.sampling
     base_seed = random_seed if (s.seed == -1 and random_seed is not None) else resolve_base_seed(s.seed, rng)

@@ -9,11 +9,13 @@ The file format is documented in ``docs/study-file.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,18 @@ class Axis:
     kind: str
     values: list[AxisValue]
     raw: str | None = None  # the value text as the user typed it (goes into the grid infotext)
+    drawn: tuple[int, ...] = ()  # positions of Seed values drawn for -1 (A1111's "Fixed X Values")
+
+    def with_drawn(self, seeds: Mapping[int, int]) -> Axis:
+        """This axis with the seeds an earlier run drew for its -1 values (position -> seed)."""
+        from expressiongrid.study.axes import axis_type, format_legend
+
+        kind = axis_type(self.kind)
+        values = list(self.values)
+        for i, seed in seeds.items():
+            if i in self.drawn and 0 <= i < len(values):
+                values[i] = AxisValue(_value_id(seed), format_legend(kind, seed), seed, dict(values[i].info))
+        return dataclasses.replace(self, values=values)
 
     @property
     def cost(self) -> float:
@@ -131,6 +145,20 @@ class Study:
     # The user configuration: where LoRAs named by <lora:NAME:..> tags and embedding words are looked up.
     user_config: Config | None = None
 
+    def drawn_axes(self) -> dict[str, Axis]:
+        """The axes ("rows", "columns", "pages") with Seed values drawn for -1."""
+        return {slot: axis for slot, axis in (("rows", self.rows), ("columns", self.columns), ("pages", self.pages))
+                if axis is not None and axis.drawn}
+
+    def with_drawn_seeds(self, seeds: Mapping[str, Mapping[int, int]]) -> Study:
+        """This study with the seeds an earlier run drew for -1 axis values (slot -> position -> seed), so a
+        resumed run makes the same cells instead of drawing new ones."""
+        if not seeds:
+            return self
+        changes = {slot: getattr(self, slot).with_drawn(values) for slot, values in seeds.items()
+                   if getattr(self, slot, None) is not None}
+        return dataclasses.replace(self, **changes)
+
     def info(self) -> dict:
         """JSON-ready description stored with each run (``Store.study_info``)."""
 
@@ -151,7 +179,10 @@ class Study:
                     item["value"] = v.value if isinstance(v.value, (int, float, str, type(None))) else str(v.value)
                 item.update({k: val for k, val in v.info.items() if k not in item})
                 values.append(item)
-            return {"kind": axis.kind, "raw": axis.raw, "values": values}
+            info = {"kind": axis.kind, "raw": axis.raw, "values": values}
+            if axis.drawn:
+                info["drawn"] = list(axis.drawn)
+            return info
 
         return {
             "name": self.name,
@@ -806,13 +837,16 @@ def _a1111_axis(kind: str, t: dict, p: str, problems: _Problems) -> Axis:
     else:
         problems.add(p + "values", f"expected value text or a list, got {raw!r}")
         return Axis(kind, [])
+    from expressiongrid.study.axes import parse_axis
+
     try:
-        values, labels = parse_axis_values(kind, raw_text)
+        parsed = parse_axis(kind, raw_text)
     except ExpressionGridError as exc:
         problems.add(p + "values", str(exc))
         return Axis(kind, [], raw_text)
-    _check_axis_values(kind, values, p + "values", problems)
-    return Axis(kind, [AxisValue(_value_id(v), label, v) for v, label in zip(values, labels)], raw_text)
+    _check_axis_values(kind, parsed.values, p + "values", problems)
+    return Axis(kind, [AxisValue(_value_id(v), label, v) for v, label in zip(parsed.values, parsed.labels)], raw_text,
+                parsed.drawn)
 
 
 def _finite_within(low: float, high: float):
@@ -857,14 +891,6 @@ def _value_id(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return "x".join(str(v) for v in value)
     return str(value)
-
-
-def parse_axis_values(kind: str, text: str) -> tuple[list, list[str]]:
-    """``parse_axis`` (A1111's value syntax) for an axis kind, as ``(values, labels)``."""
-    from expressiongrid.study.axes import parse_axis
-
-    result = parse_axis(kind, text)
-    return list(result.values), list(result.labels)
 
 
 # ----------------------------------------------------------------------------------------------------
