@@ -181,6 +181,32 @@ def test_prepared_noise_gives_bit_identical_latents(model, sampler, monkeypatch)
     assert torch.equal(step_by_step, prepared)
 
 
+def test_prepared_noise_drawn_in_parts_gives_the_same_latents(model, monkeypatch):
+    """A long or large batch is prepared in parts (bounded pinned and GPU memory); the numbers stay those
+    of drawing step by step."""
+    import expressiongrid.engine.noise as noise
+
+    reqs = requests(n=3, steps=4)
+    with torch.inference_mode():
+        cond, uncond = encode_batch(prompt_encoder(model, None), reqs, 4)
+    monkeypatch.setattr(noise, "MAX_PREPARED_BYTES", 2 * 3 * 4 * 8 * 8 * 4)  # two steps of 3 fp32 images
+    parts = []
+    original = noise.to_device
+    monkeypatch.setattr(noise, "to_device", lambda t, d: (parts.append(1) if t.dim() == 5 else None) or original(t, d))
+
+    def run(prepare):
+        scheduler = make_scheduler("Euler a", model.pipe.scheduler.config)
+        scheduler.set_timesteps(4)
+        gens = make_generators([r.seed for r in reqs], "cpu", model.device)
+        latents = initial_noise(gens, (4, 8, 8), model.device, model.dtype)
+        with torch.inference_mode():
+            return denoise_batch(model.pipe.unet, scheduler, latents, cond, uncond, [7.0] * 3, generators=gens,
+                                 prepare_noise=prepare)
+
+    step_by_step = run(False)
+    assert torch.equal(run(True), step_by_step) and len(parts) == 2
+
+
 # -- decode -------------------------------------------------------------------------------------------
 
 

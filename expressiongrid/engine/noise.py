@@ -75,13 +75,19 @@ _active = threading.local()
 _install_lock = threading.Lock()
 
 
+# Prepared noise drawn and copied at once, at most (pinned host memory plus as much on the GPU): a long,
+# large batch (1000 steps of 16 images at 1024 px is 2 GB) is drawn in several parts instead.
+MAX_PREPARED_BYTES = 256 << 20
+
+
 class PreparedNoise:
     """Per-step noise for one batch's generators, drawn ahead on the CPU and copied to `device` at once.
 
     The draws are the very calls diffusers' ``randn_tensor`` makes (per image, shape ``(1, ...)``, the
     model's dtype, in step order), so the noise is bit-identical to drawing step by step. Up to
     `max_draws` steps are drawn at the first request (the scheduler's own first step, so the host draws
-    while the GPU runs the first UNet call); unused draws are discarded with the batch's generators.
+    while the GPU runs the first UNet call), in parts of at most `MAX_PREPARED_BYTES`; unused draws are
+    discarded with the batch's generators.
     """
 
     def __init__(self, generators: list, device, max_draws: int):
@@ -98,14 +104,17 @@ class PreparedNoise:
         from expressiongrid.errors import GenerationError
 
         key = (tuple(shape), dtype)
-        if self._noise is None:
-            count = max(1, self.max_draws - self._served)
+        if self._noise is not None and key != self._key:
+            raise GenerationError(f"prepared sampler noise does not cover draw {self._served} of shape {shape}")
+        if self._noise is None or self._served - self._first >= self._noise.shape[0]:
+            if self._served >= max(1, self.max_draws):
+                raise GenerationError(f"prepared sampler noise does not cover draw {self._served} of shape {shape}")
+            per_step = max(1, torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size())
+            count = max(1, min(self.max_draws - self._served, MAX_PREPARED_BYTES // per_step))
             per_image = (1, *tuple(shape)[1:])
             draws = [torch.cat([torch.randn(per_image, generator=g, device=g.device, dtype=dtype)
                                 for g in self.generators]) for _ in range(count)]
             self._noise, self._key, self._first = to_device(torch.stack(draws), torch.device(device)), key, self._served
-        if key != self._key or self._served - self._first >= self._noise.shape[0]:
-            raise GenerationError(f"prepared sampler noise does not cover draw {self._served} of shape {shape}")
         noise = self._noise[self._served - self._first]
         self._served += 1
         return noise
