@@ -293,3 +293,30 @@ def test_many_compiled_shapes_do_not_hit_dynamos_recompile_limit(model):
                            encoder_hidden_states=torch.zeros((n, 77, unet.config.cross_attention_dim)))[0]
             assert out.shape[0] == n
     assert list(compiled.buckets.compiled_sizes().values()) == [list(range(1, 11))]
+
+
+def test_fp32_decode_retry_leaves_the_compiled_decode_valid():
+    """The fp16-overflow retry casts the VAE to fp32 and back inside inference mode; the weights must come
+    back as ordinary tensors, or the compiled decode compiles again (dynamo guards on it)."""
+    import math
+
+    from expressiongrid.engine.compiled import CompiledDecode
+
+    torch._dynamo.reset()
+    vae = load_model(ModelSpec("tiny", dtype="bf16")).pipe.vae
+    compiled = CompiledDecode(vae, backend="eager")
+
+    def overflowing(z):  # the fp16 VAE overflow behind A1111's black images, in image 1
+        out = compiled(z).clone()
+        out[1] = math.inf
+        return out
+
+    with torch.inference_mode():
+        latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+        first = decode_latents(vae, latents, decode=compiled)
+        retried = decode_latents(vae, latents, decode=overflowing)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            again = decode_latents(vae, latents, decode=compiled)
+    assert retried.nan_retried == [False, True] and retried.errors == [None, None]
+    assert vae.dtype == torch.bfloat16 and not any(p.is_inference() for p in vae.parameters())
+    assert torch.equal(first.pixels, again.pixels)

@@ -214,11 +214,11 @@ def decode_latents(vae, latents, decode=None) -> DecodedBatch:
         vae_dtype = next(vae.parameters()).dtype
         try:
             if vae_dtype != torch.float32:
-                vae.to(torch.float32)
+                _cast_module(vae, torch.float32)
             again = _decode(vae, latents[redo].float()).float()
         finally:
             if vae_dtype != torch.float32:
-                vae.to(vae_dtype)
+                _cast_module(vae, vae_dtype)
         still_bad = _nonfinite_rows(again)
         for j, i in enumerate(redo):
             retried[i] = True
@@ -227,6 +227,18 @@ def decode_latents(vae, latents, decode=None) -> DecodedBatch:
             else:
                 decoded[i] = again[j]
     return DecodedBatch(pixels=to_uint8(decoded), errors=errors, nan_retried=retried)
+
+
+def _cast_module(module, dtype) -> None:
+    """``module.to(dtype)`` with ordinary (not inference-mode) tensors, also when called under inference mode.
+
+    Parameters recast under ``torch.inference_mode()`` become inference tensors; dynamo guards on that, so
+    the compiled VAE decode would compile again after the first fp32 retry (a minute on a GPU).
+    """
+    import torch
+
+    with torch.inference_mode(False):
+        module.to(dtype)
 
 
 def to_uint8(decoded):
