@@ -26,13 +26,16 @@ def test_gpu_check_smoke_run_writes_every_section(tmp_path):
     assert data["errors"] == {} and code == 0
     assert data["skipped"] == []
     sections = data["sections"]
-    assert set(sections) == {"env", "unet", "recompiles", "host_syncs", "vae_decode", "compiled_pixels",
-                             "end_to_end", "swap"}
-    assert {"eager_b2", "eager_b18", "channels_last_b18", "compiled_b18", "compiled_b2"} <= set(sections["unet"])
+    assert set(sections) == {"env", "unet", "unet_compiled", "recompiles", "host_syncs", "vae_decode",
+                             "compiled_pixels", "end_to_end", "swap", "unet_compiled_b2"}
+    assert {"eager_b2", "eager_b18", "channels_last_b18"} <= set(sections["unet"])
+    assert "compiled_b18" in sections["unet_compiled"] and "compiled_b2" in sections["unet_compiled_b2"]
+    assert {"dpmpp_2m_karras", "text_encoder"} <= set(sections["host_syncs"])
     # LoRA swaps and the embedding column ran under fail_on_recompile without recompiling
     assert sections["recompiles"]["recompiles_during_swaps"] == 0
     assert sections["recompiles"]["errors_under_fail_on_recompile"] == []
     assert len(sections["recompiles"]["swaps"]) == 4
     assert sections["compiled_pixels"]["max_levels"] <= 1
+    assert sections["compiled_pixels"]["compiled_unet_calls"] == 2  # the compiled column ran compiled (2 steps)
     e2e = sections["end_to_end"]
     assert all(e2e[w]["images_per_s"] > 0 for w in ("engine", "fair", "naive"))

@@ -182,7 +182,7 @@ def embedding_vectors(pipe, n_vectors: int = 2, seed: int = 0, words: tuple[str,
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    table = pipe.text_encoder.get_input_embeddings().weight.detach()
+    table = pipe.text_encoder.get_input_embeddings().weight.detach().cpu()  # mixed with CPU draws below
     ids = [pipe.tokenizer.convert_tokens_to_ids(w + "</w>") for w in words]
     base = table[ids].float()
     mix = torch.softmax(torch.randn((n_vectors, len(ids)), generator=gen) * 2, dim=1)
