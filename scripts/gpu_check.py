@@ -345,7 +345,7 @@ def section_host_syncs(c: Ctx) -> dict:
 
 
 def _text_encoder_per_row(c: Ctx, prompts: list[str]) -> dict:
-    """The engine encodes each 77-token row alone (batch of one, cached); what that costs against a batch."""
+    """The engine's text-encoder cost per 77-token row (fixed batches, cached) against one batch of all rows."""
     from expressiongrid.prompts.conditioning import PromptEncoder
 
     torch = c.torch

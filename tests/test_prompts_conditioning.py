@@ -267,3 +267,14 @@ def test_cache_keeps_at_most_max_rows(tiny_tokenizer, text_encoder):
     enc = PromptEncoder(tiny_tokenizer, text_encoder, cache=cache.scope())
     enc.encode(["a", "b", "c"])
     assert len(cache) == 2
+
+
+def test_a_cached_row_holds_only_its_own_vectors(tiny_tokenizer, text_encoder):
+    """The cache's size bound counts rows: a cached row must not keep its whole text-encoder batch (the
+    other rows and the filler) alive, which on a GPU would be up to TEXT_BATCH times the memory."""
+    from expressiongrid.prompts.conditioning import EncodingCache
+
+    cache = EncodingCache()
+    PromptEncoder(tiny_tokenizer, text_encoder, cache=cache.scope()).encode(["a cat"])
+    for vectors in cache._rows.values():
+        assert vectors.untyped_storage().nbytes() == vectors.numel() * vectors.element_size()

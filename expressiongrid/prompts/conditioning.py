@@ -247,6 +247,7 @@ class PromptEncoder:
                 result = self.text_encoder(input_ids=ids, output_hidden_states=self.clip_skip > 1)
                 z = result.last_hidden_state if norm is None else norm(result.hidden_states[-self.clip_skip])
             for row, vectors in zip(rows, z):
+                vectors = vectors.clone()  # its own [77, C]: a view would keep the whole batch (filler too) alive
                 out[row] = vectors
                 self._rows.put(keys[row], vectors)
         return out
