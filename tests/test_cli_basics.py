@@ -68,7 +68,7 @@ def test_help_examples_keep_one_command_per_line():
     runner = CliRunner()
     commands = dict(_all_commands())
     for path in [("config",), ("import",), ("init",), ("characters", "fetch"), ("analyze",), ("judge",),
-                 ("measure",), ("view",), ("report",), ("expressions", "list"), ("prompt", "explain")]:
+                 ("measure",), ("view",), ("report",), ("expressions", "list"), ("prompt", "explain"), ("xyz",)]:
         result = runner.invoke(main, [*path, "--help"], terminal_width=80)
         shown = {line.strip() for line in result.output.splitlines()}
         for example in _example_lines(commands[path].epilog):
@@ -90,3 +90,15 @@ def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) != 0
     assert stderr == "", stderr
+
+
+def test_the_summary_commands_paste_for_an_output_folder_with_a_space(tmp_path, capsys):
+    from expressiongrid.cli.run import _print_summary
+    from expressiongrid.run.runner import CellFailure, RunSummary
+
+    out = tmp_path / "out dir"
+    failures = [CellFailure(f"k{i}", 0, "row", "col", "boom") for i in range(11)]
+    _print_summary(RunSummary(out, 1, planned=11, made=0, skipped=0, failed=11, seconds=1.0, failures=failures))
+    printed = capsys.readouterr()
+    assert f"browse: expressiongrid view '{out}'" in printed.out
+    assert f"(expressiongrid runs show '{out}')" in printed.err

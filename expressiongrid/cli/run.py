@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from expressiongrid.cli._common import ProgressBar, terminal_safe
+from expressiongrid.cli._common import ProgressBar, shell_word, terminal_safe
 from expressiongrid.errors import UsageError
 
 
@@ -153,14 +153,15 @@ def _print_summary(summary) -> None:
     for failure in summary.failures[:10]:
         click.echo(terminal_safe(f"  failed: {failure.col_label} / {failure.row_label}: {failure.error}"), err=True)
     if len(summary.failures) > 10:
-        click.echo(f"  ... and {len(summary.failures) - 10} more (expressiongrid runs show {summary.run_dir})", err=True)
+        click.echo(f"  ... and {len(summary.failures) - 10} more (expressiongrid runs show "
+                   f"{shell_word(summary.run_dir)})", err=True)
     for path in summary.grids:
-        click.echo(f"grid: {path}")
+        click.echo(terminal_safe(f"grid: {path}"))
     for path in summary.upload_copies:
-        click.echo(f"upload copy: {path}")
-    click.echo(f"cells: {summary.run_dir / 'cells'}")
-    click.echo(f"browse: expressiongrid view {summary.run_dir}")
-    click.echo(f"database: {summary.run_dir / 'run.sqlite'}")
+        click.echo(terminal_safe(f"upload copy: {path}"))
+    click.echo(terminal_safe(f"cells: {summary.run_dir / 'cells'}"))
+    click.echo(f"browse: expressiongrid view {shell_word(summary.run_dir)}")  # a command to paste
+    click.echo(terminal_safe(f"database: {summary.run_dir / 'run.sqlite'}"))
     if summary.failed:
         click.echo(f"run incomplete: {summary.failed} of {summary.planned} images failed; "
                    "run the same command again to retry them", err=True)
@@ -215,8 +216,8 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
              as_json=as_json)
 
 
-@click.command(epilog='Example:\n\n  expressiongrid xyz --prompt "a photo of a cat" --x "Steps: 10,20" '
-                      '--y "CFG Scale: 5,7" --out out/xyz')
+@click.command(epilog='\b\nExample:\n  expressiongrid xyz --prompt "a photo of a cat" --x "Steps: 10,20" '
+                      '--y "CFG Scale: 5,7" --out out/xyz\n')
 @click.option("--x", "x", type=AxisFlag(), default=None, help='X axis (columns), e.g. "Steps: 10,20".')
 @click.option("--y", "y", type=AxisFlag(), default=None, help='Y axis (rows), e.g. "CFG Scale: 5,7.5".')
 @click.option("--z", "z", type=AxisFlag(), default=None, help='Z axis (pages), e.g. "Prompt S/R: cat, dog".')
