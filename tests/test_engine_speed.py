@@ -320,3 +320,20 @@ def test_fp32_decode_retry_leaves_the_compiled_decode_valid():
     assert retried.nan_retried == [False, True] and retried.errors == [None, None]
     assert vae.dtype == torch.bfloat16 and not any(p.is_inference() for p in vae.parameters())
     assert torch.equal(first.pixels, again.pixels)
+
+
+def test_decode_is_queued_before_the_host_reads_anything_back(model, monkeypatch):
+    """On a GPU, reading a value back waits for all queued work: the latents' NaN check must not be read
+    before the decode is queued, or the host idles through the whole denoising loop first."""
+    events = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: events.append("read") or original(self))
+
+    def decode(z):
+        events.append("decode")
+        return model.pipe.vae.decode(z, return_dict=False)[0]
+
+    latents = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        decoded = decode_latents(model.pipe.vae, latents, decode=decode)
+    assert events[0] == "decode" and decoded.errors == [None, None]

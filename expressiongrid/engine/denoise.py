@@ -173,11 +173,15 @@ def _loop(unet, scheduler, latents, timesteps, cond_table, uncond_table, part_in
     return latents
 
 
-def _nonfinite_rows(tensor) -> list[bool]:
+def _nonfinite_mask(tensor):
+    """Per row: True where the row holds a NaN or inf (a device tensor: reading it waits for the device)."""
     import torch
 
-    flat = tensor.reshape(tensor.shape[0], -1)
-    return (~torch.isfinite(flat).all(dim=1)).tolist()
+    return ~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+
+
+def _nonfinite_rows(tensor) -> list[bool]:
+    return _nonfinite_mask(tensor).tolist()
 
 
 def _decode(vae, latents):
@@ -197,12 +201,14 @@ def decode_latents(vae, latents, decode=None) -> DecodedBatch:
     """
     import torch
 
-    bad_latents = _nonfinite_rows(latents)
+    # Both checks are read in one go after the decode is queued: reading the latents' check first would
+    # make the host wait for the whole denoising loop before it could queue the decode.
+    latents_mask = _nonfinite_mask(latents)
     if decode is None:
         decoded = _decode(vae, latents).float()
     else:
         decoded = decode(latents / vae.config.scaling_factor).float()
-    bad_pixels = _nonfinite_rows(decoded)
+    bad_latents, bad_pixels = torch.stack([latents_mask, _nonfinite_mask(decoded)]).tolist()
     errors: list[str | None] = [None] * latents.shape[0]
     retried = [False] * latents.shape[0]
     for i, bad in enumerate(bad_latents):
