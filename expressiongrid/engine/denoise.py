@@ -196,18 +196,34 @@ def decode_latents(vae, latents, decode=None) -> DecodedBatch:
     the VAE upcast to fp32, and reported failed only if that also fails. `decode` (default
     ``vae.decode``) may be the model's ``CompiledDecode``; the fp32 retry always runs the plain VAE.
 
+    The decode is the batch's memory peak: when it runs out of memory, the (uncompiled) VAE decodes the
+    batch in two halves instead, so the denoised latents are not thrown away; if a half does not fit
+    either, the error goes to ``generate``, which makes the batch again at half its size.
+
     The images are turned into 8-bit pixels on the device, so only ``uint8`` crosses to the host (a
     quarter of the fp32 bytes); the rounding is diffusers' ``numpy_to_pil``'s.
     """
     import torch
 
+    from expressiongrid.engine.generation import is_out_of_memory
+
     # Both checks are read in one go after the decode is queued: reading the latents' check first would
     # make the host wait for the whole denoising loop before it could queue the decode.
     latents_mask = _nonfinite_mask(latents)
-    if decode is None:
-        decoded = _decode(vae, latents).float()
-    else:
-        decoded = decode(latents / vae.config.scaling_factor).float()
+    try:
+        if decode is None:
+            decoded = _decode(vae, latents).float()
+        else:
+            decoded = decode(latents / vae.config.scaling_factor).float()
+    except Exception as exc:
+        if not is_out_of_memory(exc) or latents.shape[0] == 1:
+            raise
+        decoded = None
+    if decoded is None:  # after the except block: its traceback held the failed decode's activations
+        if latents.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = (latents.shape[0] + 1) // 2
+        decoded = torch.cat([_decode(vae, part).float() for part in latents.split(half)])
     bad_latents, bad_pixels = torch.stack([latents_mask, _nonfinite_mask(decoded)]).tolist()
     errors: list[str | None] = [None] * latents.shape[0]
     retried = [False] * latents.shape[0]
