@@ -189,6 +189,7 @@ def run_engine(model, lora_files, args, meter: Meter) -> WayResult:
     chars = [Character(id=f"char{i}", label=f"char{i}", loras=[LoraRef(p)]) for i, p in enumerate(lora_files)]
     activator.prepare(chars)  # reads every file once, before the clock
     result = WayResult("engine", note="compiled" if model.compiled else "not compiled")
+    retried = 0
     meter.reset_peak()
     start = meter.now()
     for prompts, ch in zip(columns, chars):
@@ -203,8 +204,11 @@ def run_engine(model, lora_files, args, meter: Meter) -> WayResult:
         if not all(r.ok for r in results):
             raise SystemExit(f"engine: failed images: {[r.error for r in results if not r.ok]}")
         result.images += len(results)
+        retried += sum(r.nan_retried for r in results)
     result.seconds = meter.now() - start
     result.peak_memory = meter.peak()
+    if retried:  # the fp16 VAE overflowed: those images were decoded a second time, in fp32
+        result.note += f"; {retried} images decoded again in fp32"
     return result
 
 
