@@ -5,8 +5,11 @@ and metadata too long for JPEG EXIF does not fail the upload copy."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +77,33 @@ def test_a_second_run_on_a_folder_in_use_is_refused(made, tmp_path):
     assert result.exit_code == 2
     assert "another run is writing into" in result.stderr and "Traceback" not in result.stderr
     assert run(study, out).exit_code == 0  # once it is gone, the folder is free again
+
+
+def test_runs_show_tells_a_live_run_from_a_killed_one_without_touching_its_lock(made, tmp_path):
+    import json
+    import socket
+
+    from expressiongrid.run.launch import OWNER_NAME, ProcessInfo, run_folder_lock, run_folder_owner
+    from expressiongrid.store import Store
+
+    _, original = made
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    with Store.open_existing(out) as store:
+        store.connection.execute("UPDATE runs SET status = 'running' WHERE id = (SELECT MAX(id) FROM runs)")
+
+    def last_status() -> str:
+        shown = CliRunner().invoke(main, ["runs", "show", str(out), "--json"])
+        return json.loads(shown.output)["runs"][-1]["status"]
+
+    with run_folder_lock(out, ProcessInfo()):  # this process is the run
+        assert run_folder_owner(out)["pid"] == os.getpid() and last_status() == "running"
+    assert not (out / OWNER_NAME).exists()  # a run that ends removes it
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / OWNER_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    assert last_status() == "interrupted"  # what a SIGKILL leaves behind
+    (out / OWNER_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": "another-machine"}))
+    assert last_status() == "running"  # on another host it cannot be told
 
 
 def test_a_grid_that_cannot_be_written_marks_the_run_failed_not_running(made, tmp_path, monkeypatch):

@@ -91,6 +91,15 @@ def test_sigkill_mid_run_leaves_only_complete_done_cells_and_resumes(tmp_path):
         assert 2 <= len(done_cells) < n
         assert all(is_complete_png(out / c.file) for c in done_cells)  # done means a complete file
         assert store.runs()[-1].status == "running"  # killed: it never got to record an end
+    # `runs show` and `runs list` in the morning: the process named beside run.lock is gone
+    from click.testing import CliRunner
+
+    from expressiongrid.cli import main
+
+    shown = CliRunner().invoke(main, ["runs", "show", str(out)])
+    assert shown.exit_code == 0 and " interrupted" in shown.output.splitlines()[3], shown.output
+    listed = CliRunner().invoke(main, ["runs", "list", str(tmp_path), "--json"])
+    assert [r["status"] for r in __import__("json").loads(listed.output)] == ["interrupted"]
 
     summary = run_study(load_study(study), out)
     assert summary.skipped == len(done_cells)

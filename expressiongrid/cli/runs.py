@@ -42,7 +42,8 @@ def list_runs(root: Path, as_json: bool) -> None:
             except StoreError:  # a store that holds no run yet has no study: listed with "-"
                 name = None
         rows.append({"run_dir": str(run_dir), "study": name, "cells": sum(counts.values()), **counts,
-                     "last_run": last.id if last else None, "status": last.status if last else None,
+                     "last_run": last.id if last else None,
+                     "status": _live_status(run_dir, last.status) if last else None,
                      "started": _when(last.started_at) if last else None})
     if as_json:
         echo_json(rows)
@@ -54,6 +55,18 @@ def list_runs(root: Path, as_json: bool) -> None:
     for r in rows:  # user text made terminal-safe before it is padded, so the columns stay aligned
         click.echo(f"{terminal_safe(r['run_dir']):40} {terminal_safe(r['study'] or '-'):16} {r['cells']:>6} "
                    f"{r['done']:>6} {r['failed']:>6} {r['pending']:>7}  #{r['last_run']} {r['status']} {r['started']}")
+
+
+def _live_status(run_dir: Path, status: str) -> str:
+    """A last run stored as "running" whose process is gone was killed (the next run records it so)."""
+    from expressiongrid.run.launch import run_folder_owner
+
+    if status != "running":
+        return status
+    owner = run_folder_owner(run_dir)
+    if owner is not None and owner["alive"] is False:
+        return "interrupted"
+    return status
 
 
 @runs.command("show", epilog="Example:\n\n  expressiongrid runs show out/demo --json")
@@ -69,6 +82,11 @@ def show_run(run_dir: Path, as_json: bool) -> None:
         cells = store.cells()
         counts = store.counts()
     info = {k: v for k, v in info.items() if k != "layout"}
+    for r in runs_:
+        if r.status == "running" and r is not runs_[-1]:
+            r.status = "interrupted"  # a later run started: this one was killed before it could finish
+        elif r is runs_[-1]:
+            r.status = _live_status(run_dir, r.status)  # killed, and no run since
     if as_json:
         cell_rows = []
         for c in cells:
@@ -84,8 +102,6 @@ def show_run(run_dir: Path, as_json: bool) -> None:
     click.echo(f"cells: {sum(counts.values())} ({counts['done']} done, {counts['failed']} failed, "
                f"{counts['pending']} pending)")
     for r in runs_:
-        if r.status == "running" and r is not runs_[-1]:
-            r.status = "interrupted"  # a later run started: this one was killed before it could finish
         s = r.summary or {}
         extra = (f": made {s.get('made', 0)}, skipped {s.get('skipped', 0)}, failed {s.get('failed', 0)} "
                  f"in {s.get('seconds', 0):.1f} s") if s else ""

@@ -200,6 +200,33 @@ def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary |
 
 
 LOCK_NAME = "run.lock"
+OWNER_NAME = "run.lock.json"  # who holds run.lock: {"pid", "host"}; left behind only by a killed run
+
+
+def run_folder_owner(out_dir: str | os.PathLike) -> dict | None:
+    """Whether the run that holds (or held) ``out_dir``'s lock is still alive, read without touching the
+    lock (a probe of the lock itself could make a run starting at that moment refuse the folder).
+
+    None when no run has the folder (or an older version ran it); else ``{"pid", "host", "alive"}`` with
+    ``alive`` True/False on this host and None for a run on another host."""
+    import socket
+
+    try:
+        owner = json.loads((Path(out_dir) / OWNER_NAME).read_text(encoding="utf-8"))
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return {"pid": pid, "host": host, "alive": None}
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        alive = False
+    except PermissionError:  # another user's process
+        alive = True
+    else:
+        alive = True
+    return {"pid": pid, "host": host, "alive": alive}
 
 
 @contextlib.contextmanager
@@ -207,7 +234,8 @@ def run_folder_lock(out_dir: str | os.PathLike, process: ProcessInfo):
     """Hold ``<out_dir>/run.lock`` while a run writes there, so a second run on the same folder is refused
     instead of remaking the first one's cells. One lock per launch: its main process takes it, the other
     processes of the launch share the folder by design. The operating system drops the lock when the
-    process dies, so a killed run never blocks the next one (the file itself stays, empty)."""
+    process dies, so a killed run never blocks the next one (the file itself stays, empty). Beside it,
+    ``run.lock.json`` names the holding process for ``runs show`` (``run_folder_owner``)."""
     if not process.is_main:
         yield
         return
@@ -222,9 +250,14 @@ def run_folder_lock(out_dir: str | os.PathLike, process: ProcessInfo):
     except Timeout:
         raise UsageError(f"another run is writing into {out_dir} (it holds {LOCK_NAME}): wait for it to finish, "
                          "or use another --out") from None
+    import socket
+
+    owner = Path(out_dir) / OWNER_NAME
     try:
+        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
         yield
     finally:
+        owner.unlink(missing_ok=True)
         lock.release()
 
 
