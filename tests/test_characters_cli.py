@@ -72,7 +72,7 @@ def test_inspect_text_output(lora_file, emb_file):
 
 def test_inspect_errors_are_one_line(tmp_path, pipe):
     result = run("characters", "inspect", str(tmp_path / "nope.safetensors"))
-    assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+    assert result.exit_code == 2 and result.output.strip().count("\n") == 0
     assert "file not found" in result.output
     sdxl = demo.save_sdxl_lora(tmp_path / "xl.safetensors")
     info = json.loads(run("characters", "inspect", str(sdxl), "--json").output)

@@ -29,8 +29,12 @@ def inspect_command(file: Path, as_json: bool) -> None:
     """Show what a LoRA or embedding FILE is: format, model family, rank/alpha, modules, training tags, hashes."""
     from expressiongrid.characters.check import inspect_file
     from expressiongrid.characters.lora import FAMILY_NAMES
+    from expressiongrid.errors import CharacterError, UsageError
 
-    info = inspect_file(file)
+    try:
+        info = inspect_file(file)
+    except CharacterError as exc:  # the FILE given is the problem: bad input (exit 2), as import and measure say
+        raise UsageError(str(exc)) from exc
     if as_json:
         echo_json(info)
         return
