@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from expressiongrid.engine import ImageRequest, ModelSpec, generate, load_model
+from expressiongrid.engine import ImageRequest, ModelSpec, batch_size_for, generate, load_model
 from expressiongrid.engine.generation import auto_batch_size, bytes_per_image
 from expressiongrid.errors import SamplerError, UsageError
 
@@ -19,6 +19,13 @@ SEED_PROMPT = "closeup of woman facing viewer, [hair, neck, eyes, lips: {expr}: 
 @pytest.fixture(scope="module")
 def model():
     return load_model(ModelSpec("tiny"))
+
+
+@pytest.fixture(autouse=True)
+def _forget_batch_limits(model):
+    """A test that runs out of memory on purpose leaves the module's model a batch limit: not for the next."""
+    yield
+    model.batch_limits.clear()
 
 
 def request(expr="neutral face expression", seed=1, **kw):
@@ -187,6 +194,27 @@ def test_out_of_memory_halves_the_batch(model):
     assert set(sizes) <= {1, 2} and done[-1] == 5
     reference = generate(model, reqs[:2], batch_size=2)
     assert np.asarray(results[0].image).tobytes() == np.asarray(reference[0].image).tobytes()
+
+
+def test_a_batch_size_that_ran_out_of_memory_is_not_tried_again(model):
+    """The next call (the next batch of a column, the next column) starts at the size that fitted."""
+    attempts = []
+
+    def limited_memory(x, ctx):
+        attempts.append(x.shape[0] // 2)
+        if x.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    reqs = [request(seed=s) for s in range(4)]
+    with UnetRecorder(model.pipe.unet, before=limited_memory):
+        assert all(r.ok for r in generate(model, reqs, batch_size=4))
+        assert attempts[0] == 4 and max(attempts[1:]) == 2
+        attempts.clear()
+        assert all(r.ok for r in generate(model, reqs, batch_size=4))
+    assert max(attempts) == 2  # no second out-of-memory
+    other = request(seed=1)
+    assert batch_size_for(model, other.width, other.height, 16) == 2
+    assert batch_size_for(model, other.width * 2, other.height, 16) == 16  # other sizes are not limited
 
 
 def test_out_of_memory_at_batch_one_fails_only_that_request(model):

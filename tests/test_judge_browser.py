@@ -55,7 +55,8 @@ def test_judging_pairs_in_the_page_stores_exactly_those_answers(live, page):
     page.goto(base + "/")
     assert page.input_value("#judge-name") == "Ann"  # --judge fills the name in
     page.fill("#judge-name", "Zoë")
-    page.click("#start")
+    with page.expect_navigation():
+        page.click("#start")
     page.wait_for_selector("#left")
     assert page.inner_text("#judge") == "Zoë"
 
@@ -137,7 +138,8 @@ def test_rankings_page_shows_the_answers(live, page):
     base, store = live
     page.goto(base + "/")
     page.select_option("#question-choice", "expr:smile:p0")
-    page.click("#start")
+    with page.expect_navigation():  # to the page's load event: its key handler (judge.js) is attached by then
+        page.click("#start")
     bob = cell_key(store, "smile", "bob")
     for _ in range(6):  # every pair of the 4 smile cells; Bob always wins, otherwise the left one
         page.wait_for_selector("#left")

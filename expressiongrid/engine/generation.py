@@ -129,14 +129,16 @@ def prompt_encoder(model, embeddings: dict[int, list[int]] | None = None, cache=
 
 def batch_size_for(model, width: int, height: int, cap: int | None = None) -> int:
     """Images per UNet batch: the user's `cap` when given, else what fits in free memory (an estimate;
-    ``generate`` still halves a batch that runs out of memory). The one place batch sizes are decided."""
-    if cap is not None:
-        return cap
-    try:
-        return max(1, auto_batch_size(model.device, width, height, model.dtype))
-    except Exception as exc:  # noqa: BLE001 - an estimate only
-        logger.warning("could not estimate a batch size from free memory (%s); using 4", exc)
-        return 4
+    ``generate`` still halves a batch that runs out of memory), and never more than half a batch of this
+    size that already ran out of memory on this model. The one place batch sizes are decided."""
+    limit = getattr(model, "batch_limits", {}).get((width, height))
+    if cap is None:
+        try:
+            cap = max(1, auto_batch_size(model.device, width, height, model.dtype))
+        except Exception as exc:  # noqa: BLE001 - an estimate only
+            logger.warning("could not estimate a batch size from free memory (%s); using 4", exc)
+            cap = 4
+    return cap if limit is None else min(cap, limit)
 
 
 def generate(model, requests: list[ImageRequest], batch_size: int | None = None,
@@ -175,8 +177,8 @@ def generate(model, requests: list[ImageRequest], batch_size: int | None = None,
 def _batches_with_oom_fallback(model, requests, infos, indices: list[int], size: int, encoder):
     """Yield ``(request indices, results)`` per finished batch of one group.
 
-    On out-of-memory the batch is split in half and retried, and the rest of the group continues at the
-    size known to fit; a single request that runs out of memory gets a failed result. Any other error
+    On out-of-memory the batch and the rest of the group continue at half its size (remembered on the
+    model for later calls, ``batch_size_for``); a single request that runs out of memory gets a failed result. Any other error
     propagates.
     """
     pending = [indices[k:k + size] for k in range(0, len(indices), size)]
@@ -200,8 +202,22 @@ def _batches_with_oom_fallback(model, requests, infos, indices: list[int], size:
             continue
         half = len(chunk) // 2
         size = min(size, half)
-        rest = [i for c in pending for i in c]
-        pending = [chunk[:half], chunk[half:]] + [rest[k:k + size] for k in range(0, len(rest), size)]
+        _remember_limit(model, requests[chunk[0]], len(chunk))
+        rest = chunk + [i for c in pending for i in c]
+        pending = [rest[k:k + size] for k in range(0, len(rest), size)]
+
+
+def _remember_limit(model, request: ImageRequest, failed: int) -> None:
+    """A batch of `failed` images ran out of memory: later batches of this image size (the next column,
+    the next call of `generate`) start at half of it instead of running out of memory first each time.
+    A batch larger than the limit already known tells nothing new."""
+    limits = getattr(model, "batch_limits", None)
+    key = (request.width, request.height)
+    if limits is None or failed > limits.get(key, failed):
+        return
+    limits[key] = failed // 2
+    logger.warning("out of memory at batch size %d: batches of %dx%d images are at most %d from now on",
+                   failed, request.width, request.height, failed // 2)
 
 
 def _empty_cache(device) -> None:

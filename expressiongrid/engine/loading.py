@@ -64,6 +64,8 @@ class LoadedModel:
     tf32: bool = False  # fp32 matrix products may use TF32 (CUDA, fp32 only)
     unet_call: object = None  # engine.compiled.CompiledUNet, or None for pipe.unet itself
     vae_decode: object = None  # engine.compiled.CompiledDecode, or None for pipe.vae.decode
+    # (width, height) -> the largest batch still worth trying after one ran out of memory (engine.generate)
+    batch_limits: dict = field(default_factory=dict)
 
     @property
     def dtype_name(self) -> str:
