@@ -215,3 +215,12 @@ def test_demo_run_without_faces_is_analysed_and_reported(tmp_path):
     assert "not measured: no face in the reference column" in html
     [grid] = sorted((run_dir / "report" / "post").iterdir())
     assert read_parameters(grid) == read_parameters(run_dir / "grids" / "demo.png")
+    # the embedding column's prompts are shown as its images state them: by file stem, as A1111 names it
+    from expressiongrid.characters.demo import DEMO_EMBEDDING_TOKEN
+    from expressiongrid.report.data import load_report_data
+    from expressiongrid.store import Store
+
+    with Store.open_existing(run_dir) as store:
+        cells = load_report_data(store).cells
+    embedded = [c for c in cells if "demo_embedding" in c.parameters]
+    assert embedded and all("demo_embedding" in c.prompt and DEMO_EMBEDDING_TOKEN not in c.prompt for c in embedded)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.analysis.pipeline import reference_columns, study_columns, study_rows
+from expressiongrid.output.metadata import CellMetadata
 
 
 @dataclass
@@ -101,9 +102,12 @@ def load_report_data(store) -> ReportData:
     scores = {r["key"]: r for r in _table(conn, "SELECT * FROM analysis_cell_scores")}
     cells = []
     for rec in records:
+        # The prompt as the cell's image states it (an embedding under its file stem, as A1111 names it),
+        # not as it was encoded; cells from before metadata was stored as data keep the store's prompt.
+        prompt = CellMetadata.from_dict(rec.metadata).prompt if rec.metadata else rec.prompt
         cell = ReportCell(key=rec.key, page=rec.page, row_id=rec.row_id, row_label=rec.row_label,
                           col_id=rec.col_id, col_label=rec.col_label, status=rec.status, file=rec.file,
-                          prompt=rec.prompt, seed=rec.seed, parameters=rec.parameters, error=rec.error)
+                          prompt=prompt, seed=rec.seed, parameters=rec.parameters, error=rec.error)
         m = measures.get(rec.key)
         if m is not None and rec.status == "done":
             cell.measured = True
