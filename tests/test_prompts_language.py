@@ -209,6 +209,15 @@ def test_cli_explain_json_and_warnings():
     assert "Warnings:" in text and "schedule-parse-failed (at position 2)" in text
 
 
+def test_explain_says_when_a_study_would_refuse_the_prompt_for_its_length():
+    from expressiongrid.limits import MAX_PROMPT_CHARS
+
+    long = "a, " * (MAX_PROMPT_CHARS // 3 + 1)
+    kinds = [(w.kind, w.message.split(":")[0]) for w in explain(long, 2, negative_prompt=long, tokenizer="tiny").warnings]
+    assert ("too-long", "prompt") in kinds and ("too-long", "negative prompt") in kinds
+    assert not [w for w in explain("a, " * 100, 2, tokenizer="tiny").warnings if w.kind == "too-long"]
+
+
 def test_cli_explain_unknown_sampler_is_a_usage_error():
     result = CliRunner().invoke(main, ["prompt", "explain", "a", "--steps", "10", "--sampler", "Nope"])
     assert result.exit_code == 2

@@ -26,6 +26,7 @@ from expressiongrid.prompts.schedule import (
     walk_constructs,
     when_to_step,
 )
+from expressiongrid.limits import MAX_PROMPT_CHARS
 from expressiongrid.prompts.warnings import PromptWarning
 
 
@@ -193,6 +194,10 @@ def explain(
         warnings.append(PromptWarning("syntax-error", f"{exc} (A1111 stops with an error here)", exc.position))
         clean, networks = prompt, []
     warnings.extend(network_warnings(prompt, negative_prompt))
+    for label, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+        if len(text) > MAX_PROMPT_CHARS:
+            warnings.append(PromptWarning("too-long", f"{label}: {len(text):,} characters; a study refuses prompts "
+                                          f"over {MAX_PROMPT_CHARS:,} (about {MAX_PROMPT_CHARS // 300} chunks)", None))
 
     removed = [(ref.position, len(ref.raw)) for ref in networks]
     # Offsets of removed tags in the clean prompt's coordinates, for mapping positions back.
