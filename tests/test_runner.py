@@ -382,6 +382,10 @@ def test_seeds_drawn_for_a_seed_axis_are_kept_when_the_run_is_resumed(tmp_path):
     with Store.open_existing(tmp_path / "other") as store:
         assert [c.seed for c in sorted(store.cells(), key=lambda c: c.col_index)] != seeds
     assert elsewhere.made == 3
+    # an edited axis keeps the seeds of the positions that were -1 and still are: only the new value is made
+    study.write_text(study.read_text().replace('"-1, 7, -1"', '"-1,7,-1, 9"'))
+    edited = run_study(load_study(study), tmp_path / "out")
+    assert (edited.made, edited.skipped) == (1, 3)
 
 
 def test_random_seed_is_kept_when_a_library_caller_resumes_through_run_launched(tmp_path):

@@ -66,8 +66,9 @@ def _earlier_random_seed(store: Store, study: Study) -> int | None:
 
 
 def _earlier_axis_seeds(store: Store, study: Study) -> dict[str, dict[int, int]]:
-    """The seeds the latest earlier run of this study drew for the -1 values of each Seed axis that is
-    typed the same way (slot -> position -> seed)."""
+    """The seeds the latest earlier run of this study drew for -1 values of each Seed axis, by position
+    (slot -> position -> seed): a position that was -1 then and is -1 now keeps its seed, however the rest
+    of the axis text was edited (spaces, a value added at the end)."""
     wanted = study.drawn_axes()
     found: dict[str, dict[int, int]] = {}
     if not wanted:
@@ -78,11 +79,13 @@ def _earlier_axis_seeds(store: Store, study: Study) -> dict[str, dict[int, int]]
             continue
         for slot, axis in wanted.items():
             earlier = info.get(slot) or {}
-            if slot in found or earlier.get("kind") != axis.kind or earlier.get("raw") != axis.raw:
+            if slot in found or earlier.get("kind") != axis.kind:
                 continue
             values = earlier.get("values") or []
-            if earlier.get("drawn") == list(axis.drawn) and len(values) == len(axis.values):
-                found[slot] = {i: int(values[i]["value"]) for i in axis.drawn}
+            before = set(earlier.get("drawn") or [])
+            reuse = {i: int(values[i]["value"]) for i in axis.drawn if i in before and i < len(values)}
+            if reuse:
+                found[slot] = reuse
         if len(found) == len(wanted):
             break
     return found
