@@ -418,3 +418,37 @@ def test_split_grid_gets_one_upload_copy_of_the_whole_grid_with_axis_titles_and_
     caption = options.caption_text(CellMetadata.from_parameters(parameters))
     assert "Steps: 2" in caption and "Seed: 5" in caption and "Sampler:" in caption
     assert "CFG" not in caption  # the columns vary it: the labels say it, not the caption
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
+    """systemd stop, `kill` or torchrun: finished cells are kept, the run is recorded as interrupted, the
+    lock's owner record is gone, and the same command resumes."""
+    rows = ", ".join(f'"expression {i}"' for i in range(12))
+    study = _study(tmp_path, steps=30, rows=rows)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "expressiongrid", "run", str(study), "--out", str(out),
+                             "--batch-size", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            conn = sqlite3.connect(out / "run.sqlite", timeout=5)
+            done = conn.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0]
+            conn.close()
+        except sqlite3.Error:
+            done = 0
+        if done >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be stopped: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130 and "interrupted: finished cells are kept" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert not (out / "run.lock.json").exists()
+    with Store.open_existing(out) as store:
+        assert store.runs()[-1].status == "interrupted"
+        done = store.counts()["done"]
+    assert 1 <= done < 12
+    again = run_study(load_study(study), out)
+    assert (again.skipped, again.made, again.failed) == (done, 12 - done, 0)

@@ -275,6 +275,7 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     from expressiongrid.output.run_grids import compose_grids
     from expressiongrid.run.resume import resume_plan
     from expressiongrid.run.runner import run_study
+    from expressiongrid.run.signals import sigterm_as_interrupt
 
     process = process or current_process()
     # The --notify URL's token and user:password stay out of run.log and runs.argv.
@@ -283,7 +284,7 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
     p = plan if plan is not None else resume_plan(out_dir, study)
     started_at = time.time()
     # The run folder is opened once here and passed down: runner, shard bookkeeping, grids and report.
-    with run_folder_lock(out_dir, process), \
+    with sigterm_as_interrupt(), run_folder_lock(out_dir, process), \
             open_run_log(out_dir, process.label if process.distributed else None) as log, Store(out_dir) as store:
         resolved = {**study.info(), "base_seed": p.base_seed, "plan": p.describe()}
         log.header(study=resolved, argv=argv, extra={"output folder": Path(out_dir).resolve()})

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.errors import QueueError, StoreError, UsageError
+from expressiongrid.run.signals import sigterm_as_interrupt
 from expressiongrid.store.db import connect, migrate, transaction
 from expressiongrid.store.schema import QUEUE_MIGRATIONS
 
@@ -372,25 +373,6 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
         proc.wait()
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (systemd stop, `kill`) unwinds like Ctrl-C, so the running study is stopped cleanly."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_queue(queue: StudyQueue, *, execute: Callable[[QueueEntry], tuple[int, list[str]]] = execute_entry,
               on_start: Callable[[QueueEntry], None] | None = None,
               on_finish: Callable[[QueueRunResult], None] | None = None,
@@ -401,7 +383,7 @@ def run_queue(queue: StudyQueue, *, execute: Callable[[QueueEntry], tuple[int, l
     A study that fails does not stop the queue: its state says why and the next study starts.
     """
     results: list[QueueRunResult] = []
-    with queue.runner_lock(), _sigterm_as_interrupt():
+    with queue.runner_lock(), sigterm_as_interrupt():
         while max_entries is None or len(results) < max_entries:
             entry = queue.next_unfinished()
             if entry is None:
