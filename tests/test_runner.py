@@ -60,8 +60,10 @@ def _study(tmp_path, *, name="t", steps=2, sampling="", rows='"smiling", "sad"',
                                         more=more), name=file)
 
 
-def test_sigkill_mid_run_leaves_only_complete_done_cells_and_resumes(tmp_path):
-    n = 16  # enough work (batch 1, 30 steps each) that the kill lands mid-run even on a fast machine
+def _run_until_cells_are_done(tmp_path, n: int, at_least: int):
+    """Start `expressiongrid run` of an n-row study (batch 1, 30 steps each: enough work that a signal
+    lands mid-run even on a fast machine) in a process; return (process, study, out) once `at_least`
+    cells are done."""
     rows = ", ".join(f'"expression {i}"' for i in range(n))
     study = _study(tmp_path, steps=30, rows=rows)
     out = tmp_path / "out"
@@ -78,10 +80,16 @@ def test_sigkill_mid_run_leaves_only_complete_done_cells_and_resumes(tmp_path):
                 conn.close()
             except sqlite3.OperationalError:
                 done = 0
-            if done >= 2:
+            if done >= at_least:
                 break
         time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert proc.poll() is None, f"run ended before it could be stopped: {proc.stderr.read().decode()[-2000:]}"
+    return proc, study, out
+
+
+def test_sigkill_mid_run_leaves_only_complete_done_cells_and_resumes(tmp_path):
+    n = 16
+    proc, study, out = _run_until_cells_are_done(tmp_path, n, at_least=2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -423,24 +431,7 @@ def test_split_grid_gets_one_upload_copy_of_the_whole_grid_with_axis_titles_and_
 def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path):
     """systemd stop, `kill` or torchrun: finished cells are kept, the run is recorded as interrupted, the
     lock's owner record is gone, and the same command resumes."""
-    rows = ", ".join(f'"expression {i}"' for i in range(12))
-    study = _study(tmp_path, steps=30, rows=rows)
-    out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "expressiongrid", "run", str(study), "--out", str(out),
-                             "--batch-size", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            conn = sqlite3.connect(out / "run.sqlite", timeout=5)
-            done = conn.execute("SELECT COUNT(*) FROM cells WHERE status = 'done'").fetchone()[0]
-            conn.close()
-        except sqlite3.Error:
-            done = 0
-        if done >= 1:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before it could be stopped: {proc.stderr.read().decode()[-2000:]}"
+    proc, study, out = _run_until_cells_are_done(tmp_path, 12, at_least=1)
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 130 and "interrupted: finished cells are kept" in stderr, stderr[-2000:]
