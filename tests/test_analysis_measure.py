@@ -160,3 +160,19 @@ def test_measure_text_shows_small_angles_as_plus_zero_and_file_names_terminal_sa
     assert result.exit_code == 0, result.output
     assert "pose: yaw +0°, pitch -5°, roll +0°" in result.output
     assert "\x1b" not in result.output and "a\\x1b[31m.png: face" in result.output
+
+
+def test_the_emotion_runtime_says_nothing_on_stderr_but_what_matters():
+    """The TFLite runtime's start-up INFO line is held back from stderr (it cut into the progress bar);
+    other output on fd 2 while it starts still reaches the user."""
+    import subprocess
+    import sys
+
+    code = ("import os\n"
+            "from expressiongrid.analysis import emotions\n"
+            "with emotions._runtime_notice_filtered():\n"
+            "    os.write(2, b'a real warning\\n')\n"
+            "emotions._interpreter()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "a real warning\n"

