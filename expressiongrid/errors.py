@@ -61,6 +61,11 @@ class StoreError(ExpressionGridError):
     """The run store (SQLite database / output folder) is unreadable or inconsistent."""
 
 
+class NoRunError(StoreError, UsageError):
+    """The folder given as a run folder holds no run (no ``run.sqlite``, or one with no run recorded yet):
+    a usage error (exit code 2), since the user named the wrong folder or has not run the study there."""
+
+
 class FetchError(ExpressionGridError):
     """Downloading a model from civitai or the Hugging Face hub failed."""
 

@@ -102,3 +102,24 @@ def test_the_summary_commands_paste_for_an_output_folder_with_a_space(tmp_path, 
     printed = capsys.readouterr()
     assert f"browse: expressiongrid view '{out}'" in printed.out
     assert f"(expressiongrid runs show '{out}')" in printed.err
+
+
+def test_a_folder_without_a_run_is_a_usage_error_for_every_command_that_reads_one(tmp_path):
+    """Naming the wrong folder is bad usage (exit 2, one line saying what to give), not a failed run."""
+    from expressiongrid.store import Store
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    Store(tmp_path / "no-run-yet").close()  # a store made by a run that stopped before recording itself
+    commands = [(["runs", "show"], []), (["runs", "show"], ["--json"]), (["view"], []), (["report"], [])]
+    for folder, why in ((tmp_path / "missing", "the folder does not exist"), (empty, "run.sqlite not found"),
+                        (tmp_path / "no-run-yet", "run.sqlite holds no run yet")):
+        for words, options in commands + ([(["judge"], ["--rankings"])] if folder.name != "no-run-yet" else []):
+            command = [*words, str(folder), *options]
+            result = CliRunner().invoke(main, command)
+            assert result.exit_code == 2, (command, folder, result.output)
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"error: no run in {folder}: {why}"), result.output
+            assert "--out" in lines[0], result.output  # says what to do
+    assert sorted(p.name for p in empty.iterdir()) == []  # nothing was written into the wrong folder
+    assert not (tmp_path / "missing").exists()

@@ -281,7 +281,7 @@ def test_runs_list_and_show(tmp_path, demo_chars):
     assert data["study"]["rows"]["kind"] == "expressions"
 
     missing = runner.invoke(main, ["runs", "show", str(tmp_path / "nothing")])
-    assert missing.exit_code == 1 and "no run in" in missing.output
+    assert missing.exit_code == 2 and "no run in" in missing.output
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def test_rankings_flag_prints_json(tmp_path):
 
 def test_missing_run_and_busy_port_are_one_line_errors(tmp_path):
     result = CliRunner().invoke(main, ["judge", str(tmp_path / "nope")])
-    assert result.exit_code == 1 and "no run in" in result.output
+    assert result.exit_code == 2 and "no run in" in result.output
     make_run(tmp_path / "run").close()
     proc, line = _start([str(tmp_path / "run"), "--port", "0"])
     try:

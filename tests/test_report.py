@@ -194,7 +194,7 @@ def test_report_includes_human_rankings_and_their_agreement_with_fidelity(tmp_pa
 def test_commands_need_a_run_folder(tmp_path):
     for command in ("analyze", "report"):
         result = CliRunner().invoke(main, [command, str(tmp_path / "nothing")])
-        assert result.exit_code == 1 and "no run in" in result.output
+        assert result.exit_code == 2 and "no run in" in result.output
         help_text = CliRunner().invoke(main, [command, "--help"]).output
         assert "Example:" in help_text
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from expressiongrid.errors import StoreError
+from expressiongrid.errors import NoRunError, StoreError
 from expressiongrid.store.db import connect, migrate, schema_version, transaction
 from expressiongrid.store.schema import RUN_MIGRATIONS
 
@@ -153,9 +153,9 @@ class Store:
         self.run_dir = Path(run_dir)
         self.db_path = self.run_dir / DB_NAME
         if not create and not self.db_path.exists():
-            raise StoreError(
-                f"no run in {self.run_dir}: {DB_NAME} not found (run a study with --out {self.run_dir} first)"
-            )
+            found = "the folder does not exist" if not self.run_dir.exists() else f"{DB_NAME} not found"
+            raise NoRunError(f"no run in {self.run_dir}: {found} (name the folder a study was run into with "
+                             "--out; `expressiongrid runs list` lists the runs under out/)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.connection = connect(self.db_path, what="run database", check=_refuse_foreign_database,
                                   hint="move it away or use another output folder")
@@ -261,7 +261,8 @@ class Store:
         """The resolved study of the latest run (rows, columns, prompt template, page axis, ...)."""
         row = self.connection.execute("SELECT study_json FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         if row is None:
-            raise StoreError(f"{self.db_path} holds no run yet (run the study first)")
+            raise NoRunError(f"no run in {self.run_dir}: {DB_NAME} holds no run yet (run the study with --out "
+                             f"{self.run_dir} first)")
         return json.loads(row[0])
 
     # -- cells ------------------------------------------------------------------------------------------
