@@ -102,8 +102,28 @@ def test_runs_show_tells_a_live_run_from_a_killed_one_without_touching_its_lock(
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (out / OWNER_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     assert last_status() == "interrupted"  # what a SIGKILL leaves behind
-    (out / OWNER_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": "another-machine"}))
-    assert last_status() == "running"  # on another host it cannot be told
+    # A kill long ago, and the system has since given the run's pid to another process (this test's, here):
+    # the start time recorded beside the pid tells them apart.
+    import psutil
+
+    long_ago = psutil.Process().create_time() - 3600
+    here = socket.gethostname()
+    (out / OWNER_NAME).write_text(json.dumps({"pid": os.getpid(), "host": here, "started": long_ago}))
+    assert last_status() == "interrupted"
+    listed = json.loads(CliRunner().invoke(main, ["runs", "list", str(tmp_path), "--json"]).output)
+    assert [r["status"] for r in listed] == ["interrupted"]
+    # A lock file from a version that recorded no start time: the pid alone decides, as it did.
+    (out / OWNER_NAME).write_text(json.dumps({"pid": os.getpid(), "host": here}))
+    assert last_status() == "running"
+    # On another machine (a shared disk) the process cannot be looked at: said so, not claimed running.
+    (out / OWNER_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": "another-machine",
+                                              "started": long_ago}))
+    shown = CliRunner().invoke(main, ["runs", "show", str(out), "--json"])
+    assert json.loads(shown.output)["runs"][-1]["running_on"] == {"host": "another-machine",
+                                                                  "pid": int(dead.stdout), "checked": False}
+    for command in (["runs", "show", str(out)], ["runs", "list", str(tmp_path)]):
+        text = CliRunner().invoke(main, command).output
+        assert "running on host another-machine? (cannot check from this machine)" in text, text
 
 
 def test_a_grid_that_cannot_be_written_marks_the_run_failed_not_running(made, tmp_path, monkeypatch):

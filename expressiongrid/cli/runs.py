@@ -41,9 +41,10 @@ def list_runs(root: Path, as_json: bool) -> None:
                 name = store.study_info().get("name")
             except StoreError:  # a store that holds no run yet has no study: listed with "-"
                 name = None
+        status, running_on = _live_status(run_dir, last.status) if last else (None, None)
         rows.append({"run_dir": str(run_dir), "study": name, "cells": sum(counts.values()), **counts,
-                     "last_run": last.id if last else None,
-                     "status": _live_status(run_dir, last.status) if last else None,
+                     "last_run": last.id if last else None, "status": status,
+                     **({"running_on": running_on} if running_on else {}),
                      "started": _when(last.started_at) if last else None})
     if as_json:
         echo_json(rows)
@@ -54,18 +55,31 @@ def list_runs(root: Path, as_json: bool) -> None:
     click.echo(f"{'folder':40} {'study':16} {'cells':>6} {'done':>6} {'failed':>6} {'pending':>7}  last run")
     for r in rows:  # user text made terminal-safe before it is padded, so the columns stay aligned
         click.echo(f"{terminal_safe(r['run_dir']):40} {terminal_safe(r['study'] or '-'):16} {r['cells']:>6} "
-                   f"{r['done']:>6} {r['failed']:>6} {r['pending']:>7}  #{r['last_run']} {r['status']} {r['started']}")
+                   f"{r['done']:>6} {r['failed']:>6} {r['pending']:>7}  #{r['last_run']} "
+                   f"{terminal_safe(_status_text(r['status'], r.get('running_on')))} {r['started']}")
 
 
-def _live_status(run_dir: Path, status: str) -> str:
-    """A last run stored as "running" whose process is gone was killed (the next run records it so)."""
+def _live_status(run_dir: Path, status: str) -> tuple[str, dict | None]:
+    """The last run's status as the folder's ``run.lock.json`` tells it, and (for a run still "running") who
+    runs it: ``{"host", "pid", "checked"}``, ``checked`` False for a run on another machine (a shared disk),
+    whose process cannot be looked at from here. A run stored as "running" whose process is gone (or whose
+    pid now belongs to another process) was killed: "interrupted" (the next run records it so)."""
     from expressiongrid.run.launch import run_folder_owner
 
     if status != "running":
-        return status
+        return status, None
     owner = run_folder_owner(run_dir)
-    if owner is not None and owner["alive"] is False:
-        return "interrupted"
+    if owner is None:
+        return status, None
+    if owner["alive"] is False:
+        return "interrupted", None
+    return status, {"host": owner["host"], "pid": owner["pid"], "checked": owner["alive"] is not None}
+
+
+def _status_text(status: str, running_on: dict | None) -> str:
+    """A status as printed: a run on another machine is not claimed to be running, only said to be."""
+    if running_on is not None and not running_on["checked"]:
+        return f"running on host {running_on['host']}? (cannot check from this machine)"
     return status
 
 
@@ -82,11 +96,12 @@ def show_run(run_dir: Path, as_json: bool) -> None:
         cells = store.cells()
         counts = store.counts()
     info = {k: v for k, v in info.items() if k != "layout"}
+    running_on = None
     for r in runs_:
         if r.status == "running" and r is not runs_[-1]:
             r.status = "interrupted"  # a later run started: this one was killed before it could finish
         elif r is runs_[-1]:
-            r.status = _live_status(run_dir, r.status)  # killed, and no run since
+            r.status, running_on = _live_status(run_dir, r.status)  # killed, and no run since
     if as_json:
         cell_rows = []
         for c in cells:
@@ -95,7 +110,8 @@ def show_run(run_dir: Path, as_json: bool) -> None:
             d["path"] = str(run_dir / c.file) if c.file else None
             cell_rows.append(d)
         echo_json({"run_dir": str(run_dir), "study": info, "counts": counts,
-                   "runs": [vars(r) for r in runs_], "cells": cell_rows})
+                   "runs": [{**vars(r), **({"running_on": running_on} if r is runs_[-1] and running_on else {})}
+                            for r in runs_], "cells": cell_rows})
         return
     click.echo(f"run folder: {terminal_safe(run_dir)}")
     click.echo(f"study: {terminal_safe(info.get('name'))} ({terminal_safe(info.get('path') or 'ad-hoc')})")
@@ -105,7 +121,8 @@ def show_run(run_dir: Path, as_json: bool) -> None:
         s = r.summary or {}
         extra = (f": made {s.get('made', 0)}, skipped {s.get('skipped', 0)}, failed {s.get('failed', 0)} "
                  f"in {s.get('seconds', 0):.1f} s") if s else ""
-        click.echo(f"run #{r.id} {_when(r.started_at)} {r.status}{extra}")
+        status = _status_text(r.status, running_on if r is runs_[-1] else None)
+        click.echo(f"run #{r.id} {_when(r.started_at)} {terminal_safe(status)}{extra}")
     click.echo(f"{'page':>4} {'column':20} {'row':24} {'status':8} {'seed':>10} {'s':>6}  file")
     for c in cells:
         secs = f"{c.seconds:.2f}" if c.seconds is not None else "-"

@@ -200,7 +200,19 @@ def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary |
 
 
 LOCK_NAME = "run.lock"
-OWNER_NAME = "run.lock.json"  # who holds run.lock: {"pid", "host"}; left behind only by a killed run
+OWNER_NAME = "run.lock.json"  # who holds run.lock: {"pid", "host", "started"}; left behind only by a killed run
+# Two readings of one process's start time differ by clock-tick rounding (and psutil's boot-time estimate);
+# a later process given the same pid started at least this much later.
+_SAME_START_S = 1.0
+
+
+def _process_started(pid: int) -> float:
+    """When process ``pid`` started (seconds since the epoch): what tells a run's process from a later one
+    the system gave the same pid. ``psutil.NoSuchProcess`` when there is none, ``AccessDenied`` when the
+    system will not say."""
+    import psutil
+
+    return psutil.Process(pid).create_time()
 
 
 def run_folder_owner(out_dir: str | os.PathLike) -> dict | None:
@@ -208,24 +220,28 @@ def run_folder_owner(out_dir: str | os.PathLike) -> dict | None:
     lock (a probe of the lock itself could make a run starting at that moment refuse the folder).
 
     None when no run has the folder (or an older version ran it); else ``{"pid", "host", "alive"}`` with
-    ``alive`` True/False on this host and None for a run on another host."""
+    ``alive`` True/False on this host and None for a run on another host. A process with the recorded pid
+    that started at another time than the run's is another program the pid was reused for: not alive."""
     import socket
+
+    import psutil
 
     try:
         owner = json.loads((Path(out_dir) / OWNER_NAME).read_text(encoding="utf-8"))
         pid, host = int(owner["pid"]), str(owner["host"])
-    except (OSError, ValueError, KeyError, TypeError):
+        started = float(owner["started"]) if owner.get("started") is not None else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if host != socket.gethostname():
         return {"pid": pid, "host": host, "alive": None}
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        now_started = _process_started(pid)
+    except psutil.NoSuchProcess:  # includes a zombie: the run has exited
         alive = False
-    except PermissionError:  # another user's process
+    except psutil.AccessDenied:  # the process exists but the system will not say when it started
         alive = True
-    else:
-        alive = True
+    else:  # a file from an older version has no start time: the pid alone is all there is to go by
+        alive = started is None or abs(now_started - started) < _SAME_START_S
     return {"pid": pid, "host": host, "alive": alive}
 
 
@@ -254,7 +270,8 @@ def run_folder_lock(out_dir: str | os.PathLike, process: ProcessInfo):
 
     owner = Path(out_dir) / OWNER_NAME
     try:
-        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}), encoding="utf-8")
+        owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": _process_started(os.getpid())}), encoding="utf-8")
         yield
     finally:
         owner.unlink(missing_ok=True)
