@@ -14,6 +14,8 @@ measured. Sections, most important first; each is skipped (and says so) once --b
   compiled_pixels 8-bit difference between the compiled and the eager engine on the same 9-row column
   end_to_end      9-row columns three ways (scripts/bench.py): engine, fair baseline, naive loop; FLOP floor
   swap            the engine's LoRA activation vs stock load_lora_weights + fuse_lora / unfuse + unload
+  compile_break_even  images a run needs before compiling pays (from unet, unet_compiled, vae_decode),
+                  beside the estimate behind engine.compiled.COMPILE_MIN_IMAGES
   unet_compiled_b2  batch 2 compiled (a second compilation, so last)
 
 Tensors given to compiled code are made under torch.inference_mode(), as the engine's are: dynamo guards
@@ -492,6 +494,33 @@ def section_compiled_pixels(c: Ctx) -> dict:
             "compiled_unet_calls": len(calls)}
 
 
+def section_compile_break_even(c: Ctx) -> dict:
+    """From the figures above: the images a run needs before compiling has paid for itself.
+
+    Per image of a 9-row column: `steps` UNet calls at batch 18 (cond + uncond), a ninth of each, plus its
+    share of a batch-9 decode; eager in channels-last (what the engine runs uncompiled on CUDA) against
+    compiled. Compared with the estimate behind ``engine.compiled.COMPILE_MIN_IMAGES``.
+    """
+    from expressiongrid.engine import compiled
+
+    sections = c.report.data["sections"]
+    missing = [name for name in ("unet", "unet_compiled", "vae_decode") if name not in sections]
+    if missing:
+        return {"not_computed": f"needs the figures of {', '.join(missing)} (skipped or failed)"}
+    unet, vae = sections["unet"]["channels_last_b18"], sections["vae_decode"]
+    unet_compiled = sections["unet_compiled"]["compiled_b18"]
+    steps, rows = c.steps, 9
+    eager = steps * unet["ms"] / rows / 1000 + vae["eager_channels_last_batch9_ms_per_image"] / 1000
+    faster = steps * unet_compiled["ms"] / rows / 1000 + vae["compiled_batch9_ms_per_image"] / 1000
+    compile_s = unet_compiled["compile_s"] + vae["compile_s"]
+    return {"steps": steps, "eager_s_per_image": round(eager, 4), "compiled_s_per_image": round(faster, 4),
+            "compile_s": round(compile_s, 1),
+            "break_even_images": compiled.break_even_images(compile_s, eager, faster),
+            "estimate": {"compile_s": compiled.COMPILE_SECONDS, "eager_s_per_image": compiled.EAGER_SECONDS_PER_IMAGE,
+                         "compiled_s_per_image": compiled.COMPILED_SECONDS_PER_IMAGE,
+                         "COMPILE_MIN_IMAGES": compiled.COMPILE_MIN_IMAGES}}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
@@ -526,7 +555,7 @@ def main(argv=None) -> int:
                 ("recompiles", section_recompiles, 10), ("host_syncs", section_host_syncs, 15),
                 ("vae_decode", section_vae, 45), ("compiled_pixels", section_compiled_pixels, 10),
                 ("end_to_end", section_end_to_end, 60), ("swap", section_swap, 10),
-                ("unet_compiled_b2", section_unet_compiled_b2, 90)]
+                ("compile_break_even", section_compile_break_even, 0), ("unet_compiled_b2", section_unet_compiled_b2, 90)]
     only = set(args.only.split(",")) if args.only else None
     for name, fn, need in sections:
         if only is None or name in only:

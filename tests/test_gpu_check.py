@@ -27,7 +27,8 @@ def test_gpu_check_smoke_run_writes_every_section(tmp_path):
     assert data["skipped"] == []
     sections = data["sections"]
     assert set(sections) == {"env", "unet", "unet_compiled", "recompiles", "host_syncs", "vae_decode",
-                             "compiled_pixels", "end_to_end", "swap", "unet_compiled_b2"}
+                             "compiled_pixels", "end_to_end", "swap", "unet_compiled_b2",
+                             "compile_break_even"}
     assert {"eager_b2", "eager_b18", "channels_last_b18"} <= set(sections["unet"])
     assert "compiled_b18" in sections["unet_compiled"] and "compiled_b2" in sections["unet_compiled_b2"]
     assert {"dpmpp_2m_karras", "text_encoder"} <= set(sections["host_syncs"])
@@ -39,3 +40,9 @@ def test_gpu_check_smoke_run_writes_every_section(tmp_path):
     assert sections["compiled_pixels"]["compiled_unet_calls"] == 2  # the compiled column ran compiled (2 steps)
     e2e = sections["end_to_end"]
     assert all(e2e[w]["images_per_s"] > 0 for w in ("engine", "fair", "naive"))
+    even = sections["compile_break_even"]
+    assert even["compile_s"] > 0 and even["eager_s_per_image"] > 0 and even["compiled_s_per_image"] > 0
+    if even["compiled_s_per_image"] < even["eager_s_per_image"]:
+        assert even["break_even_images"] * (even["eager_s_per_image"] - even["compiled_s_per_image"]) >= even["compile_s"] * 0.99
+    else:
+        assert even["break_even_images"] is None

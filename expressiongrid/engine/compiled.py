@@ -31,7 +31,8 @@ What keeps a run at one compilation:
 
 ``auto`` compiles on CUDA only, and only for runs of at least `COMPILE_MIN_IMAGES` images when the
 caller knows the count (the runner does): compiling SD1.5's UNet and VAE takes about a minute, and a
-compiled step saves a fraction of a step's time, so a small grid finishes sooner uncompiled. On a CPU the
+compiled step saves a fraction of a step's time, so a grid of a few hundred images finishes sooner
+uncompiled (`break_even_images`). On a CPU the
 compile time is not earned back by one grid, and on MPS torch.compile is not mature.
 """
 
@@ -40,10 +41,26 @@ from __future__ import annotations
 import importlib.util
 
 COMPILE_CHOICES = ("auto", "on", "off")
-# Break-even estimate: ~60 s of compilation against ~10-20 % of a ~0.1 s image (SD1.5, 20 steps, fp16,
-# batched) saved per image. scripts/gpu_check.py measures both (unet.compiled_b18.compile_s and the
-# eager/compiled calls/s); set this from its figures.
-COMPILE_MIN_IMAGES = 500
+# Compiling pays once the seconds it saves per image add up to the seconds it takes. Estimates, SD1.5 at
+# 512 px, 20 steps, fp16, a 9-row batch on an H100-class GPU: a cold inductor compile of the UNet and the
+# VAE decode ~60 s; an eager image ~0.1 s (about half the FLOP floor); compiled ~20 % faster (PyTorch's
+# published diffusion figures). scripts/gpu_check.py measures all three and prints the break-even it implies
+# (`compile_break_even`); set these from its figures.
+COMPILE_SECONDS = 60.0
+EAGER_SECONDS_PER_IMAGE = 0.1
+COMPILED_SECONDS_PER_IMAGE = 0.08
+
+
+def break_even_images(compile_seconds: float, eager_seconds_per_image: float,
+                      compiled_seconds_per_image: float) -> int | None:
+    """Images after which a compiled run has caught up with an eager one (None: compiling never pays)."""
+    import math
+
+    saved = eager_seconds_per_image - compiled_seconds_per_image
+    return math.ceil(compile_seconds / saved) if saved > 0 else None
+
+
+COMPILE_MIN_IMAGES = break_even_images(COMPILE_SECONDS, EAGER_SECONDS_PER_IMAGE, COMPILED_SECONDS_PER_IMAGE)
 # Compiled shapes per compiled function (dynamo's default is 8); each costs about a minute to compile.
 RECOMPILE_LIMIT = 64
 
