@@ -32,7 +32,7 @@ class ModelSpec:
     config folder used to convert single-file checkpoints (default: the shipped SD1.5 configs).
     `cache_dir`: the Hugging Face cache to use for repo ids (default: huggingface_hub's).
     `dtype`: ``auto`` (fp16 on CUDA, fp32 on CPU: see ``engine.precision``), ``fp32``, ``fp16``, ``bf16``.
-    `compile`: ``auto`` (on CUDA; the runner also asks for 500+ images), ``on`` or ``off``:
+    `compile`: ``auto`` (on CUDA; the runner also asks for `COMPILE_MIN_IMAGES` images), ``on`` or ``off``:
     ``torch.compile`` of the UNet and the VAE decode (see ``engine.compiled``).
     """
 
