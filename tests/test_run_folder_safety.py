@@ -4,6 +4,7 @@ and metadata too long for JPEG EXIF does not fail the upload copy."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -159,3 +160,57 @@ def test_parameters_too_long_for_exif_leave_the_upload_copy_without_them(tmp_pat
     assert "too long for JPEG/WebP metadata" in caplog.text
     png = save_png(tmp_path / "grid.png", image, parameters)
     assert read_parameters(png) == parameters  # the PNG keeps all of it
+
+
+def _older_store(out: Path) -> None:
+    """Turn the folder's run.sqlite into what a version from before cell metadata and judging left."""
+    db = sqlite3.connect(out / "run.sqlite")
+    with db:
+        db.execute("ALTER TABLE cells DROP COLUMN metadata_json")
+        db.execute("UPDATE schema_versions SET version = 1 WHERE component = 'core'")
+        db.execute("DROP TABLE judgements")
+        db.execute("DELETE FROM schema_versions WHERE component = 'judge'")
+    db.close()
+
+
+def _folder_state(out: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_dry_run_on_a_folder_an_older_version_made_writes_nothing_there(made, tmp_path):
+    study, original = made
+    out = tmp_path / "out"
+    shutil.copytree(original, out)
+    _older_store(out)
+    before = _folder_state(out)
+    dry = run(study, out, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert _folder_state(out) == before  # every file's bytes and mtime, and no -wal / -shm files left beside
+    assert "4 images, 4 already done" in dry.output  # planned from what the older store holds
+    assert "the run will upgrade it, this dry run left it as it is" in dry.output
+    planned = json.loads(run(study, out, "--dry-run", "--json").output)
+    assert planned["already_done"] == 4 and planned["store_upgrade"] == ["core", "judge"]
+    assert _folder_state(out) == before
+
+    # While another process has the store open with writes not yet folded into the file (its -wal), a dry
+    # run sees them, and changes neither the file nor that log.
+    writer = sqlite3.connect(out / "run.sqlite", isolation_level=None)
+    try:
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        writer.execute("UPDATE cells SET status = 'pending' WHERE key = (SELECT MIN(key) FROM cells)")
+        logged = {name: (out / name).read_bytes() for name in ("run.sqlite", "run.sqlite-wal")}
+        assert len(logged["run.sqlite-wal"]) > 0
+        assert "4 images, 3 already done" in run(study, out, "--dry-run").output
+        assert {name: (out / name).read_bytes() for name in logged} == logged
+    finally:
+        writer.close()
+
+    made_now = run(study, out)  # the real run upgrades the store and remakes the cell set back to pending
+    assert made_now.exit_code == 0, made_now.output
+    with sqlite3.connect(out / "run.sqlite") as db:
+        versions = dict(db.execute("SELECT component, version FROM schema_versions").fetchall())
+    db.close()
+    from expressiongrid.store.schema import RUN_MIGRATIONS
+
+    assert versions == {c: len(m) for c, m in RUN_MIGRATIONS.items()}

@@ -92,7 +92,8 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
         import json
 
         click.echo(json.dumps({**plan.describe(), "out_dir": str(out_dir), "model": f"{study.model.source} on {settings}",
-                               "already_done": earlier.done_in(plan)}, ensure_ascii=False, indent=2))
+                               "already_done": earlier.done_in(plan), "store_upgrade": list(earlier.older_schema)},
+                              ensure_ascii=False, indent=2))
     else:
         _describe(plan, out_dir, earlier.done_in(plan), xyz=xyz)
         click.echo(f"model: {study.model.source} on {settings}")
@@ -109,6 +110,9 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
         return
     if dry_run:
         _describe_columns(study)
+        if earlier.older_schema:
+            click.echo(f"note: an older expressiongrid wrote {terminal_safe(out_dir / 'run.sqlite')} "
+                       f"({', '.join(earlier.older_schema)} tables): the run will upgrade it, this dry run left it as it is")
         click.echo("dry run: nothing generated")
         return
     # run_launched adds run.log, --notify and, under `accelerate launch`, this process's share of columns.

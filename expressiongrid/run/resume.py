@@ -25,6 +25,7 @@ class ResumeState:
     random_seed: int | None = None
     done_keys: frozenset[str] = frozenset()
     axis_seeds: dict[str, dict[int, int]] = field(default_factory=dict)  # slot -> position -> seed drawn
+    older_schema: tuple[str, ...] = ()  # parts of run.sqlite an older version wrote: the run will upgrade them
 
     def plan(self, study: Study) -> Plan:
         """The plan of ``study`` that continues the earlier run: its random seeds reused."""
@@ -38,14 +39,15 @@ class ResumeState:
 
 
 def read_resume_state(out_dir: str | Path, study: Study) -> ResumeState:
-    """What ``out_dir`` holds for ``study`` (nothing when it has no run store yet); ``StoreError`` for a
-    store this version cannot use."""
+    """What ``out_dir`` holds for ``study`` (nothing when it has no run store yet), read without writing
+    anything there (a store an older version wrote is read as upgraded, and left as it is); ``StoreError``
+    for a store this version cannot use."""
     if not (Path(out_dir) / DB_NAME).is_file():
         return ResumeState()
-    with Store.open_existing(out_dir) as store:
+    with Store.open_read_only(out_dir) as store:  # a dry run reads it too: it must not change the folder
         return ResumeState(random_seed=_earlier_random_seed(store, study),
                            done_keys=frozenset(c.key for c in store.cells("done", all_runs=True)),
-                           axis_seeds=_earlier_axis_seeds(store, study))
+                           axis_seeds=_earlier_axis_seeds(store, study), older_schema=tuple(store.older_schema))
 
 
 def resume_plan(out_dir: str | Path, study: Study) -> Plan:

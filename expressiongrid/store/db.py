@@ -41,6 +41,29 @@ def connect(path: Path, *, what: str = "database", hint: str = "move it away",
     return conn
 
 
+def read_only_copy(path: Path, *, what: str = "database", hint: str = "move it away") -> sqlite3.Connection:
+    """An in-memory copy of the database at `path`, read without writing to the file or beside it; changes
+    to the copy (migrations brought up to date for a look at an older file) stay in memory.
+
+    SQLite's ``mode=ro`` still creates the ``-wal`` and ``-shm`` files of a WAL database beside it when they
+    are not there, and a read-only connection cannot remove them: so without a ``-wal`` file (no writer
+    since the last clean close: the file alone holds everything) it is read as ``immutable``, which makes
+    nothing; with one, ``mode=ro`` reads the writer's log through the files already there."""
+    mode = "mode=ro" if Path(f"{path}-wal").exists() else "immutable=1"
+    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    copy.row_factory = sqlite3.Row
+    try:
+        source = sqlite3.connect(f"{Path(path).resolve().as_uri()}?{mode}", uri=True, timeout=30.0)
+        try:
+            source.backup(copy)
+        finally:
+            source.close()
+    except sqlite3.DatabaseError as exc:
+        copy.close()
+        raise StoreError(f"cannot open {what} {path}: {exc}; {hint}") from exc
+    return copy
+
+
 def _set_wal(conn: sqlite3.Connection, wait_s: float = 30.0) -> None:
     """Switch to WAL. The switch needs the database alone for a moment and SQLite answers "database is
     locked" at once, without its busy timeout, while another process (an accelerate shard opening the same

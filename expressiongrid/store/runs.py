@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from expressiongrid.errors import NoRunError, StoreError
-from expressiongrid.store.db import connect, migrate, schema_version, transaction
+from expressiongrid.store.db import connect, migrate, read_only_copy, schema_version, transaction
 from expressiongrid.store.schema import RUN_MIGRATIONS
 
 DB_NAME = "run.sqlite"
@@ -149,19 +149,29 @@ def _refuse_foreign_database(conn: sqlite3.Connection, path: Path) -> None:
 class Store:
     """The SQLite run store of one output folder (``<run_dir>/run.sqlite``)."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, create: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, *, create: bool = True, read_only: bool = False):
         self.run_dir = Path(run_dir)
         self.db_path = self.run_dir / DB_NAME
-        if not create and not self.db_path.exists():
+        # Components whose tables an older version made (a read-only store brings only its copy up to date).
+        self.older_schema: list[str] = []
+        if (not create or read_only) and not self.db_path.exists():
             found = "the folder does not exist" if not self.run_dir.exists() else f"{DB_NAME} not found"
             raise NoRunError(f"no run in {self.run_dir}: {found} (name the folder a study was run into with "
                              "--out; `expressiongrid runs list` lists the runs under out/)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.connection = connect(self.db_path, what="run database", check=_refuse_foreign_database,
-                                  hint="move it away or use another output folder")
+        hint = "move it away or use another output folder"
+        if read_only:
+            self.connection = read_only_copy(self.db_path, what="run database", hint=hint)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.connection = connect(self.db_path, what="run database", check=_refuse_foreign_database, hint=hint)
         try:
+            if read_only:
+                _refuse_foreign_database(self.connection, self.db_path)
+                self.older_schema = [c for c, m in RUN_MIGRATIONS.items() if self.schema_version(c) < len(m)]
             self.apply_migrations()
             self._check_core_columns()
+            if read_only:
+                self.connection.execute("PRAGMA query_only = ON")  # what is written to the copy would be lost
         except BaseException:
             self.connection.close()
             raise
@@ -179,6 +189,13 @@ class Store:
     def open_existing(cls, run_dir: str | os.PathLike) -> Store:
         """Open the store of an existing run folder; ``StoreError`` if there is none."""
         return cls(run_dir, create=False)
+
+    @classmethod
+    def open_read_only(cls, run_dir: str | os.PathLike) -> Store:
+        """A look at an existing run folder's store that writes nothing there (a dry run's): an in-memory
+        copy, brought up to date when an older version wrote it (``older_schema`` names what the next real
+        opening will upgrade); writing to it raises. Refuses what ``open_existing`` refuses."""
+        return cls(run_dir, read_only=True)
 
     # -- context management -------------------------------------------------------------------------
 
