@@ -51,10 +51,43 @@ def test_progress_bar_note_shows_user_text_terminal_safe(capsys, monkeypatch):
 
     monkeypatch.delenv("EXPRESSIONGRID_NO_PROGRESS", raising=False)
     bar = ProgressBar("img")
+    bar(0, 4, "loading model")
     bar(1, 4, "reference + text\x1b[5m only")
     bar.close()
     err = capsys.readouterr().err
     assert "\x1b[5m" not in err and "text\\x1b[5m only" in err and "1/4" in err
+
+
+def test_progress_into_a_log_file_is_plain_lines_not_carriage_return_redraws(capsys, monkeypatch):
+    """`nohup expressiongrid run ... > run.out`: stderr is no terminal, so each update the user gets is a
+    line of its own (count, percent, rate, time left) instead of a bar redrawn with carriage returns, which
+    a log file keeps as one ever-growing line."""
+    from expressiongrid.cli._common import ProgressBar
+
+    monkeypatch.delenv("EXPRESSIONGRID_NO_PROGRESS", raising=False)
+    bar = ProgressBar("img", interval=0)
+    for done in (2, 3, 3, 6, 8):  # 2 already done before this run
+        bar(done, 8, "demo LoRA")
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert [line.split()[1] for line in lines] == ["3/8", "6/8", "8/8"]  # no line for a repeated count
+    assert lines[0].startswith("progress: 3/8 img (37%), ") and " img/s, about " in lines[0]
+    assert lines[0].endswith(" left (demo LoRA)")
+    assert lines[-1].startswith("progress: 8/8 img (100%), ") and lines[-1].endswith(" in all")
+
+
+def test_a_stopped_run_logs_how_far_its_progress_got(capsys, monkeypatch):
+    from expressiongrid.cli._common import ProgressBar
+
+    monkeypatch.delenv("EXPRESSIONGRID_NO_PROGRESS", raising=False)
+    bar = ProgressBar("cell")  # a minute between lines: none is due yet
+    bar(0, 5)
+    bar(2, 5)
+    assert capsys.readouterr().err == ""
+    bar.close()  # Ctrl-C, an error: the last count is still said
+    assert capsys.readouterr().err.startswith("progress: 2/5 cell (40%)")
 
 
 def _example_lines(epilog: str) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -134,18 +133,16 @@ def run(max_entries: int | None) -> None:
     q = StudyQueue()
 
     def execute(entry):
-        # The study's own output (plan, failures, grid paths) goes to this command's stderr, so a
-        # `nohup ... > queue.out` log tells the whole night; the progress bar would only be noise there.
-        env = dict(os.environ)
-        env.setdefault("EXPRESSIONGRID_NO_PROGRESS", "1")
-        return execute_entry(entry, echo=lambda line: click.echo(f"   {line}", err=True), env=env)
+        # The study's own output (plan, a progress line a minute, failures, grid paths) goes to this
+        # command's stderr, so a `nohup ... > queue.out` log tells the whole night.
+        return execute_entry(entry, echo=lambda line: click.echo(f"   {terminal_safe(line)}", err=True))
 
     def on_start(entry):
         again = " (resuming)" if entry.attempts > 1 else ""
-        click.echo(f"== #{entry.id} {entry.study}{again}", err=True)
+        click.echo(f"== #{entry.id} {terminal_safe(entry.study)}{again}", err=True)
 
     def on_finish(result):
-        click.echo(f"== #{result.entry.id} {result.state}: {result.outcome}", err=True)
+        click.echo(f"== #{result.entry.id} {result.state}: {terminal_safe(result.outcome)}", err=True)
 
     results = run_queue(q, execute=execute, on_start=on_start, on_finish=on_finish, max_entries=max_entries)
     if not results:
@@ -171,7 +168,7 @@ def remove(ids: tuple[int, ...]) -> None:
     q = StudyQueue()
     for entry_id in ids:
         entry = q.remove(entry_id)
-        click.echo(f"removed #{entry.id}: {entry.study}")
+        click.echo(f"removed #{entry.id}: {terminal_safe(entry.study)}")
 
 
 @queue.command("retry")
@@ -188,4 +185,4 @@ def retry(ids: tuple[int, ...]) -> None:
     q = StudyQueue()
     for entry_id in ids:
         entry = q.requeue(entry_id)
-        click.echo(f"queued again #{entry.id}: {entry.study}")
+        click.echo(f"queued again #{entry.id}: {terminal_safe(entry.study)}")
