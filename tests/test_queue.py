@@ -306,6 +306,36 @@ def test_stopping_the_queue_runner_stops_its_study_too(tmp_path, home, how):
     assert not q.runner_active()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the study's process")
+def test_a_queue_started_in_the_background_by_a_script_stops_its_study_gently(tmp_path, home):
+    # `expressiongrid queue run > queue.out 2>&1 &` in a script or a crontab line starts it with SIGINT
+    # ignored (what a shell does to background jobs), and its study inherits that. `kill` must still
+    # stop the study the Ctrl-C way: its cells committed and the run recorded as interrupted in run.log.
+    study = tmp_path / "long.toml"
+    study.write_text(_VALID_STUDY.format(name="long").replace("steps = 2", "steps = 30")
+                     .replace('["neutral", "smiling"]', '["neutral", "smiling", "angry", "sad"]')
+                     .replace("seed = 1", "seed = 1\nbatch_size = 1"))
+    q = StudyQueue()
+    out = tmp_path / "out"
+    entry = q.add(study, out_dir=out)
+    env = {**os.environ, "EXPRESSIONGRID_HOME": str(home), "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
+    runner = subprocess.Popen([sys.executable, "-m", "expressiongrid", "queue", "run"], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while _done_cells(out) < 1:
+            assert runner.poll() is None and time.monotonic() < deadline, "the study never started making cells"
+            time.sleep(0.02)
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=90) == 130
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL) if runner.poll() is None else None
+    log = (out / "run.log").read_text(encoding="utf-8")
+    assert "run interrupted; finished cells are kept" in log  # not killed hard after a grace period
+    assert q.get(entry.id).state == "running"
+
+
 def _done_cells(out: Path) -> int:
     import sqlite3
 

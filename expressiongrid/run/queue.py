@@ -338,7 +338,7 @@ def execute_entry(entry: QueueEntry, echo: Callable[[str], None] | None = None,
                   env: dict[str, str] | None = None) -> tuple[int, list[str]]:
     """Run one entry as a child process, passing its output through `echo`; returns (exit code, last lines).
 
-    If the queue runner is stopped (Ctrl-C, SIGTERM), the child is stopped too, gently first (SIGINT, so it
+    If the queue runner is stopped (Ctrl-C, SIGTERM), the child is stopped too, gently first (so it
     records the run as interrupted), and the entry stays "running" for the next `queue run` to resume.
     """
     tail: list[str] = []
@@ -363,10 +363,16 @@ def execute_entry(entry: QueueEntry, echo: Callable[[str], None] | None = None,
 
 
 def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """Stop the study child the way Ctrl-C would, then hard after `grace` seconds.
+
+    SIGTERM, not SIGINT, on POSIX: a `queue run` started in the background by a script or cron
+    (`... &`) has SIGINT ignored, its child inherits that, and a SIGINT would only be noticed by the
+    SIGKILL `grace` seconds later, with the run never recorded as interrupted. `run` treats SIGTERM
+    as Ctrl-C (run/signals.py)."""
     if proc.poll() is not None:
         return
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM if os.name == "posix" else signal.SIGINT)
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
