@@ -174,6 +174,43 @@ def test_round_trip_grid_and_single_image_remake_the_same_metadata(tmp_path):
     assert _cell_parameters(tmp_path / "one") == [cell.parameters]
 
 
+def test_a_grid_made_with_varied_seeds_or_several_seeds_per_cell_imports_to_the_same_seeds(tmp_path):
+    """A1111's grid keys cannot say "Vary seeds" or several samples per cell: the grid's text says them in
+    keys of its own, which import reads back, so the imported study plans exactly the grid's images."""
+    from expressiongrid.output.images import read_parameters
+    from expressiongrid.store import Store
+    from test_metadata_a1111 import civitai_read
+
+    for flags, keys, sampling, (images, seeds) in (
+            (["--vary-seeds", "x", "--vary-seeds", "y"], 'Vary seeds: "X, Y"',
+             {"seed_policy": "vary", "vary": ["columns", "rows"]}, (4, 4)),
+            (["--seeds-per-cell", "2"], "Seeds per cell: 2", {"seed_policy": "per-cell", "seeds_per_cell": 2}, (8, 2))):
+        first = _xyz(tmp_path, flags[-1], "--x", "Steps: 2,3", "--y", "CFG Scale: 4,6", *flags)
+        grid = next((first / "grids").glob("*.png"))
+        text = read_parameters(grid)
+        assert keys in text
+        read = civitai_read(text)  # civitai's reader takes the rest of the line as before
+        assert (read["Seed"], read["Size"], read["Version"]) == ("77", "64x64", "expressiongrid 0.1.0")
+        assert parse_parameters(text)["Seed"] == "77"
+        result = import_source(grid)
+        assert result.unresolved == [] and not any("Vary seeds" in n for n in result.notes), result
+        assert {k: result.study["sampling"][k] for k in sampling} == sampling
+        study = study_from_dict(tomllib.loads(result.toml), base_dir=tmp_path, source="imported")
+        made = sorted((c.prompt, c.negative_prompt, c.steps, c.cfg_scale, c.seed, c.width, c.height, c.sampler)
+                      for c in Store.open_existing(first).cells())
+        assert len(made) == images and len({m[4] for m in made}) == seeds  # not one seed for every image
+        planned = sorted((s.prompt, s.negative_prompt, s.steps, s.cfg_scale, s.seed, s.width, s.height, s.sampler)
+                         for s in (c.spec for c in plan(study).cells))
+        assert planned == made  # the same images, seeds and all
+
+    # A1111's own grid text cannot say it, so the import says what it could not know.
+    a1111 = import_parameters(A1111_EXAMPLE)
+    assert any('A1111 does not write "Vary seeds"' in n for n in a1111.notes)
+    bad = import_parameters(A1111_EXAMPLE.replace("Version: v1.10.1", "Vary seeds: Q, Version: expressiongrid 0.1.0"))
+    assert ("Vary seeds: Q: expected grid axes X, Y and/or Z; left out (the study uses one seed for every cell)"
+            in bad.unresolved) and "seed_policy" not in bad.study["sampling"]
+
+
 def test_bad_sources_are_one_line_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("", encoding="utf-8")
     (tmp_path / "prose.txt").write_text("just a prompt, no settings line\n", encoding="utf-8")

@@ -27,6 +27,8 @@ __all__ = [
     "parse_name_hashes",
     "format_name_hashes",
     "grid_axes_params",
+    "grid_seed_params",
+    "read_grid_seeds",
     "merge_hashes",
     "merge_civitai_resources",
     "quote",
@@ -170,6 +172,43 @@ def grid_axes_params(axes: Iterable[tuple[str, str, str]], fixed: Mapping[str, s
         out[f"{letter} Values"] = values_text
         if fixed and letter in fixed:
             out[f"Fixed {letter} Values"] = fixed[letter]
+    return out
+
+
+# This tool's seed policies, which A1111's grid keys cannot say (A1111 writes neither): extra keys, which
+# A1111, civitai and other readers of the text pass over. The letters are the grid's axes (X = columns).
+VARY_SEEDS_KEY = "Vary seeds"
+SEEDS_PER_CELL_KEY = "Seeds per cell"
+_GRID_LETTERS = {"columns": "X", "rows": "Y", "pages": "Z"}
+
+
+def grid_seed_params(seed_policy: str, vary: Sequence[str] = (), seeds_per_cell: int = 1) -> dict[str, str]:
+    """The keys that let a grid's text remake its seeds: ``Vary seeds: "X, Y"`` for ``seed_policy = "vary"``
+    (A1111's "Vary seeds for X/Y/Z"), ``Seeds per cell: 4`` for ``"per-cell"``; none for fixed seeds."""
+    if seed_policy == "vary" and vary:
+        return {VARY_SEEDS_KEY: ", ".join(_GRID_LETTERS[a] for a in _GRID_LETTERS if a in vary)}
+    if seed_policy == "per-cell" and seeds_per_cell > 1:
+        return {SEEDS_PER_CELL_KEY: str(seeds_per_cell)}
+    return {}
+
+
+def read_grid_seeds(params: Mapping[str, str]) -> dict[str, Any]:
+    """The study's seed settings from ``grid_seed_params``'s keys in parsed parameters: ``{}`` (fixed
+    seeds), ``{"seed_policy": "vary", "vary": [...]}`` or ``{"seed_policy": "per-cell", "seeds_per_cell": n}``.
+    ``ValueError`` naming the key for a value this version cannot read."""
+    by_letter = {letter: axis for axis, letter in _GRID_LETTERS.items()}
+    out: dict[str, Any] = {}
+    if VARY_SEEDS_KEY in params:
+        letters = [v.strip().upper() for v in str(params[VARY_SEEDS_KEY]).split(",") if v.strip()]
+        if not letters or any(letter not in by_letter for letter in letters):
+            raise ValueError(f"{VARY_SEEDS_KEY}: {params[VARY_SEEDS_KEY]}: expected grid axes X, Y and/or Z")
+        out = {"seed_policy": "vary", "vary": [by_letter[letter] for letter in "XYZ" if letter in letters]}
+    if SEEDS_PER_CELL_KEY in params:
+        text = str(params[SEEDS_PER_CELL_KEY]).strip()
+        if out or not text.isdigit() or int(text) < 2:
+            raise ValueError(f"{SEEDS_PER_CELL_KEY}: {text}: expected a whole number of 2 or more, without "
+                             f"{VARY_SEEDS_KEY}")
+        out = {"seed_policy": "per-cell", "seeds_per_cell": int(text)}
     return out
 
 

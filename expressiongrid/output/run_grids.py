@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from expressiongrid.errors import StudyError
-from expressiongrid.output.infotext import grid_axes_params
+from expressiongrid.output.infotext import grid_axes_params, grid_seed_params
 from expressiongrid.output.metadata import CellMetadata, grid_metadata, record_metadata
 from expressiongrid.store import GRIDS_DIR, CellRecord, Store, is_complete_png
 from expressiongrid.text import csv_join
@@ -135,7 +135,8 @@ def page_metadata(records: dict[str, CellRecord], positions: dict, page_index: i
 
 
 def grid_axes(info: dict) -> dict[str, str]:
-    """The grid's axes as A1111's X/Y/Z plot keys (``X Type``, ``X Values``, ...), from the stored study."""
+    """The grid's axes as A1111's X/Y/Z plot keys (``X Type``, ``X Values``, ...), from the stored study, and
+    the seed policy that A1111's keys cannot say (``grid_seed_params``), so an import remakes the seeds."""
     axes = []
     fixed: dict[str, str] = {}
     for letter, key in (("X", "columns"), ("Y", "rows"), ("Z", "pages")):
@@ -147,4 +148,7 @@ def grid_axes(info: dict) -> dict[str, str]:
         axes.append((letter, kind, text))
         if axis.get("drawn"):  # -1 seeds drawn: A1111 writes every value as used
             fixed[letter] = ", ".join(str(v["value"]) for v in axis["values"])
-    return grid_axes_params(axes, fixed)
+    sampling = info.get("sampling") or {}
+    seeds = grid_seed_params(sampling.get("seed_policy", "fixed"), sampling.get("vary") or (),
+                             sampling.get("seeds_per_cell", 1))
+    return {**grid_axes_params(axes, fixed), **seeds}

@@ -6,8 +6,8 @@ UserComment — or a text file holding such parameters. An X/Y/Z plot grid's par
 grid's first cell, which is what A1111 writes.
 
 What carries over: prompt and negative prompt (``<lora:...>`` tags and embedding words included), sampler and
-schedule type, steps, CFG scale, seed, size, clip skip, noise source (``RNG``), the checkpoint and VAE (found in
-the configured folders by hash, else by name) and LoRAs/embeddings (by name, else by hash, renamed in the prompt
+schedule type, steps, CFG scale, seed (and the seed policy of a grid made here), size, clip skip, noise source
+(``RNG``), the checkpoint and VAE (found in the configured folders by hash, else by name) and LoRAs/embeddings (by name, else by hash, renamed in the prompt
 to the file found). Everything else is listed in `ImportResult.unresolved`: a model not found, a setting this
 tool does not have (hires fix, variation seeds, ...). Nothing is dropped without saying so.
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from expressiongrid.config import Config
 from expressiongrid.config import load as load_config
 from expressiongrid.errors import SamplerError, UsageError
+from expressiongrid.output.infotext import SEEDS_PER_CELL_KEY, VARY_SEEDS_KEY, read_grid_seeds
 from expressiongrid.paths import read_text_file
 from expressiongrid.text import csv_split
 
@@ -32,7 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _CONSUMED = {
     "Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Size-1", "Size-2",
     "Model hash", "Model", "VAE hash", "VAE", "Clip skip", "RNG", "Lora hashes", "TI hashes", "Hashes",
-    "Civitai resources", "Version", "User", "Script",
+    "Civitai resources", "Version", "User", "Script", VARY_SEEDS_KEY, SEEDS_PER_CELL_KEY,
     *(f"{letter} {what}" for letter in "XYZ" for what in ("Type", "Values", "Fixed Values")),
     *(f"Fixed {letter} Values" for letter in "XYZ"),
 }
@@ -116,6 +117,7 @@ def import_parameters(text: str, *, name: str = "imported", where: str = "<param
         unresolved.append(f"RNG: {params['RNG']}: this tool makes CPU or GPU noise only; the study uses \"gpu\", "
                           "so the images will differ")
 
+    _seeds(params, sampling, unresolved, notes)
     study: dict = {"name": _study_name(name), "model": model, "sampling": sampling,
                    "prompt": {"positive": prompt, "negative": negative}}
     _axes(params, study, config, unresolved)
@@ -267,6 +269,19 @@ def _float(params: dict, key: str, default: float, where: str) -> float:
 
 # --- X/Y/Z plot axes ---------------------------------------------------------------------------------------------
 
+def _seeds(params: dict, sampling: dict, unresolved: list[str], notes: list[str]) -> None:
+    """The seed policy a grid made here writes (``Vary seeds``, ``Seeds per cell``); an A1111 grid's text
+    cannot say whether "Vary seeds" was on, which the user is told."""
+    try:
+        sampling.update(read_grid_seeds(params))
+    except ValueError as exc:
+        unresolved.append(f"{exc}; left out (the study uses one seed for every cell)")
+    if params.get("Script") == "X/Y/Z plot" and not str(params.get("Version", "")).startswith("expressiongrid"):
+        notes.append(f"A1111 does not write \"{VARY_SEEDS_KEY}\" into a grid's parameters: if the grid was made with it, "
+                     "set seed_policy = \"vary\" and vary = [\"columns\", ...] in the study by hand, or the other "
+                     "cells get other seeds than the grid's")
+
+
 def _axes(params: dict, study: dict, config: Config, unresolved: list[str]) -> None:
     from expressiongrid.study.study import SUPPORTED_A1111_AXES, canonical_axis_kind
 
@@ -317,6 +332,8 @@ def _toml_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value), ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
 
 
