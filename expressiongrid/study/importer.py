@@ -7,9 +7,10 @@ grid's first cell, which is what A1111 writes.
 
 What carries over: prompt and negative prompt (``<lora:...>`` tags and embedding words included), sampler and
 schedule type, steps, CFG scale, seed (and the seed policy of a grid made here), size, clip skip, noise source
-(``RNG``), the checkpoint and VAE (found in the configured folders by hash, else by name) and LoRAs/embeddings (by name, else by hash, renamed in the prompt
-to the file found). Everything else is listed in `ImportResult.unresolved`: a model not found, a setting this
-tool does not have (hires fix, variation seeds, ...). Nothing is dropped without saying so.
+(``RNG``), the checkpoint and VAE (found in the configured folders by hash, else by name) and LoRAs/embeddings (by
+name, else by hash, renamed in the prompt to the file found). Everything else is listed in
+`ImportResult.unresolved`: a model not found, a setting this tool does not have (hires fix, variation seeds, ...).
+Nothing is dropped without saying so.
 
 Imports no torch.
 """
@@ -277,9 +278,9 @@ def _seeds(params: dict, sampling: dict, unresolved: list[str], notes: list[str]
     except ValueError as exc:
         unresolved.append(f"{exc}; left out (the study uses one seed for every cell)")
     if params.get("Script") == "X/Y/Z plot" and not str(params.get("Version", "")).startswith("expressiongrid"):
-        notes.append(f"A1111 does not write \"{VARY_SEEDS_KEY}\" into a grid's parameters: if the grid was made with it, "
-                     "set seed_policy = \"vary\" and vary = [\"columns\", ...] in the study by hand, or the other "
-                     "cells get other seeds than the grid's")
+        notes.append(f"A1111 does not write \"{VARY_SEEDS_KEY}\" into a grid's parameters: if the grid was made "
+                     "with it, set seed_policy = \"vary\" and vary = [\"columns\", ...] in the study by hand, "
+                     "or the other cells get other seeds than the grid's")
 
 
 def _axes(params: dict, study: dict, config: Config, unresolved: list[str]) -> None:
