@@ -1,4 +1,5 @@
-"""Small text helpers shared by every layer: A1111's comma-separated value lists, ids from user text."""
+"""Small text helpers shared by every layer: A1111's comma-separated value lists, ids from user text, and the
+invisible characters that change the direction text is shown in."""
 
 from __future__ import annotations
 
@@ -35,3 +36,20 @@ def slug(text: str, fallback: str, max_length: int | None = None) -> str:
     if max_length is not None:
         value = value[:max_length]
     return value or fallback
+
+
+# Unicode's Bidi_Control characters: the Arabic letter mark, the left-to-right and right-to-left marks, the
+# embeddings and overrides (LRE, RLE, PDF, LRO, RLO) and the isolates (LRI, RLI, FSI, PDI). Invisible
+# themselves, they reorder the text around them: "smile\u202eyppah" is shown as "smilehappy".
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def bidi_controls_in(text: str) -> list[str]:
+    """The direction control characters in `text`, each once, in order of first appearance."""
+    return [ch for ch in dict.fromkeys(text) if ch in BIDI_CONTROLS]
+
+
+def without_bidi_controls(text: str) -> str:
+    """`text` with its direction control characters left out, so it is shown in the order it was written
+    (right-to-left scripts still run right to left: that comes from their letters, not from these)."""
+    return "".join(ch for ch in text if ch not in BIDI_CONTROLS)

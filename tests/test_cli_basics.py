@@ -90,6 +90,15 @@ def test_a_stopped_run_logs_how_far_its_progress_got(capsys, monkeypatch):
     assert capsys.readouterr().err.startswith("progress: 2/5 cell (40%)")
 
 
+def test_terminal_safe_escapes_every_direction_control():
+    """An override, an isolate or a mark in a label would reorder the printed line around it."""
+    from expressiongrid.cli._common import terminal_safe
+
+    assert terminal_safe("smile\u202eyppah | \u2067x\u2069 \u200fy \u061cz") == \
+        "smile\\u202eyppah | \\u2067x\\u2069 \\u200fy \\u061cz"
+    assert terminal_safe("שלום Zoë") == "שלום Zoë"  # right-to-left letters themselves are text
+
+
 def _example_lines(epilog: str) -> list[str]:
     lines = [line.strip() for line in epilog.replace("\b", "").splitlines()]
     return [line for line in lines if line and line != "Example:"]

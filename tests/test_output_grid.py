@@ -310,6 +310,19 @@ def test_every_letter_is_drawn_by_a_font_that_has_it_and_words_stay_in_one_font(
         assert sum(word in piece for _, piece in pieces) == 1, word  # each word whole in one font
 
 
+def test_a_right_to_left_override_in_a_label_does_not_reverse_it():
+    """U+202E would draw "smile\u202eyppah" as "smilehappy": labels are drawn in the order they were
+    written, and the plan says the controls are left out."""
+    tricked = "smile\u202eyppah"
+    assert ImageChops.difference(_label_pixels(tricked), _label_pixels("smileyppah")).getbbox() is None
+    assert ImageChops.difference(_label_pixels(tricked), _label_pixels("smilehappy")).getbbox() is not None
+    isolated = "a \u2067b c\u2069 \u200fd"  # isolates and marks reorder too
+    assert ImageChops.difference(_label_pixels(isolated), _label_pixels("a b c d")).getbbox() is None
+    (warning,) = plan_grid(1, 1, (128, 128), [tricked], ["x"]).warnings
+    assert "U+202E" in warning and "left out where the label is drawn" in warning and "'smile\\u202eyppah'" in warning
+    assert plan_grid(1, 1, (128, 128), ["שלום"], ["x"]).warnings == []  # a right-to-left script is no control
+
+
 def test_a_character_no_font_has_is_reported_before_drawing():
     plan = plan_grid(1, 1, (128, 128), ["hieroglyph \U00013000"], ["x"])
     assert len(plan.warnings) == 1 and "U+13000" in plan.warnings[0] and "[output] font" in plan.warnings[0]

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from expressiongrid.text import BIDI_CONTROLS
+
 
 def echo_json(data: Any) -> None:
     """Print `data` as indented JSON (dataclasses and paths are converted)."""
@@ -28,13 +30,14 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=default))
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029" + "".join(sorted(BIDI_CONTROLS)) + "]")
 
 
 def terminal_safe(text: object) -> str:
-    """``text`` with control characters escaped (``\\x1b``, ``\\n``), so what a user wrote in a label or
-    a file name can neither move the cursor, recolour or retitle the terminal, nor break a message
-    into several lines. Only the CLI prints, so only the CLI needs this."""
+    """``text`` with control characters escaped (``\\x1b``, ``\\n``, ``\\u202e``), so what a user wrote in a
+    label or a file name can neither move the cursor, recolour or retitle the terminal, break a message
+    into several lines, nor reorder the line (direction controls). Only the CLI prints, so only the CLI
+    needs this."""
     return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(text))
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from PIL import ImageFont
 
 from expressiongrid.errors import UsageError
+from expressiongrid.text import without_bidi_controls
 
 __all__ = ["LabelFont", "SYSTEM_FONTS", "font_chain", "label_font", "missing_glyphs"]
 
@@ -124,7 +125,9 @@ class LabelFont:
         A word is drawn in the first font that has all its characters, so a word never mixes two fonts'
         letters when one font could draw it whole; otherwise each character goes to the first font that
         has it. Characters no font has stay with the first font (drawn as its box; `missing_glyphs`
-        reports them)."""
+        reports them). Direction controls (U+202E, ...) are left out: a label is drawn in the order it was
+        written, never reversed by an invisible character (``grid.plan_grid`` says so for such a label)."""
+        text = without_bidi_controls(text)
         out: list[tuple[int, str]] = []
 
         def add(index: int, piece: str) -> None:

@@ -35,6 +35,7 @@ from expressiongrid.errors import UsageError
 from expressiongrid.output.fonts import LabelFont, label_font, missing_glyphs
 from expressiongrid.output.images import CIVITAI_MAX_BYTES, JPEG_MAX_SIDE, WEBP_MAX_SIDE
 from expressiongrid.output.metadata import CellMetadata
+from expressiongrid.text import bidi_controls_in
 
 __all__ = [
     "ELLIPSIS",
@@ -463,6 +464,12 @@ def plan_grid(
     warnings = [f"grid label {text!r}: no installed font can draw " + ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in chars)
                 + "; it shows as a box. Set [output] font to a font file that has it (docs/grids-and-metadata.md, Fonts)"
                 for text, chars in missing_glyphs(texts, style.font_path).items()]
+    for text in dict.fromkeys(texts):
+        controls = bidi_controls_in(text)
+        if controls:
+            warnings.append(f"grid label {text!r}: its direction control character(s) "
+                            + ", ".join(f"U+{ord(ch):04X}" for ch in controls) + " are left out where the label is "
+                            "drawn, so it reads in the order it was written (the text itself is kept as written)")
     return GridPlan(layout, pages, fmt, unsplit, warnings, reason)
 
 
