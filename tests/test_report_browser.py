@@ -82,3 +82,22 @@ def test_clicking_a_cell_shows_its_details_as_text(report_file, page):
     page.click("#details-close")
     assert not page.is_visible("#details")
     assert cells.count() == 20
+
+
+def test_cell_details_open_and_close_from_the_keyboard(report_file, page):
+    page.goto(report_file.as_uri())
+    cell = page.locator("table.heat tr").nth(2).locator("td.cell").nth(1)
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('cell')"):
+            break
+    first = page.locator("table.heat td.cell").first
+    assert page.evaluate("document.activeElement.dataset.key") == first.get_attribute("data-key")
+    page.keyboard.press("Enter")
+    assert page.is_visible("#details")
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#details")
+    assert page.evaluate("document.activeElement.dataset.key") == first.get_attribute("data-key")
+    cell.focus()
+    page.keyboard.press("Space")
+    assert page.is_visible("#details") and BOLD_LABEL in page.inner_text("#details-title")

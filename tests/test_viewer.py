@@ -123,6 +123,32 @@ def test_click_enlarges_a_cell_with_its_parameters_and_copy_button(analysed_view
     assert not page.is_visible("#cell-view")
 
 
+def test_cells_open_and_compare_from_the_keyboard(analysed_viewer, page):
+    _, files = analysed_viewer
+    page.goto(files.index.as_uri())
+    first = page.locator("#grid tbody td").first
+    for _ in range(80):  # past the header's controls and the rows & columns panel
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.tagName") == "TD":
+            break
+    assert page.evaluate("document.activeElement.dataset.key") == first.get_attribute("data-key")
+    page.keyboard.press("Enter")
+    assert page.is_visible("#cell-view")
+    assert page.evaluate("document.activeElement.id") == "close-cell"  # focus moves into the view
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#cell-view")
+    assert page.evaluate("document.activeElement.dataset.key") == first.get_attribute("data-key")  # and back
+    page.keyboard.press("Space")
+    assert page.is_visible("#cell-view")
+    page.keyboard.press("Tab")  # from Close
+    page.click("#compare-button")
+    assert page.evaluate("document.activeElement.dataset.key") == first.get_attribute("data-key")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # the second cell of the pair
+    assert page.is_visible("#compare-view")
+    assert len(set(page.eval_on_selector_all("#compare-view img", "els => els.map(e => e.getAttribute('src'))"))) == 2
+
+
 def test_columns_can_be_hidden_and_reordered_and_the_grid_zoomed(analysed_viewer, page):
     page.goto(analysed_viewer[1].index.as_uri())
     page.click("#values-toggle")

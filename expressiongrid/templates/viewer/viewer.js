@@ -125,7 +125,15 @@
     }
     if (sample.scores) td.appendChild(scoreLine(sample));
     if (pick && pick.key === sample.key) td.classList.add("picked");
+    // A cell is a button for the keyboard too: Tab reaches it, Enter or Space opens it.
+    td.tabIndex = 0;
+    td.setAttribute("role", "button");
     td.addEventListener("click", function () { chosen(cell, 0); });
+    td.addEventListener("keydown", function (event) {
+      if (event.key !== "Enter" && event.key !== " ") return;
+      event.preventDefault();
+      chosen(cell, 0);
+    });
     return td;
   }
   function render() {
@@ -158,7 +166,7 @@
 
   // -- one cell at full size, and two side by side ---------------------------------------------------
   var cellView = document.getElementById("cell-view"), compareView = document.getElementById("compare-view");
-  var shown = null;
+  var shown = null, opener = null;
   function chosen(cell, sampleIndex) {
     var sample = cell.samples[sampleIndex];
     if (pick && pick.key !== sample.key) {
@@ -194,6 +202,8 @@
       });
     }
     cellView.hidden = false;
+    opener = cell.samples[0].key;
+    document.getElementById("close-cell").focus();
   }
   function figure(node, sample) {
     var img = node.querySelector("img");
@@ -206,24 +216,35 @@
     figure(document.getElementById("compare-b"), b);
     cellView.hidden = true;
     compareView.hidden = false;
+    opener = b.key;
+    document.getElementById("close-compare").focus();
+  }
+  // Closing a view puts the keyboard back on the cell that opened it (the table may have been redrawn).
+  function closeViews() {
+    var wasOpen = !cellView.hidden || !compareView.hidden;
+    cellView.hidden = true; compareView.hidden = true;
+    var cellNode = opener && document.querySelector('#grid td[data-key="' + opener + '"]');
+    if (wasOpen && cellNode) cellNode.focus();
   }
   function hint(text) {
     var node = document.getElementById("compare-hint"); node.textContent = text; node.hidden = !text;
   }
   document.getElementById("compare-button").addEventListener("click", function () {
     pick = shown; cellView.hidden = true;
-    hint("Click a second cell to compare with " + shown.title + " (Esc to cancel)");
+    hint("Click a second cell (or Enter on it) to compare with " + shown.title + " (Esc to cancel)");
     render();
+    var first = document.querySelector('#grid td[data-key="' + opener + '"]');
+    if (first) first.focus();
   });
-  document.getElementById("close-cell").addEventListener("click", function () { cellView.hidden = true; });
-  document.getElementById("close-compare").addEventListener("click", function () { compareView.hidden = true; });
+  document.getElementById("close-cell").addEventListener("click", closeViews);
+  document.getElementById("close-compare").addEventListener("click", closeViews);
   [cellView, compareView].forEach(function (view) {
-    view.addEventListener("click", function (event) { if (event.target === view) view.hidden = true; });
+    view.addEventListener("click", function (event) { if (event.target === view) closeViews(); });
   });
   document.addEventListener("keydown", function (event) {
     if (event.key !== "Escape") return;
-    cellView.hidden = true; compareView.hidden = true;
     if (pick) { pick = null; hint(""); render(); }
+    closeViews();
   });
 
   document.getElementById("copy-parameters").addEventListener("click", function () {
