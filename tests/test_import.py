@@ -174,9 +174,24 @@ def test_round_trip_grid_and_single_image_remake_the_same_metadata(tmp_path):
     assert _cell_parameters(tmp_path / "one") == [cell.parameters]
 
 
+def _pixels(run_dir: Path) -> list[bytes]:
+    from PIL import Image
+
+    from expressiongrid.store import Store
+
+    with Store.open_existing(run_dir) as store:
+        files = [run_dir / c.file for c in store.cells("done")]
+    out = []
+    for path in files:
+        with Image.open(path) as im:
+            out.append(im.convert("RGB").tobytes())
+    return out
+
+
 def test_a_grid_made_with_varied_seeds_or_several_seeds_per_cell_imports_to_the_same_seeds(tmp_path):
     """A1111's grid keys cannot say "Vary seeds" or several samples per cell: the grid's text says them in
     keys of its own, which import reads back, so the imported study plans exactly the grid's images."""
+    from expressiongrid.analysis.imported import run_from_grid
     from expressiongrid.output.images import read_parameters
     from expressiongrid.store import Store
     from test_metadata_a1111 import civitai_read
@@ -202,6 +217,9 @@ def test_a_grid_made_with_varied_seeds_or_several_seeds_per_cell_imports_to_the_
         planned = sorted((s.prompt, s.negative_prompt, s.steps, s.cfg_scale, s.seed, s.width, s.height, s.sampler)
                          for s in (c.spec for c in plan(study).cells))
         assert planned == made  # the same images, seeds and all
+        # `analyze GRID` cuts the grid into its images: with several per cell, each sample is one of them.
+        cut = run_from_grid(grid, tmp_path / f"{flags[-1]}-cut")
+        assert sorted(_pixels(cut)) == sorted(_pixels(first))
 
     # A1111's own grid text cannot say it, so the import says what it could not know.
     a1111 = import_parameters(A1111_EXAMPLE)

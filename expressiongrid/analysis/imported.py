@@ -4,8 +4,9 @@
   that differ between prompts say its column (character) and row (expression). Images without a LoRA tag
   form the reference column; when every image has one, the first column is the reference.
 - An A1111 X/Y/Z plot grid image: cut into cells by its layout (cell size from its ``Size``, label margins on
-  the left and top, as A1111 draws them); row and column labels come from its ``X Values`` / ``Y Values``
-  when present (numbered otherwise). The first column is read as the reference.
+  the left and top, as A1111 draws them; a grid made here with ``Seeds per cell: n`` holds n samples side by
+  side in each cell); row and column labels come from its ``X Values`` / ``Y Values`` when present
+  (numbered otherwise). The first column is read as the reference.
 
 Either becomes an ordinary run folder (``run.sqlite`` + ``cells/``) written through the run ``Store``; the
 neutral row is chosen by the one rule (``study.expressions.neutral_row_id``).
@@ -157,7 +158,7 @@ def run_from_grid(grid: Path, run_dir: Path) -> Path:
     from PIL import Image
 
     from expressiongrid.output.images import read_parameters
-    from expressiongrid.output.infotext import parse_parameters
+    from expressiongrid.output.infotext import parse_parameters, read_grid_seeds
     from expressiongrid.study.importer import _split_values
 
     text = read_parameters(grid)
@@ -165,9 +166,13 @@ def run_from_grid(grid: Path, run_dir: Path) -> Path:
     if "Size-1" not in params:
         raise UsageError(f"{grid}: no A1111 parameters with a Size, so the cell size of the grid is unknown")
     cell_w, cell_h = int(params["Size-1"]), int(params["Size-2"])
+    try:  # a grid made here with several seeds per cell holds that many samples side by side in each cell
+        samples = read_grid_seeds(params).get("seeds_per_cell", 1)
+    except ValueError as exc:
+        raise UsageError(f"{grid}: {exc}, so the cells of the grid are unknown") from None
     with Image.open(grid) as im:
         image = im.convert("RGB")
-    cols, rows, left, top = grid_layout(image.width, image.height, cell_w, cell_h)
+    cols, rows, left, top = grid_layout(image.width, image.height, cell_w * samples, cell_h)
 
     def labels(letter, n, word):
         values = _split_values(params.get(f"{letter} Values", "")) if params.get("Script") == "X/Y/Z plot" else []
@@ -179,6 +184,9 @@ def run_from_grid(grid: Path, run_dir: Path) -> Path:
     cells = []
     for r in range(rows):
         for c in range(cols):
-            box = (left + c * cell_w, top + r * cell_h, left + (c + 1) * cell_w, top + (r + 1) * cell_h)
-            cells.append((row_list[r]["id"], col_list[c]["id"], 0, image.crop(box), text, f"{grid.resolve()}#{r},{c}"))
+            for sample in range(samples):
+                x = left + (c * samples + sample) * cell_w
+                box = (x, top + r * cell_h, x + cell_w, top + (r + 1) * cell_h)
+                origin = f"{grid.resolve()}#{r},{c}" + (f",{sample}" if samples > 1 else "")
+                cells.append((row_list[r]["id"], col_list[c]["id"], sample, image.crop(box), text, origin))
     return write_image_run(run_dir, grid.stem, row_list, col_list, cells)
