@@ -107,10 +107,17 @@ def test_runs_show_tells_a_live_run_from_a_killed_one_without_touching_its_lock(
     # the start time recorded beside the pid tells them apart.
     import psutil
 
-    long_ago = psutil.Process().create_time() - 3600
+    at = psutil.Process().create_time()
+    after_boot = at - psutil.boot_time()
+    long_ago = {"at": at - 3600, "after_boot": after_boot - 3600}
     here = socket.gethostname()
     (out / OWNER_NAME).write_text(json.dumps({"pid": os.getpid(), "host": here, "started": long_ago}))
     assert last_status() == "interrupted"
+    # The clock was set since the run started: the time since boot still names the same process.
+    moved = {"at": at + 3600, "after_boot": after_boot}
+    (out / OWNER_NAME).write_text(json.dumps({"pid": os.getpid(), "host": here, "started": moved}))
+    assert last_status() == "running"
+    (out / OWNER_NAME).write_text(json.dumps({"pid": os.getpid(), "host": here, "started": long_ago}))
     listed = json.loads(CliRunner().invoke(main, ["runs", "list", str(tmp_path), "--json"]).output)
     assert [r["status"] for r in listed] == ["interrupted"]
     # A lock file from a version that recorded no start time: the pid alone decides, as it did.

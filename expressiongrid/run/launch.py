@@ -201,18 +201,26 @@ def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary |
 
 LOCK_NAME = "run.lock"
 OWNER_NAME = "run.lock.json"  # who holds run.lock: {"pid", "host", "started"}; left behind only by a killed run
-# Two readings of one process's start time differ by clock-tick rounding (and psutil's boot-time estimate);
-# a later process given the same pid started at least this much later.
+# Two readings of one process's start time differ by clock-tick rounding; a later process given the same pid
+# started at least this much later.
 _SAME_START_S = 1.0
 
 
-def _process_started(pid: int) -> float:
-    """When process ``pid`` started (seconds since the epoch): what tells a run's process from a later one
-    the system gave the same pid. ``psutil.NoSuchProcess`` when there is none, ``AccessDenied`` when the
-    system will not say."""
+def _process_started(pid: int) -> dict[str, float]:
+    """When process ``pid`` started, which tells a run's process from a later one the system gave the same
+    pid: ``{"at"}`` (seconds since the epoch) and ``{"after_boot"}`` (seconds since the machine started).
+    Where the system derives the first from the second (Linux), setting the clock moves "at" but not
+    "after_boot"; where it records "at" itself (macOS, Windows), "at" stays. ``psutil.NoSuchProcess`` when
+    there is no such process, ``AccessDenied`` when the system will not say."""
     import psutil
 
-    return psutil.Process(pid).create_time()
+    at = psutil.Process(pid).create_time()
+    return {"at": at, "after_boot": at - psutil.boot_time()}
+
+
+def _same_start(recorded: dict, now: dict[str, float]) -> bool:
+    """The run's process is the one with its pid now when either reading of its start time agrees."""
+    return any(abs(recorded[k] - now[k]) < _SAME_START_S for k in now if k in recorded)
 
 
 def run_folder_owner(out_dir: str | os.PathLike) -> dict | None:
@@ -229,7 +237,8 @@ def run_folder_owner(out_dir: str | os.PathLike) -> dict | None:
     try:
         owner = json.loads((Path(out_dir) / OWNER_NAME).read_text(encoding="utf-8"))
         pid, host = int(owner["pid"]), str(owner["host"])
-        started = float(owner["started"]) if owner.get("started") is not None else None
+        started = owner.get("started")
+        started = {k: float(v) for k, v in started.items()} if started is not None else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if host != socket.gethostname():
@@ -241,7 +250,7 @@ def run_folder_owner(out_dir: str | os.PathLike) -> dict | None:
     except psutil.AccessDenied:  # the process exists but the system will not say when it started
         alive = True
     else:  # a file from an older version has no start time: the pid alone is all there is to go by
-        alive = started is None or abs(now_started - started) < _SAME_START_S
+        alive = started is None or _same_start(started, now_started)
     return {"pid": pid, "host": host, "alive": alive}
 
 
