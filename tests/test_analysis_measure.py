@@ -80,6 +80,27 @@ def test_measure_refuses_a_neutral_image_without_a_face(tmp_path, portraits):
     assert result.exit_code == 2 and "no face found in the neutral image" in result.output
 
 
+def test_measure_reads_a_sideways_phone_photo_and_a_16_bit_grey_png_as_a_viewer_shows_them(tmp_path, portraits):
+    smile = portraits[("man", "smile")]
+    upright = tmp_path / "upright.png"
+    smile.save(upright)
+    # A phone stores a portrait shot sideways and says so in EXIF (Orientation 6: turn 90° clockwise to show).
+    phone = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    smile.rotate(90, expand=True).save(phone, exif=exif.tobytes(), quality=95)
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.asarray(smile.convert("L")).astype(np.uint16) * 257).save(grey16)
+    assert Image.open(grey16).mode.startswith("I")
+    result = CliRunner().invoke(main, ["measure", str(upright), str(phone), str(grey16), "--json"])
+    assert result.exit_code == 0, result.output
+    shown, sideways, grey = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert shown["face"] and sideways["face"] and grey["face"], (sideways["note"], grey["note"])
+    for other in (sideways, grey):
+        assert other["aus"]["AU12"] > 0.5
+        assert abs(other["pose"]["roll"] - shown["pose"]["roll"]) < 5
+
+
 def _scores(run_dir):
     conn = sqlite3.connect(run_dir / "run.sqlite")
     conn.row_factory = sqlite3.Row

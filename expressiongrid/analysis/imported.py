@@ -105,8 +105,7 @@ def _slug(text: str) -> str:
 
 def run_from_folder(folder: Path, run_dir: Path) -> Path:
     """A run of the A1111 images in ``folder`` (rows and columns read from their parameters)."""
-    from PIL import Image
-
+    from expressiongrid.analysis.images import open_rgb
     from expressiongrid.output.images import read_parameters
     from expressiongrid.output.infotext import parse_parameters
     from expressiongrid.prompts import extract_networks
@@ -139,8 +138,7 @@ def run_from_folder(folder: Path, run_dir: Path) -> Path:
         col_id = columns.setdefault(column, {"id": _slug(column), "label": column})["id"]
         sample = seen.get((row_id, col_id), 0)
         seen[(row_id, col_id)] = sample + 1
-        with Image.open(path) as im:
-            cells.append((row_id, col_id, sample, im.convert("RGB"), text, str(path.resolve())))
+        cells.append((row_id, col_id, sample, open_rgb(path), text, str(path.resolve())))
     ordered = sorted(columns.values(), key=lambda c: c["id"] != "reference")
     return write_image_run(run_dir, folder.name, list(rows.values()), ordered, cells)
 
@@ -155,8 +153,7 @@ def grid_layout(width: int, height: int, cell_w: int, cell_h: int) -> tuple[int,
 
 def run_from_grid(grid: Path, run_dir: Path) -> Path:
     """A run of the cells of one A1111 X/Y/Z grid image."""
-    from PIL import Image
-
+    from expressiongrid.analysis.images import open_rgb
     from expressiongrid.output.images import read_parameters
     from expressiongrid.output.infotext import parse_parameters, read_grid_seeds
     from expressiongrid.study.importer import _split_values
@@ -170,8 +167,7 @@ def run_from_grid(grid: Path, run_dir: Path) -> Path:
         samples = read_grid_seeds(params).get("seeds_per_cell", 1)
     except ValueError as exc:
         raise UsageError(f"{grid}: {exc}, so the cells of the grid are unknown") from None
-    with Image.open(grid) as im:
-        image = im.convert("RGB")
+    image = open_rgb(grid)
     cols, rows, left, top = grid_layout(image.width, image.height, cell_w * samples, cell_h)
 
     def labels(letter, n, word):

@@ -14,11 +14,12 @@ from expressiongrid.errors import UsageError
 
 
 def _open(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from expressiongrid.analysis.images import open_rgb
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return open_rgb(path)
     except FileNotFoundError as exc:
         raise UsageError(f"{path}: file not found") from exc
     except (UnidentifiedImageError, OSError) as exc:

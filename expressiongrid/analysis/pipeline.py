@@ -110,9 +110,8 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
     the same image content (SHA-256) and analyzer version are skipped, whatever their file is called; with a CLIP model, cells without a CLIP score get one.
     Raises ``AnalysisError`` (with the install hint) when the ``analysis`` extra is missing.
     """
-    from PIL import Image
-
     from expressiongrid.analysis import emotions, faces, runstore
+    from expressiongrid.analysis.images import open_rgb
     from expressiongrid.analysis.quality import CLIP_NOTE, ClipScorer
     from expressiongrid.analysis.scores import compute_scores
     from expressiongrid.store import Store
@@ -141,8 +140,7 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
         for i, cell in enumerate(todo, 1):
             path = store.run_dir / cell.file
             try:
-                with Image.open(path) as im:
-                    image = im.convert("RGB")
+                image = open_rgb(path)
             except (OSError, ValueError) as exc:
                 runstore.save_cell(conn, cell.key, cell.file, None, None, None, None, error=f"unreadable: {exc}",
                                    content_sha256=digests[cell.key])
