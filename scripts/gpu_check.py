@@ -9,7 +9,7 @@ measured. Sections, most important first; each is skipped (and says so) once --b
   unet_compiled   the same at batch 18 compiled (channels_last + torch.compile): compile seconds, speed-up
   recompiles      LoRA swaps (in place) and an embedding column under fail_on_recompile: must be 0
   host_syncs      synchronising CUDA calls per step, 9 rows: Euler a with CPU noise (prepared and step by
-                  step) and GPU noise, DPM++ 2M Karras, DPM++ 2M SDE Karras; text-encoder ms per row
+                  step) and GPU noise, DPM++ 2M Karras, DDIM, DPM++ 2M SDE Karras; text-encoder ms per row
   vae_decode      one decode of 9 latents vs 9 decodes of 1 (eager), compiled decode, compiled vs eager pixels
   compiled_pixels 8-bit difference between the compiled and the eager engine on the same 9-row column
   end_to_end      9-row columns three ways (scripts/bench.py): engine, fair baseline, naive loop; FLOP floor
@@ -299,6 +299,7 @@ def _count_syncs(fn) -> int:
 def section_host_syncs(c: Ctx) -> dict:
     """9 rows: syncs per step with CPU noise (prepared / step by step) and GPU noise, for a few samplers."""
     from expressiongrid.engine import ImageRequest, make_scheduler
+    from expressiongrid.engine.schedulers import set_timesteps
     from expressiongrid.engine.denoise import denoise_batch
     from expressiongrid.engine.generation import prompt_encoder, encode_batch
     from expressiongrid.engine.noise import initial_noise, make_generators
@@ -311,7 +312,7 @@ def section_host_syncs(c: Ctx) -> dict:
     unet = c.compiled_unet or c.model.pipe.unet
     out: dict = {}
     cases = (("cpu_noise_prepared", "Euler a", "cpu", None), ("cpu_noise_step_by_step", "Euler a", "cpu", False),
-             ("gpu_noise", "Euler a", "gpu", None), ("dpmpp_2m_karras", "DPM++ 2M Karras", "cpu", None),
+             ("gpu_noise", "Euler a", "gpu", None), ("dpmpp_2m_karras", "DPM++ 2M Karras", "cpu", None), ("ddim", "DDIM", "cpu", None),
              ("dpmpp_2m_sde_karras_cpu_noise_prepared", "DPM++ 2M SDE Karras", "cpu", None))
     with torch.inference_mode():
         for label, sampler, source, prepare in cases:
@@ -325,7 +326,7 @@ def section_host_syncs(c: Ctx) -> dict:
 
             def run():
                 scheduler = make_scheduler(name, c.model.pipe.scheduler.config)
-                scheduler.set_timesteps(steps, device=c.device)
+                set_timesteps(scheduler, steps, c.device)
                 gens = make_generators([r.seed for r in reqs], source, c.device)
                 latents = initial_noise(gens, (4, c.latent, c.latent), c.device, c.dtype)
                 denoise_batch(unet, scheduler, latents, cond, uncond, [7.0] * len(reqs), generators=gens,

@@ -337,3 +337,33 @@ def test_decode_is_queued_before_the_host_reads_anything_back(model, monkeypatch
     with torch.inference_mode():
         decoded = decode_latents(model.pipe.vae, latents, decode=decode)
     assert events[0] == "decode" and decoded.errors == [None, None]
+
+
+# -- host syncs -------------------------------------------------------------------------------------------
+
+
+def test_ddim_steps_read_nothing_back_from_the_device(model):
+    """DDIM's lookups by timestep stay on the host, and the UNet gets device timesteps.
+
+    Latents on the ``meta`` device have no values, so any read of a device value on the host raises, as
+    a read would wait for a GPU. Before, DDIM's timesteps were on the device: each step then read
+    ``alphas_cumprod[timestep]`` and ``prev_timestep >= 0`` back from it, twice per step."""
+    from expressiongrid.engine.schedulers import set_timesteps
+
+    meta = torch.device("meta")
+    scheduler = make_scheduler("DDIM", model.pipe.scheduler.config)
+    set_timesteps(scheduler, 5, meta)
+    assert scheduler.timesteps.device.type == "cpu"
+
+    seen = []
+
+    def unet(x, t, encoder_hidden_states, return_dict=False):
+        seen.append(t.device)
+        return (torch.zeros_like(x),)
+
+    rows, length, width = 2, 77, model.pipe.text_encoder.config.hidden_size
+    conditioning = types.SimpleNamespace(table=torch.zeros(1, length, width, device=meta),
+                                         index=torch.zeros(rows, 5, dtype=torch.long, device=meta))
+    latents = torch.zeros(rows, 4, 8, 8, device=meta)
+    out = denoise_batch(unet, scheduler, latents, conditioning, conditioning, [7.0] * rows)
+    assert out.device == meta and seen == [meta] * 5

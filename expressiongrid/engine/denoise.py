@@ -152,13 +152,16 @@ def _loop(unet, scheduler, latents, timesteps, cond_table, uncond_table, part_in
           part_weights, part_slots, scales, step_kwargs):
     import torch
 
+    # A scheduler that keeps its timesteps on the host (``schedulers.HOST_TIMESTEP_SCHEDULERS``) gets them as
+    # they are; the UNet gets them from one copy to the latents' device, made here rather than once per call.
+    unet_timesteps = timesteps if timesteps.device == latents.device else timesteps.to(latents.device)
     for call, t in enumerate(timesteps):
         # 1. conditioning of this model call, per row (and per AND part)
         cond_ctx = cond_table[part_index[:, call]]
         uncond_ctx = uncond_table[uncond_index[:, call]]
         # 2. one UNet evaluation for the whole batch (cond and uncond together when shapes allow)
         x = scheduler.scale_model_input(latents, t)
-        eps_uncond, eps_cond = _predict_noise(unet, x, x[part_rows], t, uncond_ctx, cond_ctx)
+        eps_uncond, eps_cond = _predict_noise(unet, x, x[part_rows], unet_timesteps[call], uncond_ctx, cond_ctx)
         # 3. classifier-free guidance with each row's own scale; AND parts add their weighted deltas
         if part_weights is None:
             guidance = eps_cond - eps_uncond

@@ -246,7 +246,7 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     from expressiongrid.prompts import total_model_calls
     from expressiongrid.engine.denoise import decode_latents, denoise_batch, to_pil
     from expressiongrid.engine.noise import initial_noise, make_generators
-    from expressiongrid.engine.schedulers import make_scheduler
+    from expressiongrid.engine.schedulers import make_scheduler, set_timesteps
 
     start = time.perf_counter()
     pipe, first = model.pipe, requests[0]
@@ -254,7 +254,7 @@ def _run_batch(model, requests: list[ImageRequest], info: SamplerInfo, encoder) 
     with torch.inference_mode():
         cond, uncond = encode_batch(encoder, requests, total_model_calls(first.steps, info.name))
         scheduler = make_scheduler(info.name, pipe.scheduler.config)
-        scheduler.set_timesteps(first.steps, device=model.device)
+        set_timesteps(scheduler, first.steps, model.device)
         generators = make_generators(seeds, first.noise_source, model.device)
         shape = (pipe.unet.config.in_channels, first.height // 8, first.width // 8)
         latents = initial_noise(generators, shape, model.device, model.dtype)

@@ -22,3 +22,17 @@ def make_scheduler(name: str, base_config: dict | Any):
     config.update(info.options)
     cls = getattr(diffusers, info.scheduler_class)
     return cls.from_config(config)
+
+
+# Schedulers whose ``step`` looks up host tables with the timestep itself: diffusers' DDIM reads
+# ``alphas_cumprod[timestep]`` (a CPU table) and branches on ``prev_timestep >= 0``. Given device timesteps,
+# both read a GPU scalar back, so the host waits for the step to finish twice per step; given host
+# timesteps the same lookups stay on the host. The UNet gets a device copy (see ``denoise_batch``).
+HOST_TIMESTEP_SCHEDULERS = ("DDIMScheduler",)
+
+
+def set_timesteps(scheduler, steps: int, device) -> None:
+    """``scheduler.set_timesteps(steps)`` with the timesteps on `device`, or on the host for the schedulers
+    of `HOST_TIMESTEP_SCHEDULERS` (same values either way)."""
+    host = type(scheduler).__name__ in HOST_TIMESTEP_SCHEDULERS
+    scheduler.set_timesteps(steps, device="cpu" if host else device)
