@@ -134,6 +134,50 @@ def test_analyze_reads_rows_and_columns_of_a_folder_of_a1111_images(tmp_path, po
     assert "measured 0, skipped 4" in again.output
 
 
+def test_analyze_says_which_row_everything_is_read_against_when_the_study_does_not_name_one(tmp_path, portraits):
+    # Rows smiling and sad, none named neutral: the first row silently became everyone's baseline.
+    folder = tmp_path / "no-neutral"
+    folder.mkdir()
+    for (who, what), image in portraits.items():
+        tag = "" if who == "man" else " <lora:wolfgang:0.8>"
+        row = "smiling happily" if what == "smile" else "sad <b>face</b>"
+        save_png(folder / f"{who}-{what}.png", image, _params(f"closeup of woman, {row}, RAW photo{tag}"))
+    env = {"EXPRESSIONGRID_NO_PROGRESS": "1"}
+    result = CliRunner().invoke(main, ["analyze", str(folder)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "note: no row is named neutral, so every row is read against the first row, " in result.output
+    report = CliRunner().invoke(main, ["report", str(folder / "expressiongrid-run")], env=env)
+    assert report.exit_code == 0 and "no row is named neutral" in report.output
+    html = (folder / "expressiongrid-run" / "report" / "report.html").read_text(encoding="utf-8")
+    assert "no row is named neutral" in html and "<b>face</b>" not in html  # the label is shown escaped
+    # One image: its one row is the neutral row, so nothing can be scored, and the user is told why.
+    single = tmp_path / "single"
+    single.mkdir()
+    save_png(single / "smile.png", portraits[("man", "smile")], _params("closeup of woman, smiling, RAW photo"))
+    one = CliRunner().invoke(main, ["analyze", str(single)], env=env)
+    assert one.exit_code == 0, one.output
+    assert "note: the study has one row (" in one.output and "read as the neutral row" in one.output
+
+
+def test_analyze_of_a_run_with_no_finished_cell_says_so_and_the_report_does_not_ask_for_analyze(tmp_path):
+    from expressiongrid.store import CellRecord, Store
+
+    run_dir = tmp_path / "run"
+    with Store(run_dir) as store:  # planned, then killed before its first cell
+        store.begin_run({"rows": [{"id": "neutral", "label": "neutral"}, {"id": "smile", "label": "smiling"}],
+                         "columns": [{"id": "reference", "label": "reference"}]},
+                        [CellRecord(key=f"{i:032x}", run_id=None, page=0, row_index=i, col_index=0, row_id=r,
+                                    row_label=r, col_id="reference", col_label="reference", character_id=None,
+                                    prompt=r, negative_prompt="", seed=1, steps=2, sampler="Euler", cfg_scale=7.0,
+                                    width=64, height=64, spec={}) for i, r in enumerate(("neutral", "smile"))])
+    env = {"EXPRESSIONGRID_NO_PROGRESS": "1"}
+    result = CliRunner().invoke(main, ["analyze", str(run_dir)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "note: no finished cells to measure yet (0 of 2 made): run the study, then analyse it" in result.output
+    report = CliRunner().invoke(main, ["report", str(run_dir)], env=env)
+    assert "no finished cells to measure yet" in report.output and "has not been analysed yet" not in report.output
+
+
 def test_analyze_cuts_an_a1111_xyz_grid_into_its_cells(tmp_path, portraits):
     left, top = 60, 40  # label margins, as A1111 draws them
     grid = Image.new("RGB", (left + 2 * SIDE, top + 2 * SIDE), "white")

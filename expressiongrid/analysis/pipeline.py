@@ -35,6 +35,24 @@ def study_rows(info: dict) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and "id" in r]
 
 
+def baseline_notes(rows: list[dict]) -> list[str]:
+    """What a user must know about the row every other row is read against (``neutral_row_id``), when the
+    study does not make it plain: a single row, or no row named neutral (the first row is used)."""
+    from expressiongrid.study.expressions import neutral_row_id
+
+    if not rows:
+        return []
+    neutral = next(r for r in rows if r["id"] == neutral_row_id(rows))
+    label = str(neutral.get("label") or neutral["id"])
+    if len(rows) == 1:
+        return [f"the study has one row ({label!r}), which is read as the neutral row: expression scores need a "
+                "neutral row and at least one expression row"]
+    if "neutral" not in f"{neutral['id']} {label}".lower():
+        return [f"no row is named neutral, so every row is read against the first row, {label!r}: its cells get "
+                "no scores, and the others' are changes from it; add a neutral row to measure every expression"]
+    return []
+
+
 def study_columns(info: dict) -> list[dict]:
     cols = info.get("columns") or []
     if isinstance(cols, dict):
@@ -174,6 +192,10 @@ def analyze_run(run_dir: str | os.PathLike, *, clip_model: str | os.PathLike | N
             summary.notes.append(f"emotion classifier not installed, so no emotion probabilities: {emotions.INSTALL_HINT}")
         if summary.no_face:
             summary.notes.append(f"{summary.no_face} of {len(measures)} cells show no detectable face")
+        if not cells:
+            summary.notes.append(f"no finished cells to measure yet (0 of {sum(store.counts().values())} made): "
+                                 "run the study, then analyse it")
+        summary.notes += baseline_notes(study_rows(info))
         scores = compute_scores(measures, study_rows(info))
         runstore.save_scores(conn, scores, {"notes": summary.notes, "clip_model": str(clip_model) if clip_model
                                             else None, "aesthetic_head": str(aesthetic_head) if aesthetic_head

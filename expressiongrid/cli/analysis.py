@@ -56,7 +56,7 @@ def analyze(source: Path, out_dir: Path | None, clip_model: Path | None, aesthet
                + (f"; {summary.unreadable} unreadable" if summary.unreadable else "")
                + (f"; {summary.clip_scored} CLIP-scored" if summary.clip_scored else ""))
     for note in summary.notes:
-        click.echo(f"note: {note}")
+        click.echo(terminal_safe(f"note: {note}"))
     click.echo(f"database: {Path(summary.run_dir) / 'run.sqlite'}")
 
 
@@ -75,7 +75,7 @@ def report(run_dir: Path, out_dir: Path | None, max_images: int) -> None:
 
     files = write_report(run_dir, out_dir, max_images=max_images)
     for note in files.notes:
-        click.echo(f"note: {note}")
+        click.echo(terminal_safe(f"note: {note}"))
     click.echo(f"html: {files.html}")
     click.echo(f"article: {files.markdown}")
     click.echo(f"post bundle: {len(files.bundle)} image{'' if len(files.bundle) == 1 else 's'} in {files.html.parent / 'post'}")

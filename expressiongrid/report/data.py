@@ -138,9 +138,11 @@ def load_report_data(store) -> ReportData:
     )
     data.column_attributes = {c["id"]: {"kind": c["kind"], **(c.get("tags") or {})}
                               for c in study_columns(info) if c.get("kind")}
-    meta = runstore.load_meta(conn) if data.analysed else {}
+    # `analyze` on a run with no finished cell measures nothing but leaves its notes (why) to show.
+    ran = data.analysed or bool(_table(conn, "SELECT name FROM analysis_meta LIMIT 1"))
+    meta = runstore.load_meta(conn) if ran else {}
     data.notes = list(meta.get("notes", []))
-    if not data.analysed:
+    if not ran:
         data.notes.append("this run has not been analysed yet: run `expressiongrid analyze RUN_DIR` for scores")
     _add_rankings(store, data)
     return data
