@@ -401,11 +401,15 @@ def test_a_resumed_random_seed_run_opens_the_run_store_once_before_the_run(tmp_p
     study.write_text(study.read_text(encoding="utf-8").replace("seed = 11", "seed = -1"), encoding="utf-8")
     out = tmp_path / "out"
     opens: list[Path] = []
-    real_connect, real_launch = runs.connect, launch.run_launched
+    real_connect, real_copy, real_launch = runs.connect, runs.read_only_copy, launch.run_launched
 
     def counting_connect(path, **kwargs):
         opens.append(Path(path))
         return real_connect(path, **kwargs)
+
+    def counting_copy(path, **kwargs):  # how the run store is read before a run: nothing written there
+        opens.append(Path(path))
+        return real_copy(path, **kwargs)
 
     opens_before_run: list[int] = []
 
@@ -414,6 +418,7 @@ def test_a_resumed_random_seed_run_opens_the_run_store_once_before_the_run(tmp_p
         return real_launch(*args, **kwargs)
 
     monkeypatch.setattr(runs, "connect", counting_connect)
+    monkeypatch.setattr(runs, "read_only_copy", counting_copy)
     monkeypatch.setattr(launch, "run_launched", counting_launch)
     run = ["run", str(study), "--out", str(out)]
     env = {"EXPRESSIONGRID_NO_PROGRESS": "1"}
