@@ -237,3 +237,22 @@ def test_run_log_and_runs_argv_never_hold_the_notify_secret(tmp_path):
     for text in (log, stored):
         assert "SECRET-T0KEN" not in text and "hunter22" not in text
     assert server.url + "/h" in stored and server.url + "/h" in log
+
+
+def test_run_says_on_stderr_when_its_notification_failed_and_keeps_its_exit_code(tmp_path):
+    from click.testing import CliRunner
+
+    from expressiongrid.cli import main
+
+    (tmp_path / "s.toml").write_text(_STUDY.replace('values = "5,7"', 'values = "7"').replace(
+        'values = ["neutral", "smiling"]', 'values = ["neutral"]'))
+    args = ["run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")]
+    with _Server(status=500) as server:
+        url = server.url + "/hook?token=s3cr3t-webhook"
+        result = CliRunner().invoke(main, [*args, "--notify", url], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 0, result.output  # every cell was made
+    assert f"warning: the --notify post to {server.url}/hook failed (run.log says why)" in result.stderr
+    assert "s3cr3t-webhook" not in result.output
+    with _Server(status=200) as server:
+        result = CliRunner().invoke(main, [*args, "--notify", server.url], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 0 and "--notify" not in result.stderr and len(server.requests) == 1

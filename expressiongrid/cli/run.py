@@ -126,6 +126,11 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
         bar.close()
     _print_summary(outcome.summary)
     _print_launch(outcome)
+    if outcome.notified is False:  # the morning's message did not go out: say so where the user looks first
+        from expressiongrid.run.notify import safe_url
+
+        click.echo(terminal_safe(f"warning: the --notify post to {safe_url(notify_url)} failed (run.log says "
+                                 "why); the run itself is unaffected"), err=True)
     ctx.exit(outcome.exit_code)
 
 

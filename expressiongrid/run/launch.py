@@ -153,6 +153,7 @@ class LaunchOutcome:
     composed: bool
     report: dict
     exit_code: int
+    notified: bool | None = None  # the --notify post was answered 2xx; None: nothing was posted
 
 
 def study_report(out_dir: str | os.PathLike, *, name: str, summary: RunSummary | None = None,
@@ -357,10 +358,9 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
                 report = summary.to_dict()
                 exit_code = 0
             log.info("run finished: %s", json.dumps(report, ensure_ascii=False, default=str))
-            if notify_url and composed:
-                notify(notify_url, report)
+            notified = notify(notify_url, report) if notify_url and composed else None
             return LaunchOutcome(summary=summary, process=process, composed=composed, report=report,
-                                 exit_code=exit_code)
+                                 exit_code=exit_code, notified=notified)
         except BaseException as exc:
             if notify_url and process.is_main:
                 interrupted = isinstance(exc, KeyboardInterrupt)
