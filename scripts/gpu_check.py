@@ -343,7 +343,7 @@ def section_host_syncs(c: Ctx) -> dict:
             else:
                 out[label] = {"syncs": "n/a on CPU", "s_per_step": round(seconds / steps, 4)}
         out["text_encoder"] = _text_encoder_per_row(c, prompts)
-    out["note"] = "syncs include the scheduler's one-off step-index lookup and the batch's setup"
+    out["note"] = "syncs include the batch's setup (conditioning and CFG scales to the device, the noise copy)"
     return out
 
 

@@ -17,6 +17,7 @@ from expressiongrid.engine.loading import enable_compile
 from expressiongrid.engine.noise import PreparedNoise, initial_noise, make_generators
 from expressiongrid.engine.precision import allow_tf32, default_dtype, resolve_dtype
 from expressiongrid.errors import UsageError
+from expressiongrid.samplers import SAMPLERS
 
 # Generates images, starts processes, drives a browser or loads models: left out of `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -342,28 +343,42 @@ def test_decode_is_queued_before_the_host_reads_anything_back(model, monkeypatch
 # -- host syncs -------------------------------------------------------------------------------------------
 
 
-def test_ddim_steps_read_nothing_back_from_the_device(model):
-    """DDIM's lookups by timestep stay on the host, and the UNet gets device timesteps.
+# DPM++ SDE's Brownian trees (torchsde) seed a generator on the latents' device, which `meta` has not.
+NO_META_GENERATOR = ("DPMSolverSDEScheduler",)
 
-    Latents on the ``meta`` device have no values, so any read of a device value on the host raises, as
-    a read would wait for a GPU. Before, DDIM's timesteps were on the device: each step then read
-    ``alphas_cumprod[timestep]`` and ``prev_timestep >= 0`` back from it, twice per step."""
-    from expressiongrid.engine.schedulers import set_timesteps
+
+@pytest.mark.parametrize("sampler", [name for name, info in SAMPLERS.items()
+                                     if info.scheduler_class not in NO_META_GENERATOR])
+def test_the_denoising_loop_reads_nothing_back_from_the_device(model, sampler):
+    """Every sampler's loop runs with nothing read back from the device (no host waits per step).
+
+    Latents on the ``meta`` device have no values, so any read of a device value on the host is an error,
+    where on a GPU it would wait for the queued work. Timesteps go on that device as the engine puts them
+    (the schedulers keep their sigma tables on the host themselves); noise comes from CPU generators,
+    prepared. Before, each batch's first step searched the device timesteps for its step index, and DDIM
+    read ``alphas_cumprod[timestep]`` and ``prev_timestep >= 0`` back at every step."""
+    from expressiongrid.engine.schedulers import HOST_TIMESTEP_SCHEDULERS, set_timesteps
+    from expressiongrid.prompts import total_model_calls
 
     meta = torch.device("meta")
-    scheduler = make_scheduler("DDIM", model.pipe.scheduler.config)
-    set_timesteps(scheduler, 5, meta)
-    assert scheduler.timesteps.device.type == "cpu"
-
+    scheduler = make_scheduler(sampler, model.pipe.scheduler.config)
+    set_timesteps(scheduler, 4, "cpu")  # diffusers cannot build its sigma tables on `meta` ...
+    if type(scheduler).__name__ not in HOST_TIMESTEP_SCHEDULERS:
+        scheduler.timesteps = scheduler.timesteps.to(meta)  # ... so the device timesteps are moved there
+    else:
+        set_timesteps(scheduler, 4, meta)
+        assert scheduler.timesteps.device.type == "cpu"
+    calls = total_model_calls(4, SAMPLERS[sampler].name)
     seen = []
 
     def unet(x, t, encoder_hidden_states, return_dict=False):
         seen.append(t.device)
         return (torch.zeros_like(x),)
 
-    rows, length, width = 2, 77, model.pipe.text_encoder.config.hidden_size
-    conditioning = types.SimpleNamespace(table=torch.zeros(1, length, width, device=meta),
-                                         index=torch.zeros(rows, 5, dtype=torch.long, device=meta))
-    latents = torch.zeros(rows, 4, 8, 8, device=meta)
-    out = denoise_batch(unet, scheduler, latents, conditioning, conditioning, [7.0] * rows)
-    assert out.device == meta and seen == [meta] * 5
+    rows, width = 2, model.pipe.text_encoder.config.hidden_size
+    conditioning = types.SimpleNamespace(table=torch.zeros(1, 77, width, device=meta),
+                                         index=torch.zeros(rows, calls, dtype=torch.long, device=meta))
+    generators = make_generators([1, 2], "cpu", torch.device("cpu"))
+    out = denoise_batch(unet, scheduler, torch.zeros(rows, 4, 8, 8, device=meta), conditioning, conditioning,
+                        [7.0] * rows, generators=generators, seeds=[1, 2], prepare_noise=True)
+    assert out.device == meta and seen == [meta] * len(scheduler.timesteps) and len(seen) <= calls

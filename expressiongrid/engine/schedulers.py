@@ -32,7 +32,14 @@ HOST_TIMESTEP_SCHEDULERS = ("DDIMScheduler",)
 
 
 def set_timesteps(scheduler, steps: int, device) -> None:
-    """``scheduler.set_timesteps(steps)`` with the timesteps on `device`, or on the host for the schedulers
-    of `HOST_TIMESTEP_SCHEDULERS` (same values either way)."""
+    """``scheduler.set_timesteps(steps)`` for a denoising loop that reads nothing back from the device.
+
+    The timesteps go on `device`, or on the host for the schedulers of `HOST_TIMESTEP_SCHEDULERS` (same
+    values either way). Schedulers that count steps start counting at 0 (``set_begin_index(0)``): left to
+    themselves they find their first step by searching the device timesteps for the first one
+    (``nonzero().item()``), which waits for the device once per batch, to get the same 0.
+    """
     host = type(scheduler).__name__ in HOST_TIMESTEP_SCHEDULERS
     scheduler.set_timesteps(steps, device="cpu" if host else device)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
