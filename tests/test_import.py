@@ -243,3 +243,32 @@ def test_bad_sources_are_one_line_errors(tmp_path):
     (tmp_path / "ok.txt").write_text(A1111_EXAMPLE, encoding="utf-8")
     refused = CliRunner().invoke(main, ["import", str(tmp_path / "ok.txt"), "--out", str(tmp_path / "x.toml")])
     assert refused.exit_code == 2 and (tmp_path / "x.toml").read_text() == "mine"
+
+
+def test_a_varied_seed_grid_whose_first_cell_failed_still_states_the_base_seed(tmp_path, monkeypatch):
+    """With varied seeds the grid's `Seed` is where the grid's seeds start (its first cell's), which an
+    import counts on; when that cell failed, the first cell that was made has another seed."""
+    import dataclasses
+
+    import expressiongrid.engine.generation as generation
+    from expressiongrid.output.images import read_parameters
+    from expressiongrid.store import Store
+
+    real = generation.generate
+
+    def first_cell_fails(model, requests, *args, **kwargs):
+        return [dataclasses.replace(r, ok=False, image=None, error="NaN/inf in the latents") if r.seed == 77 else r
+                for r in real(model, requests, *args, **kwargs)]
+
+    monkeypatch.setattr(generation, "generate", first_cell_fails)
+    run = tmp_path / "vary"
+    result = CliRunner().invoke(main, ["xyz", "--prompt", "a portrait", "--seed", "77", "--width", "64", "--height", "64",
+                                       "--steps", "2", "--x", "CFG Scale: 4,6", "--vary-seeds", "x", "--out", str(run)])
+    assert result.exit_code == 1, result.output  # a cell failed
+    cells = Store.open_existing(run).cells()
+    assert sorted((c.status, c.seed) for c in cells) == [("done", 78), ("failed", 77)]
+    text = read_parameters(next((run / "grids").glob("*.png")))
+    assert parse_parameters(text)["Seed"] == "77"
+    imported = import_source(next((run / "grids").glob("*.png")))
+    study = study_from_dict(tomllib.loads(imported.toml), base_dir=tmp_path, source="imported")
+    assert sorted(c.spec.seed for c in plan(study).cells) == [77, 78]

@@ -7,6 +7,8 @@ several processes, or after a resumed run). The layout comes from the run's stor
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 from pathlib import Path
 
@@ -124,14 +126,17 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
 
 def page_metadata(records: dict[str, CellRecord], positions: dict, page_index: int) -> CellMetadata | None:
     """One page's grid metadata: the first done cell's settings with every cell's resources and hashes
-    (``grid_metadata``); its text and its caption both come from it. None when no cell of the page is done."""
-    done = [records[key] for (page, _, _), items in sorted(positions.items()) if page == page_index
-            for _, key in items if key in records and records[key].status == "done"]
-    metadata = [(record, record_metadata(record)) for record in done]
+    (``grid_metadata``); its text and its caption both come from it. None when no cell of the page is done.
+
+    The seed is the page's first cell's, made or failed: with varied seeds it is where the grid's seeds
+    start, which is what an import of the grid counts from."""
+    page_records = [records[key] for (page, _, _), items in sorted(positions.items()) if page == page_index
+                    for _, key in items if key in records]
+    metadata = [(record, record_metadata(record)) for record in page_records if record.status == "done"]
     metadata = [(record, m) for record, m in metadata if m is not None]
     if not metadata:
         return None
-    return grid_metadata([m for _, m in metadata], metadata[0][0])
+    return dataclasses.replace(grid_metadata([m for _, m in metadata], metadata[0][0]), seed=page_records[0].seed)
 
 
 def grid_axes(info: dict) -> dict[str, str]:
