@@ -53,3 +53,10 @@ def without_bidi_controls(text: str) -> str:
     """`text` with its direction control characters left out, so it is shown in the order it was written
     (right-to-left scripts still run right to left: that comes from their letters, not from these)."""
     return "".join(ch for ch in text if ch not in BIDI_CONTROLS)
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, the cut marked with an ellipsis: for labels in places
+    of a fixed width where nothing measures the font (the report's charts); the full text goes beside it
+    (a tooltip) so nothing is lost."""
+    return text if len(text) <= limit else text[:max(limit - 1, 1)].rstrip() + "\u2026"

@@ -101,3 +101,25 @@ def test_cell_details_open_and_close_from_the_keyboard(report_file, page):
     cell.focus()
     page.keyboard.press("Space")
     assert page.is_visible("#details") and BOLD_LABEL in page.inner_text("#details-title")
+
+
+LONG_LABEL = "Grace Hopper, rear admiral and computer pioneer, v2 (final, 128 dim)"
+
+
+def test_long_character_labels_fit_the_charts_and_are_kept_whole_in_their_tooltips(tmp_path, page):
+    columns = face_columns()
+    columns = {"reference": columns["reference"], "hopper": (LONG_LABEL, columns["hopper"][1]),
+               "stiff": ("1 " + LONG_LABEL, columns["stiff"][1])}
+    run_dir = tmp_path / "run"
+    build_validation_run(run_dir, columns).close()
+    analyze_run(run_dir)
+    page.goto(write_report(run_dir).html.as_uri())
+    assert page.locator("svg").count() >= 2
+    for svg in page.locator("svg").all():  # no label drawn outside its chart (cut off at the page edge)
+        box = svg.bounding_box()
+        for text in svg.locator("text").all():
+            t = text.bounding_box()
+            assert box["x"] - 1 <= t["x"] and t["x"] + t["width"] <= box["x"] + box["width"] + 1, text.text_content()
+    titles = page.eval_on_selector_all("svg text > title", "els => els.map(e => e.textContent)")
+    assert LONG_LABEL in titles and "1 " + LONG_LABEL in titles
+    assert "4 expressions × 3 columns, 12 cells made." in page.inner_text("body")

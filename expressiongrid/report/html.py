@@ -18,6 +18,7 @@ from markupsafe import Markup
 from expressiongrid.report.data import ReportCell, ReportData
 from expressiongrid.report.data import count_noun as _count
 from expressiongrid.templating import render_template
+from expressiongrid.text import shorten
 
 THUMB_SIDE = 160
 GRID_MAX_SIDE = 2048
@@ -83,6 +84,11 @@ def _cell_fields(cell: ReportCell) -> list[list[str]]:
     return fields
 
 
+# Label room in the charts at the report's 14 px font (about 7.5 px a character): the bar chart's 200 px
+# label column, the scatter plot's 280 px legend. Longer labels are cut, in full in their tooltip.
+LABEL_CHARS, LEGEND_CHARS = 26, 36
+
+
 def bar_chart(title: str, items: list[tuple[str, list[float | None]]], series: list[str],
               colours: list[str], width: int = 640) -> Markup:
     """A horizontal bar chart as inline SVG; values in [0, 1]; one bar per series per item."""
@@ -94,7 +100,7 @@ def bar_chart(title: str, items: list[tuple[str, list[float | None]]], series: l
     for label, values in items:
         bars = [{"y": y + i * bar_h, "w": 0 if v is None else max(0.0, min(1.0, v)) * plot_w,
                  "colour": colours[i], "series": series[i], "text": _fmt(v)} for i, v in enumerate(values)]
-        groups.append({"label": label, "y": y, "bars": bars})
+        groups.append({"label": label, "short": shorten(label, LABEL_CHARS), "y": y, "bars": bars})
         y += group_h
     legend = [{"y": y + 20 * i, "colour": colours[i], "name": name} for i, name in enumerate(series)]
     return Markup(render_template("report/bar_chart.svg", title=title, width=width, height=height, bar_h=bar_h,
@@ -132,7 +138,7 @@ def scatter_plot(data: ReportData, width: int = 820, height: int = 360) -> Marku
         dots.append({"x": x, "y": y, "key": c.key, "colour": colours.get(c.col_id, (PALETTE[-1], c.col_label))[0],
                      "title": f"{c.col_label} – {c.row_label}: fidelity {_fmt(c.fidelity)}, "
                               f"distance {_fmt(c.identity_to_neutral)}"})
-    legend = [{"y": top + 14 + 18 * i, "colour": colour, "label": label}
+    legend = [{"y": top + 14 + 18 * i, "colour": colour, "label": label, "short": shorten(label, LEGEND_CHARS)}
               for i, (colour, label) in enumerate(colours.values())]
     return Markup(render_template(
         "report/scatter.svg", title="Expression strength vs likeness, per cell", width=width, height=height,
@@ -247,7 +253,7 @@ def render_html(data: ReportData) -> str:
     if scatter:
         charts.append(scatter)
     return render_template(
-        "report/report.html", title=data.title, n_rows=len(data.rows), n_columns=len(data.columns),
+        "report/report.html", title=data.title, size=f"{_count(len(data.rows), 'expression')} × {_count(len(data.columns), 'column')}",
         n_done=sum(1 for c in data.cells if c.status == "done"), notes=data.notes, heatmaps=heatmaps,
         column_labels=[label for _, label in data.columns], characters=_character_rows(data) if data.characters else [],
         expressions=_expression_rows(data) if data.expressions else [], charts=charts, rankings=_rankings(data),

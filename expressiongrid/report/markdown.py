@@ -52,7 +52,7 @@ def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, arti
     """The article as Markdown; images link to the bundle files relative to ``article_dir``."""
     rows, cols = dict(data.rows), dict(data.columns)
     lines = [f"# {escape_markdown(data.title)}: which expressions survive each character", ""]
-    lines.append(f"{len(data.rows)} expressions × {len(data.columns)} columns (the first column is the base "
+    lines.append(f"{_count(len(data.rows), 'expression')} × {_count(len(data.columns), 'column')} (the first column is the base "
                  "model without a character). Every cell was measured: a face found or not, 68 landmarks, "
                  "expression features read as facial action units relative to the same character's neutral "
                  "row, and a 128-d identity embedding.")
