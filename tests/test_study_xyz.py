@@ -7,7 +7,9 @@ import pytest
 from conftest import load_jsonl
 from expressiongrid.errors import StudyError, UsageError
 from expressiongrid.study.plan import cell_order, loop_order, plan
-from expressiongrid.study.xyz import grid_infotext_extra, split_axis_flag, xyz_study
+from expressiongrid.output.infotext import grid_seed_params
+from expressiongrid.output.run_grids import grid_axes
+from expressiongrid.study.xyz import split_axis_flag, xyz_study
 
 RUNS = load_jsonl("xyz_runs.jsonl")
 DEFAULT_BASE = {"prompt": "a photo of a cat, masterpiece", "negative_prompt": "blurry, cat ears", "seed": 1000,
@@ -54,8 +56,14 @@ def test_xyz_run_matches_a1111(case):
             assert s.model.source == overrides["sd_model_checkpoint"]
     assert [c.spec.seed for c in sorted(p.cells, key=lambda c: (c.page, c.row_index, c.col_index))] == \
         exp["result_all_seeds"]
-    # the grid's infotext keys A1111 adds
-    assert grid_infotext_extra(study) == exp["result_infotexts"][0]
+    # the grid's infotext keys A1111 adds, from the definition the run's grids are written with; beyond them
+    # only the seed-policy keys A1111 has none for
+    keys = grid_axes(study.info())
+    a1111 = exp["result_infotexts"][0]
+    assert {k: keys[k] for k in a1111} == a1111
+    sampling = study.sampling
+    assert {k: v for k, v in keys.items() if k not in a1111} == grid_seed_params(
+        sampling.seed_policy, sampling.vary, sampling.seeds_per_cell)
 
 
 @pytest.mark.parametrize("case", [c for c in RUNS if "error" in c], ids=lambda c: c["name"])
@@ -171,3 +179,19 @@ def test_xyz_grid_geometry_matches_a1111_with_its_font_sizes(case):
     expected_w, expected_h = exp["result_images"][0]
     assert grid[0].width == expected_w
     assert abs(grid[0].height - expected_h) <= 4
+
+
+def test_study_file_and_xyz_write_the_same_grid_keys_for_the_same_axes():
+    from expressiongrid.study.study import study_from_dict
+
+    axes = dict(x=("Steps", "10-20 (+10)"), y=("CFG Scale", "5, 7"), z=("Prompt S/R", "cat, dog"))
+    xyz = xyz_study(check_files=False, prompt="a cat", vary_seeds=(False, True, False), **axes)
+    data = {"name": "same", "model": {"source": "tiny"}, "prompt": {"positive": "a cat"},
+            "sampling": {"seed_policy": "vary", "vary": ["rows"]},
+            **{slot: {"axis": name, "values": values} for (slot, (name, values)) in
+               zip(("columns", "rows", "pages"), axes.values())}}
+    study = study_from_dict(data, check_files=False)
+    keys = grid_axes(study.info())
+    assert keys == grid_axes(xyz.info())
+    assert keys == {"Script": "X/Y/Z plot", "X Type": "Steps", "X Values": "10-20 (+10)", "Y Type": "CFG Scale",
+                    "Y Values": "5, 7", "Z Type": "Prompt S/R", "Z Values": "cat, dog", "Vary seeds": "Y"}

@@ -91,16 +91,3 @@ def xyz_study(base_dir: str | Path = ".", check_files: bool = True, **kwargs):
         raise StudyError(f"the X/Y/Z plot has {len(problems)} problem{'s' if len(problems) != 1 else ''}",
                          problems) from None
 
-
-def grid_infotext_extra(study) -> dict[str, str]:
-    """The keys A1111 appends to an X/Y/Z grid's infotext: Script, X Type, X Values, ... (Nothing omitted)."""
-    out = {"Script": "X/Y/Z plot"}
-    for (slot, _), axis in zip(AXIS_SLOTS, (study.columns, study.rows, study.pages)):
-        if axis is None or axis.kind in ("Nothing",):
-            continue
-        letter = slot.upper()
-        kind = {"expressions": "Expression", "characters": "Character"}.get(axis.kind, axis.kind)
-        out[f"{letter} Type"] = kind
-        if axis.raw is not None:
-            out[f"{letter} Values"] = axis.raw
-    return out
