@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from expressiongrid.errors import UsageError
 from expressiongrid.output.fonts import LabelFont, label_font, missing_glyphs
 from expressiongrid.output.images import CIVITAI_MAX_BYTES, JPEG_MAX_SIDE, WEBP_MAX_SIDE
+from expressiongrid.output.infotext import axis_type_name
 from expressiongrid.output.metadata import CellMetadata
 from expressiongrid.text import bidi_controls_in
 
@@ -475,7 +476,6 @@ def plan_grid(
 
 # -- a study's grid options ---------------------------------------------------------------------------
 
-_AXIS_TITLES = {"expressions": "Expression", "characters": "Character"}
 # Caption keys (A1111 infotext names), the metadata field each shows, and the axis type that varies it (then
 # the caption leaves it out).
 _CAPTION_KEYS = [("Model", "model", "Checkpoint name"), ("Sampler", "sampler", "Sampler"), ("Steps", "steps", "Steps"),
@@ -500,8 +500,8 @@ class GridOptions:
         return cls(
             style=GridStyle(margin=output.get("margin", 0) or 0, font_path=output.get("font")),
             max_cells_per_page=output.get("max_cells_per_page"),
-            row_title=_AXIS_TITLES.get(row_kind, row_kind) if titles and row_kind else None,
-            col_title=_AXIS_TITLES.get(col_kind, col_kind) if titles and col_kind else None,
+            row_title=axis_type_name(row_kind) if titles and row_kind else None,
+            col_title=axis_type_name(col_kind) if titles and col_kind else None,
             caption=output.get("caption") or False,
             varying=frozenset(k for k in (row_kind, col_kind, page_kind) if k),
         )

@@ -158,6 +158,21 @@ def format_parameters(
     return "\n".join(lines).strip()
 
 
+# A study stores its own two axes by kind ("expressions", "characters"); everywhere an axis is named (grid keys,
+# axis titles, the viewer) it goes by its axis type's name. Every other axis is stored under that name.
+_STUDY_KINDS = {"expressions": "Expression", "characters": "Character"}
+
+
+def axis_type_name(kind: str) -> str:
+    """The axis type name (``"Expression"``, ``"Steps"``) of an axis stored as `kind` (``"expressions"``)."""
+    return _STUDY_KINDS.get(kind, kind)
+
+
+def study_axis_kind(type_name: str) -> str:
+    """The kind a study stores an axis type under: ``axis_type_name``'s inverse."""
+    return {name: kind for kind, name in _STUDY_KINDS.items()}.get(type_name, type_name)
+
+
 def grid_axes_params(axes: Iterable[tuple[str, str, str]], fixed: Mapping[str, str] | None = None) -> dict[str, str]:
     """A1111's grid keys: ``Script: X/Y/Z plot``, ``X Type``, ``X Values`` (and Fixed X Values), ...
 

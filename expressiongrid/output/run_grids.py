@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from expressiongrid.errors import StudyError
-from expressiongrid.output.infotext import grid_axes_params, grid_seed_params
+from expressiongrid.output.infotext import axis_type_name, grid_axes_params, grid_seed_params
 from expressiongrid.output.metadata import CellMetadata, grid_metadata, record_metadata
 from expressiongrid.store import GRIDS_DIR, CellRecord, Store, is_complete_png
 from expressiongrid.text import csv_join
@@ -148,7 +148,7 @@ def grid_axes(info: dict) -> dict[str, str]:
         axis = info.get(key)
         if not axis:
             continue
-        kind = {"expressions": "Expression", "characters": "Character"}.get(axis["kind"], axis["kind"])
+        kind = axis_type_name(axis["kind"])
         text = axis.get("raw") or csv_join(v["label"] for v in axis["values"])
         axes.append((letter, kind, text))
         if axis.get("drawn"):  # -1 seeds drawn: A1111 writes every value as used

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from expressiongrid.output.infotext import axis_type_name
 from expressiongrid.templating import render_template
 
 VIEWER_DIR = "viewer"
@@ -86,7 +87,7 @@ def viewer_data(store) -> tuple[dict, int, list[str]]:
     def axis(key: str, fallback: str, values) -> dict:
         spec = info.get(key)
         kind = spec.get("kind") if isinstance(spec, dict) else None  # older runs stored bare value lists
-        name = {"expressions": "Expression", "characters": "Character"}.get(kind, kind) or fallback
+        name = (axis_type_name(kind) if kind else None) or fallback
         return {"name": name, "values": [{"id": str(i), "label": str(label)} for i, label in values]}
 
     axes = [axis("rows", "Rows", data.rows), axis("columns", "Columns", data.columns),

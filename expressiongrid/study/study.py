@@ -83,10 +83,10 @@ class Axis:
     @property
     def cost(self) -> float:
         """A1111's loop cost: expensive axes (checkpoints, then characters) become outer loops."""
+        from expressiongrid.output.infotext import axis_type_name
         from expressiongrid.study.axes import axis_type
 
-        name = {"expressions": "Expression", "characters": "Character"}.get(self.kind, self.kind)
-        return axis_type(name).cost
+        return axis_type(axis_type_name(self.kind)).cost
 
     def __len__(self) -> int:
         return len(self.values)
@@ -498,13 +498,14 @@ def _read_output(t: dict, problems: _Problems) -> OutputOptions:
 
 def canonical_axis_kind(name: str) -> str | None:
     """``"expressions"``, ``"characters"`` or the canonical A1111 axis label; None if unknown."""
+    from expressiongrid.output.infotext import study_axis_kind
     from expressiongrid.study.axes import AxisError, axis_type
 
     try:
         t = axis_type(name)
     except AxisError:
         return None
-    return {"Expression": "expressions", "Character": "characters"}.get(t.name, t.name)
+    return study_axis_kind(t.name)
 
 
 def _read_axis(data: dict, name: str, base_dir: Path, problems: _Problems, check_files: bool,
