@@ -49,6 +49,28 @@ def bidi_controls_in(text: str) -> list[str]:
     return [ch for ch in dict.fromkeys(text) if ch in BIDI_CONTROLS]
 
 
+_ISOLATE_OPENERS = frozenset("\u2066\u2067\u2068")  # LRI, RLI, FSI; PDI (U+2069) closes them
+
+
+def isolate(text: str) -> str:
+    """`text` as a unit that cannot reorder what is written around it, for text put in a sentence (a question,
+    a title, a menu entry): text with direction controls is wrapped in FSI ... PDI, which ends every embedding
+    and override it left open. A PDI of its own that closes nothing is left out (it would end the isolate
+    early), and one PDI is added for each isolate it left open. Text without controls comes back as it is."""
+    if not bidi_controls_in(text):
+        return text
+    depth, kept = 0, []
+    for ch in text:
+        if ch == "\u2069":
+            if depth == 0:
+                continue
+            depth -= 1
+        elif ch in _ISOLATE_OPENERS:
+            depth += 1
+        kept.append(ch)
+    return "\u2068" + "".join(kept) + "\u2069" * (depth + 1)
+
+
 def without_bidi_controls(text: str) -> str:
     """`text` with its direction control characters left out, so it is shown in the order it was written
     (right-to-left scripts still run right to left: that comes from their letters, not from these)."""

@@ -58,9 +58,9 @@ def test_the_report_answers_the_study_questions():
     assert [lbl for lbl, _, _ in a.lost] == ["rage"] and [lbl for lbl, _, _ in a.hard] == ["wink"]
     assert {name for name, _ in a.not_measured} >= {"mood", "camera shot", "likelihood of AI"}
     html = render_html(data)
-    assert "Flexibility by group" in html and "permutation test" in html
-    assert "Easy for the base model but lost with characters" in html and "<li>rage:" in html
-    assert "Hard even for the base model" in html and "<li>wink:" in html
+    assert "Flexibility by <bdi>group</bdi>" in html and "permutation test" in html
+    assert "Easy for the base model but lost with characters" in html and "<li><bdi>rage</bdi>:" in html
+    assert "Hard even for the base model" in html and "<li><bdi>wink</bdi>:" in html
     assert "likelihood of AI" in html
     article = render_markdown(data, [], Path("post"), Path("."))
     assert "**Easy for the base model but lost with characters:** rage." in article

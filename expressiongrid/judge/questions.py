@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
 from expressiongrid.study.expressions import neutral_row_id
+from expressiongrid.text import isolate
 
 
 class CellLike(Protocol):
@@ -80,7 +81,7 @@ def _labels(cells: list, label_of) -> dict[str, str]:
     for c in cells:
         label = label_of(c)
         seen[label] += 1
-        out[c.key] = f"{label} #{seen[label]}" if counts[label] > 1 else label
+        out[c.key] = f"{isolate(label)} #{seen[label]}" if counts[label] > 1 else label
     return out
 
 
@@ -106,7 +107,7 @@ def build_questions(cells: Iterable[CellLike], kinds: Iterable[str] = ("expressi
                 Question(
                     id=f"expr:{first.row_id}:p{page}",
                     kind="expression",
-                    text=f"Which face shows {first.row_label} better?",
+                    text=f"Which face shows {isolate(first.row_label)} better?",
                     subject=first.row_label,
                     items=[c.key for c in row_cells],
                     labels=_labels(row_cells, lambda c: c.col_label),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from expressiongrid.analysis.pipeline import reference_columns, study_columns, study_rows
 from expressiongrid.output.metadata import CellMetadata
+from expressiongrid.text import isolate
 
 
 @dataclass
@@ -42,6 +43,11 @@ class ReportCell:
     emotions: dict | None = None          # the emotion classifier's probabilities
     emotion: str | None = None            # the emotion the row names
     emotion_score: float | None = None    # its probability here
+
+    def title(self, between: str = " × ") -> str:
+        """The cell's name where the report and the viewer show it: its row's and its column's labels, each
+        isolated (``text.isolate``) so a label's direction controls cannot reorder the other."""
+        return f"{isolate(self.row_label)}{between}{isolate(self.col_label)}"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from markupsafe import Markup
 from expressiongrid.report.data import ReportCell, ReportData
 from expressiongrid.report.data import count_noun as _count
 from expressiongrid.templating import render_template
-from expressiongrid.text import shorten
+from expressiongrid.text import isolate, shorten
 
 THUMB_SIDE = 160
 GRID_MAX_SIDE = 2048
@@ -136,7 +136,7 @@ def scatter_plot(data: ReportData, width: int = 820, height: int = 360) -> Marku
     for c in cells:
         x, y = px(c.fidelity, c.identity_to_neutral)
         dots.append({"x": x, "y": y, "key": c.key, "colour": colours.get(c.col_id, (PALETTE[-1], c.col_label))[0],
-                     "title": f"{c.col_label} – {c.row_label}: fidelity {_fmt(c.fidelity)}, "
+                     "title": f"{isolate(c.col_label)} – {isolate(c.row_label)}: fidelity {_fmt(c.fidelity)}, "
                               f"distance {_fmt(c.identity_to_neutral)}"})
     legend = [{"y": top + 14 + 18 * i, "colour": colour, "label": label, "short": shorten(label, LEGEND_CHARS)}
               for i, (colour, label) in enumerate(colours.values())]
@@ -155,12 +155,11 @@ def _heatmap(data: ReportData, page: int, cell_json: dict) -> dict:
             if cell is None:
                 cells.append(None)
                 continue
-            cell_json[cell.key] = {"title": f"{cell.row_label} × {cell.col_label}", "fields": _cell_fields(cell)}
+            cell_json[cell.key] = {"title": cell.title(), "fields": _cell_fields(cell)}
             no_face = cell.measured and not cell.face_found
             cells.append({
                 "key": cell.key, "cls": "cell" + (" nf" if no_face else ""), "colour": _heat_colour(cell.fidelity),
-                "title": f"{cell.row_label} × {cell.col_label}", "thumb": _thumb(data, cell),
-                "alt": f"{cell.row_label} / {cell.col_label}", "flag": bool(cell.identity_flag),
+                "title": cell.title(), "thumb": _thumb(data, cell), "alt": cell.title(" / "), "flag": bool(cell.identity_flag),
                 "text": "no face" if no_face else cell.status if cell.status != "done" else _fmt(cell.fidelity),
             })
         rows.append({"label": row_label, "cells": cells})

@@ -106,7 +106,7 @@ def viewer_data(store) -> tuple[dict, int, list[str]]:
         at = (row_pos[cell.row_id], col_pos[cell.col_id], cell.page)
         entry = cells.setdefault(at, {"at": list(at), "samples": []})
         sample = {"key": cell.key, "status": cell.status, "seed": cell.seed, "error": cell.error,
-                  "parameters": cell.parameters or "", "title": f"{cell.row_label} × {cell.col_label}"}
+                  "parameters": cell.parameters or "", "title": cell.title()}
         if cell.status == "done" and cell.file and (run_dir / cell.file).is_file():
             thumb, new = _thumbnail(run_dir, cell.file, out_dir, cell.key)
             if thumb is None:
