@@ -272,3 +272,13 @@ def test_a_varied_seed_grid_whose_first_cell_failed_still_states_the_base_seed(t
     imported = import_source(next((run / "grids").glob("*.png")))
     study = study_from_dict(tomllib.loads(imported.toml), base_dir=tmp_path, source="imported")
     assert sorted(c.spec.seed for c in plan(study).cells) == [77, 78]
+
+
+def test_a_script_other_than_xyz_or_axes_without_one_are_said_not_dropped():
+    single = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Model: tiny"
+    matrix = import_parameters(single + ", Script: Prompt matrix")
+    assert any(line.startswith("Script: Prompt matrix: import remakes X/Y/Z plots only") for line in matrix.unresolved)
+    loose = import_parameters(single + ', X Type: Steps, X Values: "1,2"')
+    assert any(line.startswith("X Type: without \"Script: X/Y/Z plot\"") for line in loose.unresolved)
+    assert loose.study["columns"] == {"axis": "Nothing"}
+    assert import_parameters(single).unresolved == []

@@ -286,7 +286,15 @@ def _seeds(params: dict, sampling: dict, unresolved: list[str], notes: list[str]
 def _axes(params: dict, study: dict, config: Config, unresolved: list[str]) -> None:
     from expressiongrid.study.study import SUPPORTED_A1111_AXES, canonical_axis_kind
 
-    is_grid = params.get("Script") == "X/Y/Z plot"
+    script = params.get("Script")
+    is_grid = script == "X/Y/Z plot"
+    if script is not None and not is_grid:
+        unresolved.append(f"Script: {script}: import remakes X/Y/Z plots only; the study makes the single image "
+                          "these parameters describe")
+    axis_keys = [f"{letter} Type" for letter, _ in _AXIS_SLOTS if f"{letter} Type" in params]
+    if axis_keys and not is_grid:
+        unresolved.append(f"{', '.join(axis_keys)}: without \"Script: X/Y/Z plot\" these are no grid axes here; "
+                          "left out (add the axes to the study by hand)")
     for letter, slot in _AXIS_SLOTS:
         kind = params.get(f"{letter} Type") if is_grid else None
         if not kind or kind == "Nothing":
