@@ -329,3 +329,28 @@ def test_files_the_tool_writes_are_byte_identical_for_the_same_inputs(tmp_path):
     assert "demo_lora.safetensors" in made
     for name in made:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_sidecar_negative_text_is_said_and_a_wild_preferred_weight_refused(models, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from expressiongrid.cli import main
+
+    lora = Path(shutil.copy(models["lora"], tmp_path / "neg.safetensors"))
+    sidecar = tmp_path / "neg.json"
+    for weight in ("NaN", "Infinity", "1e9"):  # json.loads reads NaN and Infinity
+        sidecar.write_text('{"preferred weight": %s}' % weight, encoding="utf-8")
+        with pytest.raises(CharacterError, match='neg.json: "preferred weight" must be a number from -100 to 100'):
+            load_character(lora)
+    sidecar.write_text(json.dumps({"preferred weight": 0.6, "negative text": "bad hands"}), encoding="utf-8")
+    assert load_character(lora).notes and "bad hands" in load_character(lora).notes[0]
+    study = write(tmp_path / "s.toml", f'name = "s"\n[model]\nsource = "tiny"\n[sampling]\nwidth = 64\nheight = 64\n'
+                  f'[prompt]\npositive = "a {{character}}"\n[rows]\naxis = "Nothing"\n'
+                  f'[columns]\naxis = "characters"\nfiles = ["{lora.as_posix()}"]\n')
+    result = CliRunner().invoke(main, ["run", str(study), "--dry-run", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "warning: character 'neg': " in result.stderr and "\"negative text\" 'bad hands' is not added" in \
+        result.stderr

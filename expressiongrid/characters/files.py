@@ -26,7 +26,7 @@ from pathlib import Path
 from expressiongrid.characters.formats import (MODEL_SUFFIXES, PICKLE_SUFFIXES, check_model_file,
                                                read_safetensors_header)
 from expressiongrid.characters.model import Character, EmbeddingRef, LoraRef
-from expressiongrid.characters.sidecars import read_sidecars
+from expressiongrid.characters.sidecars import read_sidecars, sidecar_paths
 from expressiongrid.characters.tokens import validate_token
 from expressiongrid.errors import CharacterError
 from expressiongrid.limits import MAX_NETWORK_WEIGHT
@@ -243,14 +243,20 @@ def character_from_model_file(path: str | Path) -> Character:
     sidecars = read_sidecars(path)
     source = {"civitai": sidecars.civitai_version_id} if sidecars.civitai_version_id is not None else None
     cid = re.sub(r"[^A-Za-z0-9_.\-]+", "-", path.stem).strip("-.") or "character"
+    notes = ()
+    if sidecars.negative_text.strip():
+        notes = (f"{sidecar_paths(path)[0]}: its \"negative text\" {sidecars.negative_text.strip()!r} is not added to "
+                 "the negative prompt (A1111's card adds it when clicked); write it into the study's negative prompt "
+                 "if the column needs it",)
     if kind == "lora":
         weight = sidecars.preferred_weight if sidecars.preferred_weight is not None else 1.0
         ref = LoraRef(path, unet_weight=weight, te_weight=weight)
         words = sidecars.trigger_words or kohya_trigger_words(metadata)
-        return Character(cid, path.stem, loras=[ref], text=default_text([ref], [], words), source=source, file=path)
+        return Character(cid, path.stem, loras=[ref], text=default_text([ref], [], words), source=source, file=path,
+                         notes=notes)
     ref = EmbeddingRef(path)
     text = ", ".join([ref.token, *sidecars.trigger_words]) if sidecars.activation_text.strip() else ref.token
-    return Character(cid, path.stem, embeddings=[ref], text=text, source=source, file=path)
+    return Character(cid, path.stem, embeddings=[ref], text=text, source=source, file=path, notes=notes)
 
 
 @dataclass

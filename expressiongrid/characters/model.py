@@ -54,6 +54,8 @@ class Character:
     source: dict | None = None
     file: Path | None = None  # the character file (or bare model file) it was read from
     tags: dict[str, str] = field(default_factory=dict)  # [tags] of the character file: group, creator
+    # What its files ask for that this tool does not do, one line each, for the plan to say.
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def reference(cls, text: str = "1girl", label: str = "reference") -> "Character":

@@ -14,10 +14,12 @@ something the user (or their tool) wrote, and ignoring it would silently change 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.errors import CharacterError
+from expressiongrid.limits import MAX_NETWORK_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ def read_sidecars(model: str | Path) -> Sidecars:
         values["activation_text"] = _text(data, "activation text", a1111_file)
         values["negative_text"] = _text(data, "negative text", a1111_file)
         weight = data.get("preferred weight", 0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise CharacterError(f"{a1111_file}: \"preferred weight\" must be a number, got {weight!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or abs(weight) > MAX_NETWORK_WEIGHT:
+            raise CharacterError(f"{a1111_file}: \"preferred weight\" must be a number from -{MAX_NETWORK_WEIGHT:g} "
+                                 f"to {MAX_NETWORK_WEIGHT:g}, got {weight!r}")
         values["preferred_weight"] = float(weight) if weight else None  # A1111's slider leaves 0 for "unset"
     info = _read_json(civitai_file)
     if info is not None:

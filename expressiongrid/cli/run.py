@@ -101,6 +101,10 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     for char_id, problems in study.column_problems.items():
         for problem in problems:
             click.echo(terminal_safe(f"warning: column {labels.get(char_id, char_id)!r} will fail: {problem}"), err=True)
+    for axis in (a for a in (study.columns, study.rows, study.pages) if a is not None and a.kind == "characters"):
+        for v in axis.values:
+            for note in getattr(v.value, "notes", ()):
+                click.echo(terminal_safe(f"warning: character {v.label!r}: {note}"), err=True)
     for warning in plan.grid_plan().warnings:
         click.echo(terminal_safe(f"warning: {warning}"), err=True)
     for notes in plan.prompt_warnings():  # A1111's silent fallbacks, said once per distinct prompt
