@@ -96,6 +96,16 @@ def test_negative_prompt_tags_stay_text_and_are_reported():
     assert any(w.kind == "network-in-negative" and w.position == 7 for w in result.warnings)
 
 
+def test_lora_tag_arguments_this_tool_does_not_apply_are_said():
+    def ignored(prompt):
+        return [w.message for w in explain(prompt, 10).warnings if w.kind == "ignored-network-argument"]
+
+    assert "dyn=8 not applied" in ignored("a <lora:x:1:0.5:dyn=8>")[0]
+    assert "dynamic dim 4 not applied" in ignored("a <lyco:x:1:0.5:4>")[0]  # A1111's fourth value is dyn
+    assert "foo=2 not applied" in ignored("a <lora:x:te=1:foo=2>")[0]
+    assert ignored("a <lora:x:1:unet=0.5:te=0.7> <lora:y:0.6:0.4>") == []
+
+
 def test_break_splits_chunks_only_outside_brackets():
     assert parse_attention("a BREAK b") == [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]
     # Inside brackets the marker is multiplied too: no longer a break, the word "BREAK" at weight -1.1.

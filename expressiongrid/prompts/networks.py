@@ -56,16 +56,21 @@ def _weight(value: str, tag: str, position: int) -> float:
     return weight
 
 
-def _parse_tag(kind: str, args_text: str, raw: str, position: int) -> NetworkRef:
-    args = args_text.split(":")
+def _split_args(args_text: str) -> tuple[list[str], dict[str, str]]:
+    """A tag's arguments as A1111 reads them: ``name:1:te=0.5`` -> ``(["name", "1"], {"te": "0.5"})``."""
     positional: list[str] = []
     named: dict[str, str] = {}
-    for arg in args:
+    for arg in args_text.split(":"):
         parts = arg.split("=", 2)
         if len(parts) == 2:
             named[parts[0]] = parts[1]
         else:
             positional.append(arg)
+    return positional, named
+
+
+def _parse_tag(kind: str, args_text: str, raw: str, position: int) -> NetworkRef:
+    positional, named = _split_args(args_text)
     name = positional[0] if positional else ""
     te_text = named.get("te", positional[1] if len(positional) > 1 else None)
     unet_text = named.get("unet", positional[2] if len(positional) > 2 else None)
@@ -97,6 +102,22 @@ def network_warnings(prompt: str, negative_prompt: str = "") -> list[PromptWarni
                     m.start(),
                 )
             )
+        elif m.group(1) in _LORA_KINDS:
+            positional, named = _split_args(m.group(2))
+            ignored = [f"dyn={named['dyn']}" if "dyn" in named else None,
+                       f"dynamic dim {positional[3]}" if len(positional) > 3 and "dyn" not in named else None,
+                       *(f"{v!r}" for v in positional[4:]), *(f"{k}={v}" for k, v in named.items()
+                                                              if k not in ("te", "unet", "dyn"))]
+            ignored = [what for what in ignored if what]
+            if ignored:
+                warnings.append(
+                    PromptWarning(
+                        "ignored-network-argument",
+                        f"'{m.group(0)}': {', '.join(ignored)} not applied; this tool reads a LoRA tag's name, text "
+                        "encoder and UNet weights (te=, unet=) and uses every rank (A1111's dyn= keeps the first N)",
+                        m.start(),
+                    )
+                )
     for m in _TAG.finditer(negative_prompt):
         warnings.append(
             PromptWarning(
