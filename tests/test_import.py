@@ -282,3 +282,12 @@ def test_a_script_other_than_xyz_or_axes_without_one_are_said_not_dropped():
     assert any(line.startswith("X Type: without \"Script: X/Y/Z plot\"") for line in loose.unresolved)
     assert loose.study["columns"] == {"axis": "Nothing"}
     assert import_parameters(single).unresolved == []
+
+
+def test_a_size_that_is_no_size_is_said_and_long_seeds_keep_their_digits():
+    single = "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: {seed}, Size: {size}, Model: tiny"
+    odd = import_parameters(single.format(seed=5, size="768"))
+    assert "Size: 768: expected WIDTHxHEIGHT such as 512x768; the study uses 512x512" in odd.unresolved
+    assert import_parameters(single.format(seed=5, size="512x768")).study["sampling"]["height"] == 768
+    long = import_parameters(single.format(seed="12345678901234567", size="512x512"))
+    assert long.study["sampling"]["seed"] == 12345678901234567  # then refused as a seed by the study, as written

@@ -107,6 +107,9 @@ def import_parameters(text: str, *, name: str = "imported", where: str = "<param
     sampling = {**_sampler(params, unresolved), "steps": _int(params, "Steps", 20, where),
                 "cfg_scale": _float(params, "CFG scale", 7.0, where), "seed": _int(params, "Seed", -1, where),
                 "width": _int(params, "Size-1", 512, where), "height": _int(params, "Size-2", 512, where)}
+    if "Size" in params and "Size-1" not in params:
+        unresolved.append(f"Size: {params['Size']}: expected WIDTHxHEIGHT such as 512x768; the study uses "
+                          f"{sampling['width']}x{sampling['height']}")
     rng = str(params.get("RNG", "GPU")).upper()
     if rng in _NOISE:
         sampling["noise_source"] = _NOISE[rng]
@@ -252,9 +255,13 @@ def _int(params: dict, key: str, default: int, where: str) -> int:
     value = params.get(key)
     if value in (None, ""):
         return default
+    try:  # int() first: a long number through float() would come back as another number
+        return int(value)
+    except ValueError:
+        pass
     try:
         return int(float(value)) if float(value).is_integer() else int(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise UsageError(f"{where}: {key}: {value!r} is not a whole number") from exc
 
 
