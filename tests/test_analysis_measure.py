@@ -198,6 +198,16 @@ def test_analyze_cuts_an_a1111_xyz_grid_into_its_cells(tmp_path, portraits):
     assert s[("smiling happily", "<lora:wolfgang:0.8>")]["fidelity"] > 0.15
 
 
+@pytest.mark.parametrize("size", ["0x0", "1x1", "512x0"])
+def test_a_grid_whose_size_parameter_cannot_be_its_cells_is_a_one_line_usage_error(tmp_path, portraits, size):
+    path = tmp_path / "grid.png"
+    save_png(path, portraits[("man", "smile")], _params("closeup").replace(f"Size: {SIDE}x{SIDE}", f"Size: {size}"))
+    result = CliRunner().invoke(main, ["analyze", str(path)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: cells of ") and "Size parameter must be at least 8 px" in result.output
+    assert not (tmp_path / "grid-run").exists()
+
+
 def test_demo_analysis_reports_real_photos_labelled_as_photos(tmp_path):
     out = tmp_path / "photo-demo"
     result = CliRunner().invoke(main, ["demo", "--analysis", "--out", str(out)])

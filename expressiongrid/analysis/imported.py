@@ -143,11 +143,22 @@ def run_from_folder(folder: Path, run_dir: Path) -> Path:
     return write_image_run(run_dir, folder.name, list(rows.values()), ordered, cells)
 
 
+MIN_CELL_SIDE = 8  # the smallest image side a study (or `xyz --width`) may ask for
+
+
 def grid_layout(width: int, height: int, cell_w: int, cell_h: int) -> tuple[int, int, int, int]:
     """(columns, rows, left margin, top margin) of an A1111 grid of cells ``cell_w`` x ``cell_h``."""
+    from expressiongrid.limits import MAX_CELLS
+
+    if min(cell_w, cell_h) < MIN_CELL_SIDE:
+        raise UsageError(f"cells of {cell_w}x{cell_h} px are not an image size A1111 makes; the grid's Size "
+                         f"parameter must be at least {MIN_CELL_SIDE} px a side")
     cols, rows = width // cell_w, height // cell_h
     if cols < 1 or rows < 1:
         raise UsageError(f"a {width}x{height} grid cannot hold cells of {cell_w}x{cell_h}")
+    if cols * rows > MAX_CELLS:
+        raise UsageError(f"a {width}x{height} grid of {cell_w}x{cell_h} cells would be {cols * rows} cells, "
+                         f"more than {MAX_CELLS}; check the grid's Size parameter")
     return cols, rows, width - cols * cell_w, height - rows * cell_h
 
 
@@ -161,7 +172,8 @@ def run_from_grid(grid: Path, run_dir: Path) -> Path:
     text = read_parameters(grid)
     params = parse_parameters(text) if text else {}
     if "Size-1" not in params:
-        raise UsageError(f"{grid}: no A1111 parameters with a Size, so the cell size of the grid is unknown")
+        raise UsageError(f"{grid}: no A1111 parameters with a Size, so the cell size of the grid is unknown "
+                         "(to measure the face in one image: expressiongrid measure IMAGE)")
     cell_w, cell_h = int(params["Size-1"]), int(params["Size-2"])
     try:  # a grid made here with several seeds per cell holds that many samples side by side in each cell
         samples = read_grid_seeds(params).get("seeds_per_cell", 1)
