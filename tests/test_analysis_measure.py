@@ -178,6 +178,19 @@ def test_analyze_of_a_run_with_no_finished_cell_says_so_and_the_report_does_not_
     assert "no finished cells to measure yet" in report.output and "has not been analysed yet" not in report.output
 
 
+def test_a_truncated_image_in_a_folder_is_named_in_a_one_line_error(tmp_path, portraits):
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    save_png(folder / "a.png", portraits[("man", "neutral")], _params("closeup of woman, neutral, RAW photo"))
+    save_png(folder / "b.png", portraits[("man", "smile")], _params("closeup of woman, smiling, RAW photo"))
+    whole = (folder / "b.png").read_bytes()
+    (folder / "b.png").write_bytes(whole[:len(whole) // 2])  # its parameters are at the start, its pixels cut
+    result = CliRunner().invoke(main, ["analyze", str(folder)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: {folder / 'b.png'}: cannot read the image (")
+    assert "move it out of the folder" in result.output
+
+
 def test_analyze_cuts_an_a1111_xyz_grid_into_its_cells(tmp_path, portraits):
     left, top = 60, 40  # label margins, as A1111 draws them
     grid = Image.new("RGB", (left + 2 * SIDE, top + 2 * SIDE), "white")

@@ -138,7 +138,11 @@ def run_from_folder(folder: Path, run_dir: Path) -> Path:
         col_id = columns.setdefault(column, {"id": _slug(column), "label": column})["id"]
         sample = seen.get((row_id, col_id), 0)
         seen[(row_id, col_id)] = sample + 1
-        cells.append((row_id, col_id, sample, open_rgb(path), text, str(path.resolve())))
+        try:
+            image = open_rgb(path)
+        except OSError as exc:  # the header read, the pixels not (a truncated download or copy)
+            raise UsageError(f"{path}: cannot read the image ({exc}); replace it or move it out of the folder") from exc
+        cells.append((row_id, col_id, sample, image, text, str(path.resolve())))
     ordered = sorted(columns.values(), key=lambda c: c["id"] != "reference")
     return write_image_run(run_dir, folder.name, list(rows.values()), ordered, cells)
 
