@@ -189,6 +189,12 @@ def test_a_truncated_image_in_a_folder_is_named_in_a_one_line_error(tmp_path, po
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {folder / 'b.png'}: cannot read the image (")
     assert "move it out of the folder" in result.output
+    grid = tmp_path / "xyz_grid-0001.png"  # the same for a grid image
+    save_png(grid, portraits[("man", "smile")], _params("closeup"))
+    whole = grid.read_bytes()
+    grid.write_bytes(whole[:len(whole) // 2])
+    result = CliRunner().invoke(main, ["analyze", str(grid)], env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+    assert result.exit_code == 2 and result.output.startswith(f"error: {grid}: cannot read the image ("), result.output
 
 
 def test_analyze_cuts_an_a1111_xyz_grid_into_its_cells(tmp_path, portraits):

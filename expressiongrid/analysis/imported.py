@@ -103,9 +103,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "row"
 
 
+def _pixels(path: Path, what_to_do: str):
+    """The image at ``path`` as the measures read it; a file whose header reads but whose pixels do not (a
+    truncated download or copy) is a `UsageError` naming it."""
+    from expressiongrid.analysis.images import open_rgb
+
+    try:
+        return open_rgb(path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the image ({exc}); {what_to_do}") from exc
+
+
 def run_from_folder(folder: Path, run_dir: Path) -> Path:
     """A run of the A1111 images in ``folder`` (rows and columns read from their parameters)."""
-    from expressiongrid.analysis.images import open_rgb
     from expressiongrid.output.images import read_parameters
     from expressiongrid.output.infotext import parse_parameters
     from expressiongrid.prompts import extract_networks
@@ -138,11 +148,8 @@ def run_from_folder(folder: Path, run_dir: Path) -> Path:
         col_id = columns.setdefault(column, {"id": _slug(column), "label": column})["id"]
         sample = seen.get((row_id, col_id), 0)
         seen[(row_id, col_id)] = sample + 1
-        try:
-            image = open_rgb(path)
-        except OSError as exc:  # the header read, the pixels not (a truncated download or copy)
-            raise UsageError(f"{path}: cannot read the image ({exc}); replace it or move it out of the folder") from exc
-        cells.append((row_id, col_id, sample, image, text, str(path.resolve())))
+        cells.append((row_id, col_id, sample, _pixels(path, "replace it or move it out of the folder"), text,
+                      str(path.resolve())))
     ordered = sorted(columns.values(), key=lambda c: c["id"] != "reference")
     return write_image_run(run_dir, folder.name, list(rows.values()), ordered, cells)
 
@@ -168,7 +175,6 @@ def grid_layout(width: int, height: int, cell_w: int, cell_h: int) -> tuple[int,
 
 def run_from_grid(grid: Path, run_dir: Path) -> Path:
     """A run of the cells of one A1111 X/Y/Z grid image."""
-    from expressiongrid.analysis.images import open_rgb
     from expressiongrid.output.images import read_parameters
     from expressiongrid.output.infotext import parse_parameters, read_grid_seeds
     from expressiongrid.study.importer import _split_values
@@ -183,7 +189,7 @@ def run_from_grid(grid: Path, run_dir: Path) -> Path:
         samples = read_grid_seeds(params).get("seeds_per_cell", 1)
     except ValueError as exc:
         raise UsageError(f"{grid}: {exc}, so the cells of the grid are unknown") from None
-    image = open_rgb(grid)
+    image = _pixels(grid, "replace it with a complete copy")
     cols, rows, left, top = grid_layout(image.width, image.height, cell_w * samples, cell_h)
 
     def labels(letter, n, word):
