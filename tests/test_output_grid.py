@@ -88,6 +88,23 @@ def test_per_cell_batch_grid_uses_a1111_rows(case):
     assert list(grid.size) == case["expected"]["size"]
 
 
+def test_a_label_of_thousands_of_characters_is_cut_with_few_measurements(monkeypatch):
+    """A long label (a pasted paragraph as a Prompt S/R value) is cut by a search over its length: measured
+    once per character, a 3,000-character label took seconds per label and a 100,000-character one minutes."""
+    from expressiongrid.output.fonts import LabelFont
+
+    calls = []
+    measure = LabelFont.getlength
+    monkeypatch.setattr(LabelFont, "getlength", lambda self, text: calls.append(len(text)) or measure(self, text))
+    for text, max_lines in (("x" * 3000, 3), ("word " * 3000, 2)):
+        calls.clear()
+        size, lines = fit_label(text, 100, max_lines, 24, 10)
+        font = _font(size, None)
+        assert size == 10 and lines[-1].endswith(ELLIPSIS) and len(lines[-1]) > 3
+        assert all(font.getlength(line) <= 100 for line in lines)
+        assert len(calls) < 1000, len(calls)  # one per character was 3,000+
+
+
 def test_long_labels_wrap_then_shrink_then_ellipsize_but_never_vanish():
     size, lines = fit_label("supercalifragilisticexpialidociousloraversionthree", 100, 3, 24, 10)
     assert size == 10 and len(lines) == 1 and lines[0].endswith(ELLIPSIS) and len(lines[0]) > 3

@@ -230,15 +230,18 @@ def _line_height(font: LabelFont) -> int:
 _SOFT_BREAK = re.compile(r"(?<=[_\-./])")
 
 
-def _wrap(text: str, width: int, font, soft: bool = False) -> list[str]:
+def _wrap(text: str, width: int, font, soft: bool = False, limit: int | None = None) -> list[str]:
     """Greedy word wrap (A1111's rule), explicit newlines kept, no empty first line for long words.
 
     With `soft`, a word may also break after ``_``, ``-``, ``.`` or ``/`` (file-like character names
     such as ``Gal_Gadot_v3`` wrap instead of shrinking to a tiny font). Text without spaces between words
-    (Chinese, Japanese) may break between any two characters.
+    (Chinese, Japanese) may break between any two characters. With `limit`, wrapping stops once more than
+    `limit` lines are made (a caller that keeps `limit` lines needs no more to know that text was cut).
     """
     lines: list[str] = []
     for paragraph in text.split("\n"):
+        if limit is not None and len(lines) > limit:
+            break
         current = ""
         for word in paragraph.split():
             pieces = [p for p in _SOFT_BREAK.split(word) if p] if soft else [word]
@@ -252,6 +255,8 @@ def _wrap(text: str, width: int, font, soft: bool = False) -> list[str]:
                 else:
                     lines.append(current)
                     current = piece
+            if limit is not None and len(lines) > limit:
+                break
         lines.append(current)
     while len(lines) > 1 and lines[-1] == "":
         lines.pop()
@@ -264,12 +269,29 @@ def _is_wide(ch: str) -> bool:
     return unicodedata.east_asian_width(ch) in ("W", "F")
 
 
+def _cut_to_fit(line: str, width: int, font) -> str:
+    """The longest start of `line` that, with an ellipsis after it, fits `width` ("" when none does).
+    A binary search over the length (a few dozen measurements, not one per character of a long label),
+    then a step back for the rare font whose kerning makes a longer start narrower."""
+    def fits(n: int) -> bool:
+        return font.getlength(line[:n].rstrip() + ELLIPSIS) <= width
+
+    low, high = 0, len(line)  # fits(low) is assumed, the answer is in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    while low and not fits(low):
+        low -= 1
+    return line[:low]
+
+
 def _ellipsize(line: str, width: int, font) -> str:
     if font.getlength(line) <= width:
         return line
-    cut = line
-    while cut and font.getlength(cut.rstrip() + ELLIPSIS) > width:
-        cut = cut[:-1]
+    cut = _cut_to_fit(line, width, font)
     # Never vanish: even in a sliver of space the reader sees that a label was there.
     return (cut.rstrip() or line[:1]) + ELLIPSIS
 
@@ -292,16 +314,14 @@ def fit_label(
     for size in range(font_size, min_font_size - 1, -1):
         font = _font(size, font_path, bold)
         for soft in (False, True):
-            lines = _wrap(text, width, font, soft)
+            lines = _wrap(text, width, font, soft, limit=max_lines)
             if len(lines) <= max_lines and all(font.getlength(line) <= width for line in lines):
                 return size, lines
     font = _font(min_font_size, font_path, bold)
-    lines = _wrap(text, width, font, soft=True)
+    lines = _wrap(text, width, font, soft=True, limit=max_lines)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
-        last = lines[-1]
-        while last and font.getlength(last + ELLIPSIS) > width:
-            last = last[:-1]
+        last = _cut_to_fit(lines[-1], width, font)
         lines[-1] = (last.rstrip() or lines[-1][:1]) + ELLIPSIS
     return min_font_size, [_ellipsize(line, width, font) for line in lines]
 
