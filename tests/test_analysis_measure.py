@@ -101,6 +101,19 @@ def test_measure_reads_a_sideways_phone_photo_and_a_16_bit_grey_png_as_a_viewer_
         assert abs(other["pose"]["roll"] - shown["pose"]["roll"]) < 5
 
 
+def test_an_image_too_large_to_decode_safely_is_a_one_line_usage_error(tmp_path, portraits, monkeypatch):
+    # Pillow refuses images far past its decompression-bomb limit (179 MP); a smaller limit stands in for a
+    # 20,000 px square here, so the test needs no gigabyte of memory.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", SIDE * SIDE // 4)
+    photo = tmp_path / "huge.png"
+    save_png(photo, portraits[("man", "smile")], _params("closeup of woman, smiling, RAW photo"))
+    for args in (["measure", str(photo)], ["analyze", str(tmp_path)], ["import", str(photo), "--out",
+                                                                          str(tmp_path / "s.toml")]):
+        result = CliRunner().invoke(main, args, env={"EXPRESSIONGRID_NO_PROGRESS": "1"})
+        assert result.exit_code == 2, (args, result.output)
+        assert result.output.startswith(f"error: {photo}: cannot read the image (Image size ("), result.output
+
+
 def _scores(run_dir):
     conn = sqlite3.connect(run_dir / "run.sqlite")
     conn.row_factory = sqlite3.Row

@@ -24,8 +24,14 @@ def upright_rgb(image):
 
 
 def open_rgb(path):
-    """The image file at ``path`` (any format PIL reads) via `upright_rgb`; PIL's errors pass through."""
+    """The image file at ``path`` (any format PIL reads) via `upright_rgb`. PIL's errors pass through, but
+    for an image too large to decode safely (Pillow's decompression-bomb guard): a `UsageError` naming it."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return upright_rgb(im)
+    from expressiongrid.errors import UsageError
+
+    try:
+        with Image.open(path) as im:
+            return upright_rgb(im)
+    except Image.DecompressionBombError as exc:
+        raise UsageError(f"{path}: cannot read the image ({exc}); scale it down to measure it") from exc

@@ -203,7 +203,7 @@ def read_parameters(path: str | os.PathLike) -> str | None:
             if text:
                 return text
             comment = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise UsageError(f"{path}: cannot read the image ({exc})") from exc
     if comment:
         return decode_user_comment(comment)
