@@ -76,6 +76,21 @@ def test_what_the_engine_cannot_run_is_refused_listing_what_it_can(args, message
         get_sampler("DPM fast")
 
 
+def test_a_schedule_type_a_combined_sampler_name_overrides_is_said(tmp_path):
+    def warned(*args):
+        result = CliRunner().invoke(main, ["xyz", "--prompt", "a cat", "--dry-run", "--out", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.stderr.splitlines() if "names its own schedule type" in line]
+
+    lines = warned("--sampler", "DPM++ 2M Karras", "--schedule-type", "Exponential", "--x", "Steps: 2")
+    assert lines == ["warning: sampler 'DPM++ 2M Karras' names its own schedule type (Karras), which wins over "
+                     "schedule type 'Exponential', as in A1111; write the sampler without it ('DPM++ 2M') to use "
+                     "the other"]
+    assert len(warned("--x", "Sampler: DPM++ 2M Karras, Euler", "--y", "Schedule type: Automatic, Beta")) == 1
+    assert warned("--sampler", "DPM++ 2M Karras", "--schedule-type", "Karras", "--x", "Steps: 2") == []
+    assert warned("--sampler", "DPM++ 2M", "--x", "Schedule type: Exponential, Karras") == []
+
+
 @pytest.mark.slow
 def test_schedule_type_is_written_and_reads_back_to_the_same_sampler(tmp_path):
     from expressiongrid.store import Store

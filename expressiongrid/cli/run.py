@@ -105,7 +105,7 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
         for v in axis.values:
             for note in getattr(v.value, "notes", ()):
                 click.echo(terminal_safe(f"warning: character {v.label!r}: {note}"), err=True)
-    for warning in plan.grid_plan().warnings:
+    for warning in plan.sampler_warnings() + plan.grid_plan().warnings:
         click.echo(terminal_safe(f"warning: {warning}"), err=True)
     for notes in plan.prompt_warnings():  # A1111's silent fallbacks, said once per distinct prompt
         for line in notes.lines():

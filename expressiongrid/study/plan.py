@@ -174,6 +174,26 @@ class Plan:
             notes[key] = PromptNotes(s.prompt, s.negative_prompt, list(found))
         return [n for n in notes.values() if n.warnings]
 
+    def sampler_warnings(self) -> list[str]:
+        """A schedule type the study or an axis gives that a combined sampler name overrides: "DPM++ 2M Karras"
+        with schedule type Exponential runs Karras, as in A1111, so the Exponential the user wrote is said."""
+        from expressiongrid.samplers import split_sampler_name
+
+        study = self.study
+        axes = [a for a in (study.columns, study.rows, study.pages) if a is not None]
+        samplers = [v.value for a in axes if a.kind == "Sampler" for v in a.values] or [study.sampling.sampler]
+        schedules = [v.value for a in axes if a.kind == "Schedule type" for v in a.values] or \
+            [study.sampling.schedule_type]
+        out = []
+        for sampler in dict.fromkeys(map(str, samplers)):
+            own = split_sampler_name(sampler)[1]
+            for schedule in dict.fromkeys(schedules):
+                if own and schedule and str(schedule).strip().lower() not in ("automatic", own.lower()):
+                    out.append(f"sampler {sampler!r} names its own schedule type ({own}), which wins over schedule "
+                               f"type {schedule!r}, as in A1111; write the sampler without it ({split_sampler_name(sampler)[0]!r}) "
+                               "to use the other")
+        return out
+
     def grid_plan(self):
         """The compositor's layout for one page of this plan (``output.grid.plan_grid``), before drawing."""
         from expressiongrid.output.grid import plan_grid
