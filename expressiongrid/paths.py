@@ -94,11 +94,20 @@ def check_output_folder(out_dir: str | os.PathLike) -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise UsageError(f"cannot make output folder {out}: {existing} is a file")
-    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-    if read_only or not os.access(existing, os.W_OK | os.X_OK):
-        why = "is on a read-only file system" if read_only else "is not writable"
+    why = unwritable(existing)
+    if why:
         raise UsageError(f"output folder {out} cannot be written ({existing} {why}): choose another --out")
     return out
+
+
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be made in the existing ``folder`` ("is on a read-only file system", "is not
+    writable"), or None when they can. Root passes permission checks, not a read-only mount: both are asked."""
+    if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return "is on a read-only file system"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "is not writable"
+    return None
 
 
 def _name_max(path: Path) -> int:

@@ -99,3 +99,20 @@ def test_a_read_only_output_folder_is_refused_before_anything_loads(small_disk, 
         assert "read-only file system" in result.stderr and "Traceback" not in result.stderr
     after = sorted((p.relative_to(out).as_posix(), p.stat().st_size) for p in out.rglob("*") if p.is_file())
     assert after == before
+
+
+def test_a_queue_on_a_read_only_disk_is_said_to_be_read_only_not_unreadable(small_disk):
+    from expressiongrid.run.queue import StudyQueue
+
+    home = small_disk / "queue"
+    StudyQueue(home)  # a queue made there earlier (a shared disk, a backup mounted read-only now)
+    before = (home / "queue.sqlite").read_bytes()
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+    if remount.returncode != 0:
+        pytest.skip(f"cannot remount the tmpfs read-only: {remount.stderr.strip()[:120]}")
+    result = subprocess.run([sys.executable, "-m", "expressiongrid", "queue", "list"], capture_output=True,
+                            text=True, env={**cli_env(), "EXPRESSIONGRID_HOME": str(home)}, cwd=ROOT, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: the queue folder {home} cannot be written (it is on a read-only file "
+                                     "system); make it writable, or set EXPRESSIONGRID_HOME to a writable folder")
+    assert (home / "queue.sqlite").read_bytes() == before  # not "unreadable: move it away"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.errors import QueueError, StoreError, UsageError
+from expressiongrid.paths import unwritable
 from expressiongrid.run.signals import sigterm_as_interrupt
 from expressiongrid.store.db import connect, migrate, transaction
 from expressiongrid.store.schema import QUEUE_MIGRATIONS
@@ -103,6 +104,10 @@ class StudyQueue:
                 f"cannot create the queue folder {self.home}: {exc.strerror}; "
                 "set EXPRESSIONGRID_HOME to a writable folder"
             ) from exc
+        why = unwritable(self.home)
+        if why:  # not "unreadable, move it away": the queue in it is fine, only this folder cannot take writes
+            raise QueueError(f"the queue folder {self.home} cannot be written (it {why}); make it writable, or "
+                             "set EXPRESSIONGRID_HOME to a writable folder")
         self.path = self.home / "queue.sqlite"
         self.lock_path = self.home / "queue.lock"
         self._migrate()
