@@ -263,11 +263,14 @@ def test_xyz_prompt_tags_and_prompt_warnings_reach_run_log(tmp_path, webui, monk
     out = tmp_path / "xyz"
     result = _cli(["xyz", "--prompt", "a cat <lora:anna:1> [dog:fox:1.0]", "--steps", "2", "--width", "64",
                    "--height", "64", "--seed", "3", "--x", "Prompt S/R: <lora:anna:1>, <lora:anna:0.25>",
+                   "--sampler", "DPM++ 2M Karras", "--schedule-type", "Exponential",
                    "--out", str(out)], config_file, monkeypatch)
     assert result.exit_code == 0, result.output
     assert result.output.count("edit-never-after") == 2  # two distinct prompts, each said once
     log = (out / "run.log").read_text(encoding="utf-8")
     assert log.count("edit-never-after") == 2
+    # every warning run printed is in the log too (one list): here the schedule type the sampler overrides
+    assert result.output.count("names its own schedule type") == log.count("names its own schedule type") == 1
     with Store.open_existing(out) as store:
         prompts = sorted(parse_parameters(c.parameters)["Prompt"] for c in store.cells("done"))
     assert prompts == ["a cat <lora:anna:0.25> [dog:fox:1.0]", "a cat <lora:anna:1> [dog:fox:1.0]"]

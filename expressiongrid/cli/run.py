@@ -97,19 +97,8 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     else:
         _describe(plan, out_dir, earlier.done_in(plan), xyz=xyz)
         click.echo(f"model: {study.model.source} on {settings}")
-    labels = {v.id: v.label for v in study.columns.values}
-    for char_id, problems in study.column_problems.items():
-        for problem in problems:
-            click.echo(terminal_safe(f"warning: column {labels.get(char_id, char_id)!r} will fail: {problem}"), err=True)
-    for axis in (a for a in (study.columns, study.rows, study.pages) if a is not None and a.kind == "characters"):
-        for v in axis.values:
-            for note in getattr(v.value, "notes", ()):
-                click.echo(terminal_safe(f"warning: character {v.label!r}: {note}"), err=True)
-    for warning in plan.sampler_warnings() + plan.grid_plan().warnings:
+    for warning in plan.warnings():  # run.log records the same list (run.launch)
         click.echo(terminal_safe(f"warning: {warning}"), err=True)
-    for notes in plan.prompt_warnings():  # A1111's silent fallbacks, said once per distinct prompt
-        for line in notes.lines():
-            click.echo(terminal_safe(f"warning: {line}"), err=True)
     if dry_run and as_json:
         return
     if dry_run:

@@ -315,13 +315,8 @@ def run_launched(study: Study, out_dir: str | os.PathLike, progress: Progress | 
             open_run_log(out_dir, process.label if process.distributed else None) as log, Store(out_dir) as store:
         resolved = {**study.info(), "base_seed": p.base_seed, "plan": p.describe()}
         log.header(study=resolved, argv=argv, extra={"output folder": Path(out_dir).resolve()})
-        labels = {v.id: v.label for v in study.columns.values}
-        for column, problems in (getattr(study, "column_problems", None) or {}).items():
-            for problem in problems:
-                log.warning("column %r will fail: %s", labels.get(column, column), problem)
-        for notes in p.prompt_warnings():
-            for line in notes.lines():
-                log.warning("%s", line)
+        for warning in p.warnings():  # what `run` printed before the run, for whoever reads the log
+            log.warning("%s", warning)
         try:
             if not process.distributed:
                 summary = run_study(study, out_dir, progress, plan=p, batch_size=batch_size, argv=argv, store=store)

@@ -174,6 +174,20 @@ class Plan:
             notes[key] = PromptNotes(s.prompt, s.negative_prompt, list(found))
         return [n for n in notes.values() if n.warnings]
 
+    def warnings(self) -> list[str]:
+        """Every warning the plan has for the user, one line each: columns that will fail, what a character's
+        files ask for that is not done, overridden schedule types, grid labels, prompts. `run` prints them and
+        run.log records them, from this one list."""
+        study = self.study
+        labels = {v.id: v.label for v in study.columns.values}
+        out = [f"column {labels.get(column, column)!r} will fail: {problem}"
+               for column, problems in (getattr(study, "column_problems", None) or {}).items() for problem in problems]
+        out += [f"character {v.label!r}: {note}" for axis in (study.columns, study.rows, study.pages)
+                if axis is not None and axis.kind == "characters" for v in axis.values
+                for note in getattr(v.value, "notes", ())]
+        out += self.sampler_warnings() + list(self.grid_plan().warnings)
+        return out + [line for notes in self.prompt_warnings() for line in notes.lines()]
+
     def sampler_warnings(self) -> list[str]:
         """A schedule type the study or an axis gives that a combined sampler name overrides: "DPM++ 2M Karras"
         with schedule type Exponential runs Karras, as in A1111, so the Exponential the user wrote is said."""
