@@ -213,6 +213,8 @@ def test_a_label_no_font_can_draw_is_a_warning_before_anything_runs(tmp_path, de
     assert result.exit_code == 0, result.output
     assert "no installed font can draw" in result.stderr and "U+13000" in result.stderr
     assert "[output] font" in result.stderr
+    as_json = CliRunner().invoke(main, ["run", str(study), "--out", str(tmp_path / "o"), "--dry-run", "--json"])
+    assert any("no installed font can draw" in w for w in json.loads(as_json.stdout)["warnings"])
 
 
 def test_missing_study_file_is_a_one_line_usage_error(tmp_path):

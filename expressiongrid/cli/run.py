@@ -88,16 +88,17 @@ def _execute(ctx: click.Context, study, out_dir: Path, *, dry_run: bool, batch_s
     plan = earlier.plan(study)  # the random seeds an earlier run there drew, reused
     check_devices(plan)
     settings = describe_settings(study.model, images=plan.describe()["unique_images"])
+    warnings = plan.warnings()  # run.log records the same list (run.launch)
     if as_json:
         import json
 
         click.echo(json.dumps({**plan.describe(), "out_dir": str(out_dir), "model": f"{study.model.source} on {settings}",
-                               "already_done": earlier.done_in(plan), "store_upgrade": list(earlier.older_schema)},
-                              ensure_ascii=False, indent=2))
+                               "already_done": earlier.done_in(plan), "store_upgrade": list(earlier.older_schema),
+                               "warnings": warnings}, ensure_ascii=False, indent=2))
     else:
         _describe(plan, out_dir, earlier.done_in(plan), xyz=xyz)
         click.echo(f"model: {study.model.source} on {settings}")
-    for warning in plan.warnings():  # run.log records the same list (run.launch)
+    for warning in warnings:
         click.echo(terminal_safe(f"warning: {warning}"), err=True)
     if dry_run and as_json:
         return
