@@ -104,3 +104,20 @@ def test_xyz_flags_take_a_study_files_defaults_and_limits():
                 except StudyError:
                     continue
                 raise AssertionError(f"--{flag}: a study file takes a value beyond the flag's {edge}")
+
+
+def test_study_file_limits_table_is_limits_py():
+    from expressiongrid import limits
+
+    by_row = {"characters per prompt": limits.MAX_PROMPT_CHARS, "brackets open at once": limits.MAX_NESTING,
+              "cells per study": limits.MAX_CELLS, "values of one axis": limits.MAX_CELLS,
+              "pixels of one grid image": limits.MAX_GRID_PIXELS,
+              "study, character, expression-set files": limits.MAX_TEXT_FILE_BYTES,
+              "safetensors header": limits.MAX_SAFETENSORS_HEADER, "LoRA weight": limits.MAX_NETWORK_WEIGHT}
+    units = {"MiB": 1024 * 1024}
+    rows = _table("study-file.md", "limit")
+    assert len(rows) == len(by_row)
+    for name, value, _ in rows:
+        want = next(v for prefix, v in by_row.items() if name.startswith(prefix))
+        number, _, unit = value.lstrip("±").split(" (")[0].partition(" ")
+        assert float(number.replace(",", "")) * units.get(unit, 1) == want, name
