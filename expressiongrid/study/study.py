@@ -31,6 +31,7 @@ from expressiongrid.engine.noise import NOISE_SOURCES
 from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
 from expressiongrid.limits import MAX_CELLS, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS
 from expressiongrid.samplers import get_sampler
+from expressiongrid.study.axes import AXIS_TYPES
 from expressiongrid.text import csv_join, csv_split, slug
 
 PLACEHOLDERS = ("expression", "character")
@@ -40,10 +41,10 @@ SEED_POLICIES = ("fixed", "vary", "per-cell")
 VARY_AXES = ("columns", "rows", "pages")
 GRID_FORMATS = ("png", "jpeg", "webp")
 
-# Axes the planner can apply besides expressions and characters (A1111 labels, see study/axes.py).
-# "Schedule type" has no field in the axis table but the engine takes it with the sampler, so it is applied.
-SUPPORTED_A1111_AXES = ("Nothing", "Seed", "Steps", "CFG Scale", "Prompt S/R", "Sampler", "Schedule type",
-                        "Checkpoint name", "Clip skip", "Size", "LoRA weight")
+# Axes the planner can apply besides expressions and characters (A1111 labels): those whose axis type names
+# the cell setting it changes (study/axes.py, AxisType.field).
+SUPPORTED_A1111_AXES = tuple(t.name for t in AXIS_TYPES.values()
+                             if t.field is not None and t.name not in ("Expression", "Character"))
 
 
 @dataclass
