@@ -482,3 +482,19 @@ def test_runs_list_and_show_print_a_hostile_study_name_and_labels_terminal_safe(
     # the escaped label is padded like any other, so the seed column stays aligned
     cell_lines = [line for line in shown.output.splitlines() if line.lstrip().startswith("0 ")]
     assert len(cell_lines) == 2 and len({line.index(" done ") for line in cell_lines}) == 1, cell_lines
+
+
+def test_the_report_leaves_out_the_grid_of_an_earlier_version_of_the_study(tmp_path, demo_chars):
+    runner = CliRunner()
+    study = _study(tmp_path, demo_chars, rows=("neutral face expression",), steps=2)
+    out = tmp_path / "out"
+    assert runner.invoke(main, ["run", str(study), "--out", str(out)]).exit_code == 0
+    study.write_text(study.read_text(encoding="utf-8").replace('name = "mini"', 'name = "mini-v2"'), encoding="utf-8")
+    assert runner.invoke(main, ["run", str(study), "--out", str(out)]).exit_code == 0
+    assert sorted(p.name for p in (out / "grids").glob("*.png")) == ["mini-v2.png", "mini.png"]
+    result = runner.invoke(main, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note: 1 older grid in grids/ left out (not written by the latest run" in result.output
+    assert "post bundle: 1 image in" in result.output  # the current grid only: no stale grid to upload
+    html = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert "<figcaption>mini-v2.png</figcaption>" in html and "<figcaption>mini.png</figcaption>" not in html

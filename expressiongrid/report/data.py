@@ -90,6 +90,19 @@ def _table(conn, sql: str) -> list[dict]:
         raise
 
 
+def _current_grids(store) -> tuple[list[Path], list[str]]:
+    """The grid PNGs in ``grids/`` that the latest run which composed grids wrote, and the names of the other
+    PNGs there (left over from a run of an earlier version of the study: another name, other pages).
+    Without such a record (a launch's shards compose outside the runner) every PNG there counts."""
+    folder = Path(store.run_dir) / "grids"
+    present = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    written = next((r.summary["grids"] for r in reversed(store.runs()) if r.summary and r.summary.get("grids")), None)
+    if not written:
+        return present, []
+    names = {Path(g).name for g in written}
+    return [p for p in present if p.name in names], [p.name for p in present if p.name not in names]
+
+
 def load_report_data(store) -> ReportData:
     """Read cells, measures, scores and human rankings of an open ``Store``."""
     from expressiongrid.analysis import runstore
@@ -140,14 +153,17 @@ def load_report_data(store) -> ReportData:
         characters=_table(conn, "SELECT * FROM analysis_character_scores"),
         expressions=_table(conn, "SELECT * FROM analysis_expression_scores"),
         analysed=bool(measures),
-        grids=sorted(p for p in (Path(store.run_dir) / "grids").glob("*.png")) if (Path(store.run_dir) / "grids").is_dir() else [],
     )
+    data.grids, stale = _current_grids(store)
+    if stale:
+        data.notes.append(f"{count_noun(len(stale), 'older grid')} in grids/ left out (not written by the latest "
+                          f"run, e.g. before the study was renamed or re-laid out): {', '.join(stale)}")
     data.column_attributes = {c["id"]: {"kind": c["kind"], **(c.get("tags") or {})}
                               for c in study_columns(info) if c.get("kind")}
     # `analyze` on a run with no finished cell measures nothing but leaves its notes (why) to show.
     ran = data.analysed or bool(_table(conn, "SELECT name FROM analysis_meta LIMIT 1"))
     meta = runstore.load_meta(conn) if ran else {}
-    data.notes = list(meta.get("notes", []))
+    data.notes = list(meta.get("notes", [])) + data.notes
     if not ran:
         data.notes.append("this run has not been analysed yet: run `expressiongrid analyze RUN_DIR` for scores")
     _add_rankings(store, data)
