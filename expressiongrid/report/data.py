@@ -91,12 +91,14 @@ def _table(conn, sql: str) -> list[dict]:
 
 
 def _current_grids(store) -> tuple[list[Path], list[str]]:
-    """The grid PNGs in ``grids/`` that the latest run which composed grids wrote, and the names of the other
-    PNGs there (left over from a run of an earlier version of the study: another name, other pages).
-    Without such a record (a launch's shards compose outside the runner) every PNG there counts."""
+    """The grid PNGs in ``grids/`` that the latest finished run wrote, and the names of the other PNGs there
+    (left over from a run of an earlier version of the study: another name, other pages). When that run
+    recorded no grids (interrupted before composing; a launch, whose last shard composes outside the
+    runner) every PNG there counts, as nothing says which are current."""
     folder = Path(store.run_dir) / "grids"
     present = sorted(folder.glob("*.png")) if folder.is_dir() else []
-    written = next((r.summary["grids"] for r in reversed(store.runs()) if r.summary and r.summary.get("grids")), None)
+    latest = next((r for r in reversed(store.runs()) if r.summary), None)
+    written = latest.summary.get("grids") if latest is not None else None
     if not written:
         return present, []
     names = {Path(g).name for g in written}
