@@ -317,3 +317,23 @@ def test_an_embedding_made_for_another_text_encoder_width_is_refused_before_the_
                                                      '"tiny.safetensors"]'))
     assert list(study.column_problems) == ["sd15"]
     assert "text encoder 768 wide but the model's is 32 wide" in study.column_problems["sd15"][0]
+
+
+def test_an_axis_key_its_kind_does_not_read_is_a_problem_not_passed_over():
+    base = {"name": "t", "model": {"source": "tiny"}, "prompt": {"positive": "a {expression}"}}
+
+    def problems(rows, columns):
+        try:
+            study_from_dict({**base, "rows": rows, "columns": columns}, check_files=False)
+        except StudyError as exc:
+            return exc.problems
+        return []
+
+    got = problems({"axis": "expressions", "items": ["smile"], "reference": True},
+                   {"axis": "Steps", "values": "1,2", "only": ["1"]})
+    assert got == ["<study>: rows.reference: the expressions axis does not read reference; it takes items, only, set, "
+                   "values", "<study>: columns.only: the Steps axis does not read only; it takes values"]
+    assert problems({"axis": "expressions", "items": ["smile"]}, {"axis": "Nothing", "values": "a, b"}) == [
+        "<study>: columns.values: the Nothing axis does not read values; it takes no other key"]
+    assert problems({"axis": "expressions", "items": ["smile"], "only": ["smile"]}, {"axis": "Steps", "values": "1"}) \
+        == []

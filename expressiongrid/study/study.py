@@ -233,6 +233,12 @@ _KNOWN_KEYS = {
 }
 
 
+# The keys each kind of axis reads (besides `axis`); every A1111 axis but Nothing reads `values`.
+_AXIS_KEYS = {"expressions": {"set", "items", "values", "only"},
+              "characters": {"files", "items", "values", "loras", "embeddings", "reference", "reference_label"},
+              "Nothing": set()}
+
+
 def _check_keys(table: dict, known: set[str], prefix: str, problems: _Problems) -> None:
     for key in table:
         if key not in known:
@@ -532,6 +538,10 @@ def _read_axis(data: dict, name: str, base_dir: Path, problems: _Problems, check
         problems.add(p + "axis", f"{what} {kind_text!r}; expected \"expressions\", \"characters\" or one of "
                                  f"{', '.join(SUPPORTED_A1111_AXES)}")
         return Axis("Nothing", [AxisValue("0", "", None)])
+    takes = _AXIS_KEYS.get(kind, {"values"})
+    for key in sorted(set(t) & _KNOWN_KEYS["axis"] - {"axis"} - takes):
+        problems.add(p + key, f"the {kind_text} axis does not read {key}; it takes "
+                              + (", ".join(sorted(takes)) if takes else "no other key"))
     if kind == "expressions":
         axis = _expressions_axis(t, p, base_dir, problems, check_files)
     elif kind == "characters":
