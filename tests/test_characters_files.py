@@ -354,3 +354,16 @@ def test_sidecar_negative_text_is_said_and_a_wild_preferred_weight_refused(model
     assert result.exit_code == 0, result.output
     assert "warning: character 'neg': " in result.stderr and "\"negative text\" 'bad hands' is not added" in \
         result.stderr
+
+
+def test_a_civitai_source_id_is_checked_and_one_that_cannot_be_written_is_said(models, tmp_path):
+    lora, emb = models["lora"].as_posix(), models["emb"].as_posix()
+    for bad in ("-1", '"12"', "1.5", "true"):
+        path = write(tmp_path / "bad.toml", f'id = "a"\nlora = "{lora}"\n[source]\ncivitai = {bad}\n')
+        with pytest.raises(CharacterError, match=r"\[source\] civitai must be civitai's model-version id"):
+            load_character(path)
+    one = load_character(write(tmp_path / "one.toml", f'id = "a"\nlora = "{lora}"\n[source]\ncivitai = 12\n'))
+    assert one.source == {"civitai": 12} and one.notes == ()
+    two = load_character(write(tmp_path / "two.toml", f'id = "b"\nlora = "{lora}"\nembedding = "{emb}"\n'
+                                                      '[source]\ncivitai = 12\n'))
+    assert len(two.notes) == 1 and "civitai = 12 is not written into the image metadata" in two.notes[0]

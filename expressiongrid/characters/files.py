@@ -120,6 +120,10 @@ def character_from_dict(data: dict, base_dir: Path, default_id: str, where: str,
         if not isinstance(source, dict):
             raise CharacterError(f"{where}: [source] must be a table (civitai = VERSION_ID or hf = \"REPO/FILE\")")
         _unknown(source, _SOURCE_KEYS, where, "[source]")
+        version = source.get("civitai")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+            raise CharacterError(f"{where}: [source] civitai must be civitai's model-version id, a whole number "
+                                 f"such as 123456, got {version!r}")
     tags = data.get("tags", {})
     if not isinstance(tags, dict):
         raise CharacterError(f'{where}: [tags] must be a table, e.g. group = "celebrity", creator = "someone"')
@@ -137,8 +141,14 @@ def character_from_dict(data: dict, base_dir: Path, default_id: str, where: str,
     if not isinstance(label, str) or not label.strip():
         raise CharacterError(f"{where}: label must be a non-empty string (the column's name in the grid), "
                              f"got {label!r}")
+    notes = ()
+    n_files = len(loras) + len(embeddings)
+    if source and source.get("civitai") is not None and n_files != 1:
+        notes = (f"{where}: [source] civitai = {source['civitai']} is not written into the image metadata: it names "
+                 f"one file and the character has {n_files}; put civitai's id beside each file instead "
+                 "(NAME.civitai.info, as Civitai Helper writes it)",)
     return Character(id=cid, label=label, loras=loras, embeddings=embeddings, text=text, source=source, file=file,
-                     tags={k: v.strip() for k, v in tags.items()})
+                     tags={k: v.strip() for k, v in tags.items()}, notes=notes)
 
 
 def _fmt(w: float) -> str:
