@@ -244,6 +244,16 @@ def test_xyz_command_runs_a1111_plot(tmp_path):
     assert 'X Type: Prompt S/R, X Values: "cat, dog", Y Type: Steps, Y Values: "2,3"' in params
 
 
+def test_a_reference_text_with_no_reference_column_to_go_into_is_said(tmp_path):
+    def warned(*args):
+        result = CliRunner().invoke(main, ["xyz", "--dry-run", "--out", str(tmp_path), "--reference", "1girl", *args])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.stderr.splitlines() if "reference text '1girl'" in line]
+
+    assert len(warned("--prompt", "a cat", "--x", "Steps: 1,2")) == 1
+    assert warned("--prompt", "a {character}", "--x", "Character: reference") == []
+
+
 def test_xyz_usage_errors_exit_2(tmp_path):
     runner = CliRunner()
     bad_flag = runner.invoke(main, ["xyz", "--prompt", "a cat", "--x", "10,20"])

@@ -185,6 +185,10 @@ class Plan:
         out += [f"character {v.label!r}: {note}" for axis in (study.columns, study.rows, study.pages)
                 if axis is not None and axis.kind == "characters" for v in axis.values
                 for note in getattr(v.value, "notes", ())]
+        characters = [a for a in (study.columns, study.rows, study.pages) if a is not None and a.kind == "characters"]
+        if study.reference_text and not any(v.value is None for a in characters for v in a.values):
+            out.append(f"the reference text {study.reference_text!r} (prompt.reference, xyz --reference) is not used: "
+                       "it is what {character} becomes in a characters axis' reference column, and there is none")
         out += self.sampler_warnings() + list(self.grid_plan().warnings)
         return out + [line for notes in self.prompt_warnings() for line in notes.lines()]
 
