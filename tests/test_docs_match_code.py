@@ -121,3 +121,14 @@ def test_study_file_limits_table_is_limits_py():
         want = next(v for prefix, v in by_row.items() if name.startswith(prefix))
         number, _, unit = value.lstrip("±").split(" (")[0].partition(" ")
         assert float(number.replace(",", "")) * units.get(unit, 1) == want, name
+
+
+def test_xyz_help_names_the_built_in_defaults():
+    import click
+
+    from expressiongrid.cli import main
+    from expressiongrid.config import BUILTIN_DEFAULTS
+
+    params = {p.name: p for p in main.get_command(click.Context(main), "xyz").params}
+    assert f'else "{BUILTIN_DEFAULTS["sampler"]}"' in params["sampler"].help
+    assert f'else {BUILTIN_DEFAULTS["dtype"]}' in params["dtype"].help

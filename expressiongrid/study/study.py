@@ -23,7 +23,7 @@ from typing import Any
 from expressiongrid.characters import check_characters, load_character
 from expressiongrid.characters.model import Character
 from expressiongrid.characters.tokens import token_problems
-from expressiongrid.config import Config
+from expressiongrid.config import BUILTIN_DEFAULTS, Config
 from expressiongrid.config import load as load_config
 from expressiongrid.engine.compiled import COMPILE_CHOICES
 from expressiongrid.engine.loading import DTYPES, ModelSpec, expected_text_width
@@ -95,7 +95,7 @@ class Axis:
 
 @dataclass
 class Sampling:
-    sampler: str = "Euler a"
+    sampler: str = BUILTIN_DEFAULTS["sampler"]  # a study without one takes the configuration's [defaults] sampler
     schedule_type: str | None = None  # A1111 1.9+'s separate setting; None = Automatic
     steps: int = 20
     cfg_scale: float = 7.0
