@@ -254,6 +254,13 @@ def test_a_reference_text_with_no_reference_column_to_go_into_is_said(tmp_path):
     assert warned("--prompt", "a {character}", "--x", "Character: reference") == []
 
 
+def test_a_page_label_is_checked_like_row_and_column_labels(tmp_path):
+    result = CliRunner().invoke(main, ["xyz", "--prompt", "a cat", "--x", "Steps: 1,2", "--z",
+                                       "Prompt S/R: cat, \u202edog", "--dry-run", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: grid label '\\u202edog': its direction control character(s) U+202E are left out" in result.stderr
+
+
 def test_xyz_usage_errors_exit_2(tmp_path):
     runner = CliRunner()
     bad_flag = runner.invoke(main, ["xyz", "--prompt", "a cat", "--x", "10,20"])

@@ -447,13 +447,15 @@ def plan_grid(
     row_title: str | None = None,
     col_title: str | None = None,
     caption: str | None = None,
+    also_drawn: Sequence[str] = (),
 ) -> GridPlan:
     """Decide the pages of an `n_rows` x `n_cols` grid of `cell_size` cells before drawing it.
 
     One page when the format's limits (and `max_cells_per_page`) allow; otherwise near-square blocks of
     whole rows and columns (`_choose_split`). UsageError if even one cell cannot fit (cells too big for
     the format), which is known before anything is generated. `warnings` lists label characters that no
-    installed font can draw.
+    installed font can draw (and direction controls left out), also for `also_drawn` (the titles of a study's
+    pages, ``page_title``).
     """
     style = style or GridStyle()
     limits = limits or limits_for(fmt)
@@ -481,7 +483,7 @@ def plan_grid(
     for rows in row_groups:
         for cols in col_groups:
             pages.append(GridPage(len(pages), count, rows, cols, layout.page_size(len(rows), len(cols))))
-    texts = [*row_labels, *col_labels, *(t for t in (title, row_title, col_title, caption) if t)]
+    texts = [*row_labels, *col_labels, *(t for t in (title, row_title, col_title, caption, *also_drawn) if t)]
     warnings = [f"grid label {text!r}: no installed font can draw " + ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in chars)
                 + "; it shows as a box. Set [output] font to a font file that has it (docs/grids-and-metadata.md, Fonts)"
                 for text, chars in missing_glyphs(texts, style.font_path).items()]
@@ -492,6 +494,13 @@ def plan_grid(
                             + ", ".join(f"U+{ord(ch):04X}" for ch in controls) + " are left out where the label is "
                             "drawn, so it reads in the order it was written (the text itself is kept as written)")
     return GridPlan(layout, pages, fmt, unsplit, warnings, reason)
+
+
+def page_title(title: str | None, page_label: str) -> str | None:
+    """The title drawn on one page of a study's grid: the study's title and the page's label."""
+    if not page_label:
+        return title
+    return f"{title} — {page_label}" if title else page_label
 
 
 # -- a study's grid options ---------------------------------------------------------------------------

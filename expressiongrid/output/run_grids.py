@@ -100,9 +100,7 @@ def compose_grids(run_dir: str | Path, *, store: Store | None = None) -> tuple[l
                     _cell_image(run_dir, records.get(key), width, height) for _, key in samples
                 ] or [_failed_placeholder(width, height)]))
             cells.append(row_images)
-        title = output.get("title")
-        if page.get("label"):
-            title = f"{title} — {page['label']}" if title else page["label"]
+        title = grid_mod.page_title(output.get("title"), page.get("label") or "")
         row_labels, col_labels = [r["label"] for r in rows], [c["label"] for c in cols]
         metadata = page_metadata(records, positions, page_index)
         parameters = metadata.parameters(extra=axes) if metadata is not None else None

@@ -214,12 +214,14 @@ class Plan:
 
     def grid_plan(self):
         """The compositor's layout for one page of this plan (``output.grid.plan_grid``), before drawing."""
-        from expressiongrid.output.grid import plan_grid
+        from expressiongrid.output.grid import page_title, plan_grid
 
         study, s = self.study, self.study.sampling
         return plan_grid(self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
                          [v.label for v in study.rows.values], [v.label for v in study.columns.values],
-                         study.output.title, fmt=study.output.grid_formats[0], **self.grid_options().plan_kwargs())
+                         study.output.title, fmt=study.output.grid_formats[0], **self.grid_options().plan_kwargs(),
+                         also_drawn=[page_title(study.output.title, v.label) or "" for v in study.pages.values]
+                         if study.pages is not None else ())
 
     def upload_plan(self) -> dict | None:
         """The upload copy each page gets: one image of the whole grid, or one per grid part."""
