@@ -116,3 +116,36 @@ def test_a_queue_on_a_read_only_disk_is_said_to_be_read_only_not_unreadable(smal
     assert result.stderr.strip() == (f"error: the queue folder {home} cannot be written (it is on a read-only file "
                                      "system); make it writable, or set EXPRESSIONGRID_HOME to a writable folder")
     assert (home / "queue.sqlite").read_bytes() == before  # not "unreadable: move it away"
+
+
+def test_a_run_on_a_read_only_disk_can_be_inspected_and_reported_elsewhere(small_disk, study_and_reference, tmp_path):
+    """A run folder on a read-only disk (a backup, another user's share): `runs show` / `runs list` read it,
+    `report --out` writes elsewhere, and what would write into it says so in one line. Before, every one of
+    them said the database could not be opened and to move it away."""
+    _, reference = study_and_reference
+    out = small_disk / "out"
+    shutil.copytree(reference, out)
+    before = sorted((p.relative_to(out).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                    for p in out.rglob("*") if p.is_file())
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+    if remount.returncode != 0:
+        pytest.skip(f"cannot remount the tmpfs read-only: {remount.stderr.strip()[:120]}")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "expressiongrid", *args], capture_output=True, text=True,
+                              env=cli_env(), cwd=ROOT, timeout=300)
+
+    show = cli("runs", "show", str(out))
+    assert show.returncode == 0, show.stderr
+    assert "cells: 9 (9 done, 0 failed, 0 pending)" in show.stdout
+    listed = cli("runs", "list", str(small_disk))
+    assert listed.returncode == 0 and str(out) in listed.stdout, listed.stderr
+    report = cli("report", str(out), "--out", str(tmp_path / "report"))
+    assert report.returncode == 0 and (tmp_path / "report" / "report.html").is_file(), report.stderr
+    for args, hint in ((["view", str(out)], "copy the folder"), (["report", str(out)], "give --out")):
+        result = cli(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "read-only file system" in result.stderr and hint in result.stderr
+    after = sorted((p.relative_to(out).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in out.rglob("*") if p.is_file())
+    assert after == before

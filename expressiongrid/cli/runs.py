@@ -33,7 +33,7 @@ def list_runs(root: Path, as_json: bool) -> None:
 
     rows = []
     for run_dir in find_runs(root):
-        with Store.open_existing(run_dir) as store:
+        with Store.open_read_only(run_dir) as store:
             counts = store.counts()
             history = store.runs()
             last = history[-1] if history else None
@@ -90,7 +90,7 @@ def show_run(run_dir: Path, as_json: bool) -> None:
     """Show a run folder: its study, its runs, and every cell with status, seed, file and time."""
     from expressiongrid.store import Store
 
-    with Store.open_existing(run_dir) as store:
+    with Store.open_read_only(run_dir) as store:
         info = store.study_info()
         runs_ = store.runs()
         cells = store.cells()

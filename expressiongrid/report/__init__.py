@@ -27,11 +27,17 @@ def write_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None =
     from expressiongrid.report.data import load_report_data
     from expressiongrid.report.html import render_html
     from expressiongrid.report.markdown import render_markdown
+    from expressiongrid.errors import UsageError
+    from expressiongrid.paths import unwritable
     from expressiongrid.store import Store
 
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
-    with Store.open_existing(run_dir) as store:
+    with Store.open_read_only(run_dir) as store:  # read only: a run on a read-only disk reports to --out
         data = load_report_data(store)
+    why = unwritable(run_dir) if out_dir is None else None
+    if why:
+        raise UsageError(f"the run folder {run_dir} {why}, and the report goes into it by default: give --out a "
+                         "folder to write the report to")
     out.mkdir(parents=True, exist_ok=True)
     bundle_dir = out / "post"
     bundle = write_post_bundle(data, bundle_dir, max_images)

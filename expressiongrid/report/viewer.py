@@ -133,11 +133,17 @@ def viewer_data(store) -> tuple[dict, int, list[str]]:
 
 def write_viewer(run_dir: str | os.PathLike) -> ViewerFiles:
     """Write ``RUN_DIR/viewer/index.html`` (and its thumbnails) for the run in `run_dir`."""
+    from expressiongrid.errors import UsageError
     from expressiongrid.output.images import atomic_write
+    from expressiongrid.paths import unwritable
     from expressiongrid.store import Store
 
     run_dir = Path(run_dir)
-    with Store.open_existing(run_dir) as store:
+    with Store.open_read_only(run_dir) as store:
+        why = unwritable(run_dir)
+        if why:
+            raise UsageError(f"the run folder {run_dir} {why}, and the viewer is written into it (viewer/): copy "
+                             "the folder to a disk you can write to (`expressiongrid runs show` reads it where it is)")
         payload, made, unreadable = viewer_data(store)
     html = render_template("viewer/index.html", title=payload["title"], data=payload)
     index = atomic_write(run_dir / VIEWER_DIR / "index.html", lambda fh: fh.write(html.encode("utf-8")))
