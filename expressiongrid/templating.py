@@ -21,7 +21,7 @@ def _environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined
     from markupsafe import Markup, escape
 
-    from expressiongrid.text import isolate
+    from expressiongrid.text import count_noun, isolate
 
     env = Environment(
         loader=PackageLoader("expressiongrid", "templates"),
@@ -34,6 +34,7 @@ def _environment():
     # A <bdi> alone is not enough in Chromium: a PDI inside it that closes nothing ends its isolation.
     env.filters["bdi"] = lambda text: Markup("<bdi>%s</bdi>") % escape(isolate(str(text)))
     env.filters["isolate"] = lambda text: isolate(str(text))
+    env.filters["counted"] = lambda n, noun: count_noun(int(n), noun)  # {{ n|counted("answer") }}: 1 answer
     return env
 
 

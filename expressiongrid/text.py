@@ -82,3 +82,8 @@ def shorten(text: str, limit: int) -> str:
     of a fixed width where nothing measures the font (the report's charts); the full text goes beside it
     (a tooltip) so nothing is lost."""
     return text if len(text) <= limit else text[:max(limit - 1, 1)].rstrip() + "\u2026"
+
+
+def count_noun(n: int, noun: str) -> str:
+    """``1 judge``, ``2 judges``: counts as people read them (nouns whose plural adds an s)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"

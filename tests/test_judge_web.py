@@ -287,6 +287,9 @@ def test_rankings_json_endpoint(server, run_store):
     assert data["answers"] == 1 and data["judges"] == [{"name": "Ann", "answers": 1}]
     q = next(q for q in data["questions"] if q["id"] == shown.question.id)
     assert q["items"][0]["key"] == shown.left  # the one chosen now ranks first
+    page = request(srv, "GET", "/rankings")[2].decode()
+    assert "1 answer from 1 judge: " in page and "· 1 answer</span>" in page  # counts read as English
+    assert "answers from" not in page and "judge(s)" not in page
 
 
 def test_cells_finished_while_judging_join_the_questions(tmp_path, monkeypatch):

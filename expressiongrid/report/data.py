@@ -8,7 +8,7 @@ from pathlib import Path
 
 from expressiongrid.analysis.pipeline import reference_columns, study_columns, study_rows
 from expressiongrid.output.metadata import CellMetadata
-from expressiongrid.text import isolate
+from expressiongrid.text import count_noun, isolate
 
 
 @dataclass
@@ -187,8 +187,3 @@ def _add_rankings(store, data: ReportData) -> None:
     fidelity = {c.key: c.fidelity for c in data.cells if c.fidelity is not None}
     if fidelity:
         data.agreement = agreement_with_scores(store, fidelity, kind="expression")
-
-
-def count_noun(n: int, noun: str) -> str:
-    """``1 judge``, ``2 judges``: counts as people read them."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"

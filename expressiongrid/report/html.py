@@ -16,7 +16,7 @@ import json
 from markupsafe import Markup
 
 from expressiongrid.report.data import ReportCell, ReportData
-from expressiongrid.report.data import count_noun as _count
+from expressiongrid.text import count_noun as _count
 from expressiongrid.templating import render_template
 from expressiongrid.text import isolate, shorten
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from expressiongrid.report.data import ReportData
-from expressiongrid.report.data import count_noun as _count
+from expressiongrid.text import count_noun as _count
 
 
 def _fmt(v) -> str:
