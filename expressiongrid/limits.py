@@ -24,3 +24,9 @@ MAX_TEXT_FILE_BYTES = 4 * 1024 * 1024
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 # |weight| of a LoRA in a <lora:...> tag, a character file or the LoRA weight axis.
 MAX_NETWORK_WEIGHT = 100.0
+# CLIP skip: how many of SD 1.5's 12 text-encoder layers may be left out, plus one (A1111's slider).
+MAX_CLIP_SKIP = 12
+# Seeds side by side in one cell (seed_policy = "per-cell", xyz --seeds-per-cell).
+MAX_SEEDS_PER_CELL = 64
+# Pixels of margin around a grid's cells ([output] margin, xyz --margin).
+MAX_MARGIN = 500

@@ -13,6 +13,7 @@ import click
 
 from expressiongrid.cli._common import ProgressBar, shell_word, terminal_safe
 from expressiongrid.errors import UsageError
+from expressiongrid.limits import MAX_CLIP_SKIP, MAX_MARGIN, MAX_SEEDS_PER_CELL, MAX_SIDE, MAX_STEPS
 
 
 class AxisFlag(click.ParamType):
@@ -229,29 +230,29 @@ def run(ctx: click.Context, study_file: Path, out: str | None, batch_size: int |
 @click.option("--reference", "reference_text", default="",
               help='What {character} becomes in a Character axis\' reference column, e.g. "1girl".')
 @click.option("--seed", type=int, default=-1, show_default=True, help="-1 draws one random seed for the grid.")
-@click.option("--steps", type=click.IntRange(1, 1000), default=20, show_default=True, help="Sampling steps.")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=20, show_default=True, help="Sampling steps.")
 @click.option("--cfg-scale", type=float, default=7.0, show_default=True, help="Classifier-free guidance scale.")
 @click.option("--sampler", default=None, help='An A1111 sampler name, e.g. "DPM++ 2M Karras" (default: the '
               'configuration\'s [defaults] sampler, else "Euler a").')
 @click.option("--schedule-type", default=None,
               help='A1111 1.9+\'s Schedule type beside --sampler: Automatic (the sampler\'s default), Uniform, Karras, '
                    'Exponential, Beta.')
-@click.option("--width", type=click.IntRange(8, 8192), default=512, show_default=True, help="Image width in pixels.")
-@click.option("--height", type=click.IntRange(8, 8192), default=512, show_default=True, help="Image height in pixels.")
+@click.option("--width", type=click.IntRange(8, MAX_SIDE), default=512, show_default=True, help="Image width in pixels.")
+@click.option("--height", type=click.IntRange(8, MAX_SIDE), default=512, show_default=True, help="Image height in pixels.")
 @click.option("--model", default="tiny", show_default=True,
               help='"tiny", a hub id, a folder, a checkpoint file, or a checkpoint name in the configured folders '
                    '(file name, stem or A1111 title "name [hash]").')
 @click.option("--vae", default=None, help="A separate VAE file or folder.")
-@click.option("--clip-skip", type=click.IntRange(1, 12), default=1, show_default=True,
+@click.option("--clip-skip", type=click.IntRange(1, MAX_CLIP_SKIP), default=1, show_default=True,
               help="A1111's Clip skip: 1 = the text encoder's last layer.")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default=None,
               help="Weights' dtype (default: the configuration's [defaults] dtype, else auto: fp16 on CUDA, "
                    "fp32 on CPU).")
 @click.option("--vary-seeds", type=click.Choice(["x", "y", "z"]), multiple=True,
               help="A1111's 'Vary seeds for X/Y/Z' (repeatable).")
-@click.option("--seeds-per-cell", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--seeds-per-cell", type=click.IntRange(1, MAX_SEEDS_PER_CELL), default=1, show_default=True,
               help="Samples per cell, seed + i, side by side in the cell.")
-@click.option("--margin", type=click.IntRange(0, 500), default=0, help="Grid margins in pixels.")
+@click.option("--margin", type=click.IntRange(0, MAX_MARGIN), default=0, help="Grid margins in pixels.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="out/xyz", show_default=True,
               help="Output folder; the same command into it again makes nothing new.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,

@@ -29,7 +29,8 @@ from expressiongrid.engine.compiled import COMPILE_CHOICES
 from expressiongrid.engine.loading import DTYPES, ModelSpec, expected_text_width
 from expressiongrid.engine.noise import NOISE_SOURCES
 from expressiongrid.errors import ExpressionGridError, StudyError, UsageError
-from expressiongrid.limits import MAX_CELLS, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS, MAX_SIDE, MAX_STEPS
+from expressiongrid.limits import (MAX_CELLS, MAX_CLIP_SKIP, MAX_MARGIN, MAX_NETWORK_WEIGHT, MAX_PROMPT_CHARS,
+                                   MAX_SEEDS_PER_CELL, MAX_SIDE, MAX_STEPS)
 from expressiongrid.samplers import get_sampler
 from expressiongrid.study.axes import AXIS_TYPES
 from expressiongrid.text import csv_join, csv_split, slug
@@ -368,8 +369,8 @@ def _read_model(t: dict, base_dir: Path, problems: _Problems, check_files: bool)
     source = _get(t, "source", str, "tiny", "model.", problems,
                   check=lambda s: bool(s.strip()), expect='"tiny", a hub id, a folder or a .safetensors file')
     vae = _get(t, "vae", str, None, "model.", problems) or None
-    clip_skip = _get(t, "clip_skip", int, 1, "model.", problems, check=lambda v: 1 <= v <= 12,
-                     expect="an integer from 1 to 12 (1 = last layer, A1111's default)")
+    clip_skip = _get(t, "clip_skip", int, 1, "model.", problems, check=lambda v: 1 <= v <= MAX_CLIP_SKIP,
+                     expect=f"an integer from 1 to {MAX_CLIP_SKIP} (1 = last layer, A1111's default)")
     dtype = _get(t, "dtype", str, user_config.default("dtype"), "model.", problems, check=lambda v: v in DTYPES,
                  expect=" or ".join(DTYPES))
     compile_ = _get(t, "compile", str, "auto", "model.", problems, check=lambda v: v in COMPILE_CHOICES,
@@ -447,8 +448,8 @@ def _read_sampling(t: dict, problems: _Problems) -> Sampling:
         problems.add(p + "vary", f"expected a list of {', '.join(VARY_AXES)}, got {t.get('vary')!r}")
         vary = []
     s.vary = tuple(v for v in VARY_AXES if v in vary)
-    s.seeds_per_cell = _get(t, "seeds_per_cell", int, 1, p, problems, check=lambda v: 1 <= v <= 64,
-                            expect="an integer from 1 to 64")
+    s.seeds_per_cell = _get(t, "seeds_per_cell", int, 1, p, problems, check=lambda v: 1 <= v <= MAX_SEEDS_PER_CELL,
+                            expect=f"an integer from 1 to {MAX_SEEDS_PER_CELL}")
     s.noise_source = _get(t, "noise_source", str, "cpu", p, problems, check=lambda v: v in NOISE_SOURCES,
                           expect=" or ".join(NOISE_SOURCES))
     s.batch_size = _get(t, "batch_size", int, None, p, problems, check=lambda v: v >= 1, expect="a positive integer")
@@ -490,7 +491,8 @@ def _read_output(t: dict, problems: _Problems) -> OutputOptions:
         problems.add(p + "upload_copy", f'expected "jpeg", "webp" or false, got {upload!r}')
         upload = None
     o.upload_copy = upload
-    o.margin = _get(t, "margin", int, 0, p, problems, check=lambda v: 0 <= v <= 500, expect="pixels from 0 to 500")
+    o.margin = _get(t, "margin", int, 0, p, problems, check=lambda v: 0 <= v <= MAX_MARGIN,
+                     expect=f"pixels from 0 to {MAX_MARGIN}")
     o.max_cells_per_page = _get(t, "max_cells_per_page", int, None, p, problems, check=lambda v: v >= 1,
                                 expect="a positive integer")
     o.font = _get(t, "font", str, None, p, problems)
@@ -881,7 +883,7 @@ _AXIS_VALUE_RULES = {
     "Steps": (lambda v: 1 <= v <= MAX_STEPS, f"whole numbers from 1 to {MAX_STEPS}"),
     "Seed": (lambda v: 0 <= v < 2**32, "seeds from 0 to 4294967295, or -1 for a random one"),
     "CFG Scale": (_finite_within(0, 100), "numbers from 0 to 100"),
-    "Clip skip": (lambda v: 1 <= v <= 12, "whole numbers from 1 to 12"),
+    "Clip skip": (lambda v: 1 <= v <= MAX_CLIP_SKIP, f"whole numbers from 1 to {MAX_CLIP_SKIP}"),
     "LoRA weight": (_finite_within(-MAX_NETWORK_WEIGHT, MAX_NETWORK_WEIGHT),
                     f"numbers from {-MAX_NETWORK_WEIGHT:g} to {MAX_NETWORK_WEIGHT:g}"),
     "Size": (_size_ok, f"sizes WIDTHxHEIGHT with multiples of 8 from 8 to {MAX_SIDE}, e.g. 512x768"),
