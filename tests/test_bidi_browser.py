@@ -69,7 +69,7 @@ def test_judging_pages_isolate_labels(tmp_path, page):
         with page.expect_navigation():
             page.keyboard.press("ArrowLeft")
         page.goto(base + "/rankings")
-        assert _reads_left_to_right(page, 'section[data-question="expr:smile:p0"] h2', "answers")
+        assert _reads_left_to_right(page, 'section[data-question="expr:smile:p0"] h2', "answer")
     finally:
         srv.shutdown()
         srv.server_close()
