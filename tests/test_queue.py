@@ -319,8 +319,9 @@ def test_a_queue_started_in_the_background_by_a_script_stops_its_study_gently(tm
     out = tmp_path / "out"
     entry = q.add(study, out_dir=out)
     env = {**os.environ, "EXPRESSIONGRID_HOME": str(home), "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
+    output = (tmp_path / "queue.out").open("w")
     runner = subprocess.Popen([sys.executable, "-m", "expressiongrid", "queue", "run"], start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              stdout=output, stderr=subprocess.STDOUT, env=env,
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 60
@@ -334,6 +335,9 @@ def test_a_queue_started_in_the_background_by_a_script_stops_its_study_gently(tm
     log = (out / "run.log").read_text(encoding="utf-8")
     assert "run interrupted; finished cells are kept" in log  # not killed hard after a grace period
     assert q.get(entry.id).state == "running"
+    output.close()  # what the study said as it stopped reaches the queue's output too
+    said = (tmp_path / "queue.out").read_text(encoding="utf-8").splitlines()
+    assert "   interrupted: finished cells are kept; run the same command again to resume" in said  # the study's own
 
 
 def _done_cells(out: Path) -> int:

@@ -355,32 +355,42 @@ def execute_entry(entry: QueueEntry, echo: Callable[[str], None] | None = None,
         preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
     )
     assert proc.stdout is not None
+
+    def relay(line: str) -> None:
+        if echo is not None:
+            echo(line.rstrip("\n"))
+        tail.append(line.rstrip("\n"))
+        del tail[:-40]
+
     try:
         for line in proc.stdout:
-            if echo is not None:
-                echo(line.rstrip("\n"))
-            tail.append(line.rstrip("\n"))
-            del tail[:-40]
+            relay(line)
         return proc.wait(), tail
     except BaseException:
-        _stop(proc)
+        _stop(proc, relay)
         raise
 
 
-def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """Stop the study child the way Ctrl-C would, then hard after `grace` seconds.
+def _stop(proc: subprocess.Popen, relay: Callable[[str], None], grace: float = 30.0) -> None:
+    """Stop the study child the way Ctrl-C would, then hard after `grace` seconds; what it says while it
+    stops (how far it got, how to resume) still goes through `relay`.
 
     SIGTERM, not SIGINT, on POSIX: a `queue run` started in the background by a script or cron
     (`... &`) has SIGINT ignored, its child inherits that, and a SIGINT would only be noticed by the
     SIGKILL `grace` seconds later, with the run never recorded as interrupted. `run` treats SIGTERM
     as Ctrl-C (run/signals.py)."""
-    if proc.poll() is not None:
-        return
-    try:
+    import threading
+
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM if os.name == "posix" else signal.SIGINT)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    hard = threading.Timer(grace, proc.kill)  # reading to the end below waits for the child to exit
+    hard.daemon = True
+    hard.start()
+    try:
+        for line in proc.stdout:
+            relay(line)
+    finally:
+        hard.cancel()
         proc.wait()
 
 
