@@ -46,3 +46,21 @@ def test_gpu_check_smoke_run_writes_every_section(tmp_path):
         assert even["break_even_images"] * (even["eager_s_per_image"] - even["compiled_s_per_image"]) >= even["compile_s"] * 0.99
     else:
         assert even["break_even_images"] is None
+
+
+def test_gpu_check_skips_what_its_budget_cannot_hold_and_still_writes_the_report(tmp_path):
+    """The device-time bound: a section that would end past --budget is skipped and named, and the JSON
+    that a caller's timeout would otherwise cut short is complete."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location("gpu_check_budget", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check_budget"] = gpu_check
+    spec.loader.exec_module(gpu_check)
+    out = tmp_path / "check.json"
+    code = gpu_check.main(["--device", "cpu", "--tiny", "--steps", "2", "--repeat", "1", "--budget", "30",
+                           "--only", "unet,unet_compiled,end_to_end", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert code == 0 and data["errors"] == {}
+    # the sections expected to need a compile (60 s) or a column each way (60 s) do not fit in 30 s
+    assert "unet" in data["sections"] and data["skipped"] == ["unet_compiled", "end_to_end"]
