@@ -66,6 +66,7 @@ def test_html_is_self_contained_and_shows_heatmap_tables_plots_and_grids(reporte
     assert len(re.findall(r'<circle cx="[\d.]+" cy="[\d.]+" r="5" fill="[^"]+" fill-opacity', html)) == 9
     for heading in ("Expression × character", "Characters", "Expressions", "Plots", "Human judging", "Grids"):
         assert f"<h2>{heading}</h2>" in html
+    assert "<p>4 expressions × 5 columns," in html and "<th>expression \\ character</th>" in html
     # The heatmap: one clickable cell per grid cell, shaded by fidelity; no-face cells marked.
     assert len(re.findall(r'<td class="cell[^"]*" data-key=', html)) == 20
     assert len(re.findall(r'<td class="cell nf"', html)) == 4
@@ -99,6 +100,21 @@ def test_markdown_article_has_tables_images_and_escaped_labels(reported):
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert linked == [f"post/{p.name}" for p in files.bundle]
     assert all((files.markdown.parent / link).is_file() for link in linked)
+
+
+def test_a_report_of_other_axes_names_them(tmp_path):
+    # An X/Y/Z plot of steps across and CFG scales down: the report names those axes, not expressions and
+    # characters.
+    out = tmp_path / "xyz"
+    result = CliRunner().invoke(main, ["xyz", "--prompt", "a cat", "--x", "Steps: 1,2", "--y", "CFG Scale: 5,7,9",
+                                       "--seed", "3", "--width", "64", "--height", "48", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    files = write_report(out)
+    html = files.html.read_text(encoding="utf-8")
+    assert "<p>3 CFG Scale values × 2 Steps values," in html
+    assert "<h2>CFG Scale × Steps</h2>" in html and "<th>CFG Scale \\ Steps</th>" in html
+    md = files.markdown.read_text(encoding="utf-8")
+    assert md.startswith("# xyz: CFG Scale × Steps\n\n3 CFG Scale values × 2 Steps values.")
 
 
 def test_article_labels_cannot_inject_links_images_or_html(tmp_path):

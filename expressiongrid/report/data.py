@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from expressiongrid.analysis.pipeline import reference_columns, study_columns, study_rows
+from expressiongrid.output.infotext import axis_type_name
 from expressiongrid.output.metadata import CellMetadata
 from expressiongrid.text import count_noun, isolate
 
@@ -67,6 +68,35 @@ class ReportData:
     column_attributes: dict[str, dict] = field(default_factory=dict)  # col id -> kind and [tags] of its character
     rankings: dict | None = None                # judge.rankings_for_store when people have judged
     agreement: dict | None = None
+    row_kind: str = "expressions"               # the axes' kinds as the study stored them
+    col_kind: str = "characters"
+
+    @property
+    def usual_axes(self) -> bool:
+        """Expressions down, characters across: the study the report's scores are made for."""
+        return (self.row_kind, self.col_kind) == ("expressions", "characters")
+
+    @property
+    def axis_names(self) -> tuple[str, str]:
+        """How the report names the rows' and the columns' axis: ``expression``/``character`` for the usual
+        study, else the axis type names the grid uses (``Steps``, ``CFG Scale``)."""
+        if self.usual_axes:
+            return "expression", "character"
+        return axis_type_name(self.row_kind), axis_type_name(self.col_kind)
+
+    @property
+    def axes_title(self) -> str:
+        """``Expression × character``; ``CFG Scale × Steps`` for other axes."""
+        rows, cols = self.axis_names
+        return f"{rows[:1].upper()}{rows[1:]} × {cols}"
+
+    @property
+    def size(self) -> str:
+        """``3 expressions × 4 columns``; ``3 CFG Scale values × 2 Steps values`` for other axes."""
+        if self.usual_axes:
+            return f"{count_noun(len(self.rows), 'expression')} × {count_noun(len(self.columns), 'column')}"
+        rows, cols = self.axis_names
+        return f"{count_noun(len(self.rows), rows + ' value')} × {count_noun(len(self.columns), cols + ' value')}"
 
     def cell_at(self, row_id: str, col_id: str, page: int = 0) -> ReportCell | None:
         for c in self.cells:
@@ -103,6 +133,12 @@ def _current_grids(store) -> tuple[list[Path], list[str]]:
         return present, []
     names = {Path(g).name for g in written}
     return [p for p in present if p.name in names], [p.name for p in present if p.name not in names]
+
+
+def _axis_kind(info: dict, key: str, default: str) -> str:
+    spec = info.get(key)
+    kind = spec.get("kind") if isinstance(spec, dict) else None  # older runs stored bare value lists
+    return str(kind) if kind else default
 
 
 def load_report_data(store) -> ReportData:
@@ -155,6 +191,8 @@ def load_report_data(store) -> ReportData:
         characters=_table(conn, "SELECT * FROM analysis_character_scores"),
         expressions=_table(conn, "SELECT * FROM analysis_expression_scores"),
         analysed=bool(measures),
+        row_kind=_axis_kind(info, "rows", "expressions"),
+        col_kind=_axis_kind(info, "columns", "characters"),
     )
     data.grids, stale = _current_grids(store)
     if stale:

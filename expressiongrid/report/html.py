@@ -58,8 +58,9 @@ def _heat_colour(v: float | None) -> str:
     return f"rgb({int(255 - 155 * v)},{int(255 - 50 * v)},{int(255 - 155 * v)})"
 
 
-def _cell_fields(cell: ReportCell) -> list[list[str]]:
-    fields = [["expression", cell.row_label], ["character", cell.col_label], ["status", cell.status],
+def _cell_fields(data: ReportData, cell: ReportCell) -> list[list[str]]:
+    row_axis, col_axis = data.axis_names
+    fields = [[row_axis, cell.row_label], [col_axis, cell.col_label], ["status", cell.status],
               ["seed", str(cell.seed)], ["prompt", cell.prompt]]
     if cell.error:
         fields.append(["error", cell.error])
@@ -155,7 +156,7 @@ def _heatmap(data: ReportData, page: int, cell_json: dict) -> dict:
             if cell is None:
                 cells.append(None)
                 continue
-            cell_json[cell.key] = {"title": cell.title(), "fields": _cell_fields(cell)}
+            cell_json[cell.key] = {"title": cell.title(), "fields": _cell_fields(data, cell)}
             no_face = cell.measured and not cell.face_found
             cells.append({
                 "key": cell.key, "cls": "cell" + (" nf" if no_face else ""), "colour": _heat_colour(cell.fidelity),
@@ -252,7 +253,7 @@ def render_html(data: ReportData) -> str:
     if scatter:
         charts.append(scatter)
     return render_template(
-        "report/report.html", title=data.title, size=f"{_count(len(data.rows), 'expression')} × {_count(len(data.columns), 'column')}",
+        "report/report.html", title=data.title, size=data.size, axis_names=data.axis_names, axes_title=data.axes_title,
         n_done=sum(1 for c in data.cells if c.status == "done"), notes=data.notes, heatmaps=heatmaps,
         column_labels=[label for _, label in data.columns], characters=_character_rows(data) if data.characters else [],
         expressions=_expression_rows(data) if data.expressions else [], charts=charts, rankings=_rankings(data),

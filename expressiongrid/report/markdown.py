@@ -51,11 +51,15 @@ def _answer_lines(data: ReportData) -> list[str]:
 def render_markdown(data: ReportData, bundle: list[Path], bundle_dir: Path, article_dir: Path) -> str:
     """The article as Markdown; images link to the bundle files relative to ``article_dir``."""
     rows, cols = dict(data.rows), dict(data.columns)
-    lines = [f"# {escape_markdown(data.title)}: which expressions survive each character", ""]
-    lines.append(f"{_count(len(data.rows), 'expression')} × {_count(len(data.columns), 'column')} (the first column is the base "
-                 "model without a character). Every cell was measured: a face found or not, 68 landmarks, "
-                 "expression features read as facial action units relative to the same character's neutral "
-                 "row, and a 128-d identity embedding.")
+    if data.usual_axes:
+        lines = [f"# {escape_markdown(data.title)}: which expressions survive each character", ""]
+        lines.append(f"{data.size} (the first column is the base "
+                     "model without a character). Every cell was measured: a face found or not, 68 landmarks, "
+                     "expression features read as facial action units relative to the same character's neutral "
+                     "row, and a 128-d identity embedding.")
+    else:
+        lines = [f"# {escape_markdown(data.title)}: {escape_markdown(data.axes_title)}", "",
+                 f"{escape_markdown(data.size)}."]
     lines.append("")
     for note in data.notes:
         lines += [f"> {escape_markdown(note)}", ""]
