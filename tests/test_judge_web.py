@@ -149,6 +149,29 @@ def test_judge_names_are_checked(server):
     assert request(srv, "GET", "/judge?judge=Ann&question=nope")[0] == 400
 
 
+def test_names_that_look_the_same_are_one_judge(server, run_store):
+    # "José" typed precomposed, then with a combining accent and a trailing space: one judge, whose
+    # progress carries on, whose pairs are not asked again and who counts once in the rankings.
+    srv, app = server
+    seen = set()
+    for i, name in enumerate(["Jos\u00e9", "Jose\u0301 ", "  Jos\u00e9\u00a0"]):
+        status, _, body = request(srv, "GET", "/judge?" + urlencode({"judge": name}))
+        html = body.decode()
+        assert status == 200 and f"· {i} of 22 pairs answered" in html
+        pair = (re.search(r'data-question="([^"]+)"', html).group(1),
+                *sorted(re.search(rf'id="{side}"[^>]*data-key="([^"]+)"', html).group(1) for side in ("left", "right")))
+        assert pair not in seen
+        seen.add(pair)
+        status, headers, _ = request(srv, "POST", "/answer", urlencode({"token": page_token(html), "answer": "left"}))
+        assert status == 303 and headers["Location"] == "/judge?" + urlencode({"judge": "Jos\u00e9"})
+    assert {j.judge for j in load_judgements(run_store.connection)} == {"Jos\u00e9"}
+    assert rankings_for_store(run_store)["judges"] == [{"name": "Jos\u00e9", "answers": 3}]
+    # Invisible characters are refused, not dropped, so a name never silently becomes another one.
+    for invisible in ("Jos\u00e9\u200b", "Jos\u00e9\u202e"):
+        status, _, body = request(srv, "GET", "/judge?" + urlencode({"judge": invisible}))
+        assert status == 400 and b"judge name contains" in body
+
+
 # ------------------------------------------------------------------------------------- files and paths
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -42,14 +43,19 @@ class Judgement:
 
 
 def clean_judge_name(name: str) -> str:
-    """A judge's name as stored: trimmed, 1–64 printable characters. Raises ``UsageError`` otherwise."""
-    name = (name or "").strip()
+    """A judge's name as stored and compared: Unicode NFC (an accent typed precomposed or combining is the same
+    name), whitespace trimmed, 1–64 printable characters. Invisible characters (zero-width spaces and
+    joiners, direction controls: ``str.isprintable`` is false for them) are refused, not dropped, so two
+    names that look the same are one judge. Raises ``UsageError`` otherwise."""
+    name = unicodedata.normalize("NFC", name or "").strip()
     if not name:
         raise UsageError("a judge name is needed (type your name on the page, or pass --judge NAME)")
     if len(name) > MAX_JUDGE_NAME:
         raise UsageError(f"judge name is {len(name)} characters long; use at most {MAX_JUDGE_NAME}")
-    if any(not ch.isprintable() for ch in name):
-        raise UsageError("judge name contains control characters; use plain text")
+    hidden = [f"U+{ord(ch):04X}" for ch in dict.fromkeys(name) if not ch.isprintable()]
+    if hidden:
+        raise UsageError(f"judge name contains invisible or control characters ({', '.join(hidden)}); "
+                         "use plain text")
     return name
 
 
@@ -72,7 +78,7 @@ def load_judgements(conn: sqlite3.Connection, judge: str | None = None) -> list[
     args: tuple = ()
     if judge is not None:
         sql += " WHERE judge = ?"
-        args = (judge,)
+        args = (clean_judge_name(judge),)
     rows = conn.execute(sql + " ORDER BY id", args).fetchall()
     return [
         Judgement(question_id=r[1], left_key=r[2], right_key=r[3], answer=r[4], judge=r[5], created_at=r[6],

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from expressiongrid.errors import UsageError
 from expressiongrid.judge.app import InvalidToken, JudgeApp
+from expressiongrid.judge.db import clean_judge_name
 from expressiongrid.templating import render_template
 
 MAX_BODY = 4096
@@ -162,12 +163,13 @@ def make_handler(app: JudgeApp, *, default_judge: str | None = None, check_host:
             judge = (query.get("judge") or [""])[0]
             question = (query.get("question") or [""])[0] or None  # "" = all questions
             try:
+                judge = clean_judge_name(judge)
                 shown = app.next_pair(judge, question)
             except UsageError as exc:
                 return self._send(HTTPStatus.BAD_REQUEST, render_start(app, judge, str(exc)))
-            done, total = app.progress(shown.judge if shown else judge.strip(), question)
+            done, total = app.progress(judge, question)
             if shown is None:
-                return self._send(HTTPStatus.OK, render_done(judge.strip(), total))
+                return self._send(HTTPStatus.OK, render_done(judge, total))
             return self._send(HTTPStatus.OK, render_pair(app, shown, done, total, question))
 
         def _static(self, name: str) -> None:
