@@ -217,6 +217,47 @@ def test_a_label_no_font_can_draw_is_a_warning_before_anything_runs(tmp_path, de
     assert any("no installed font can draw" in w for w in json.loads(as_json.stdout)["warnings"])
 
 
+@pytest.mark.parametrize("title", [None, "How a smile changes as the CFG scale and the number of sampling steps grow"])
+def test_dry_run_plans_the_page_size_the_run_draws_with_a_page_axis(tmp_path, title):
+    # Each page's grid carries a title: the study's title and the page's label ("Steps: 1"), or the label
+    # alone when the study has no title.
+    study = tmp_path / "paged.toml"
+    study.write_text(textwrap.dedent(f"""
+        name = "paged"
+        [model]
+        source = "tiny"
+        [sampling]
+        steps = 1
+        width = 64
+        height = 48
+        seed = 5
+        [prompt]
+        positive = "a woman, {{expression}}"
+        [rows]
+        axis = "expressions"
+        items = ["smiling", "sad"]
+        [columns]
+        axis = "CFG Scale"
+        values = "5,9"
+        [pages]
+        axis = "Steps"
+        values = "1,2"
+        [output]
+    """) + (f"title = {json.dumps(title)}\n" if title else ""), encoding="utf-8")
+    out = tmp_path / "o"
+    dry = CliRunner().invoke(main, ["run", str(study), "--out", str(out), "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    planned = json.loads(dry.stdout)
+    result = CliRunner().invoke(main, ["run", str(study), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    drawn = []
+    for page in (1, 2):
+        with Image.open(out / "grids" / f"paged-page{page}.png") as im:
+            drawn.append(list(im.size))
+    assert planned["grid_size"] == drawn[0] and planned["grid_plan"]["page_sizes"] == [drawn[0]]
+    assert planned["page_grid_sizes"] == drawn
+
+
 def test_missing_study_file_is_a_one_line_usage_error(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.toml")])
     assert result.exit_code == 2

@@ -130,7 +130,8 @@ class Plan:
     def describe(self) -> dict:
         """What will be made: counts, pages and each page's grid size (split into parts where too large)."""
         s = self.study.sampling
-        grid = self.grid_plan()
+        plans = self.grid_plans()
+        grid = plans[_largest(plans)]
         w, h = grid.unsplit_size
         return {
             "cells": self.n_rows * self.n_cols * self.n_pages,
@@ -142,6 +143,7 @@ class Plan:
             "seeds_per_cell": s.seeds_per_cell,
             "cell_size": [s.width, s.height],
             "grid_size": [w, h],
+            "page_grid_sizes": [list(g.unsplit_size) for g in plans],
             "grid_megapixels": round(w * h / 1e6, 2),
             "grid_parts_per_page": grid.page_count,
             "grid": grid.describe(),
@@ -212,16 +214,36 @@ class Plan:
                                "to use the other")
         return out
 
-    def grid_plan(self):
-        """The compositor's layout for one page of this plan (``output.grid.plan_grid``), before drawing."""
-        from expressiongrid.output.grid import page_title, plan_grid
+    def page_titles(self) -> list[str | None]:
+        """The title drawn on each page of the grid (``output.grid.page_title``: the study's title and the page's
+        label), one entry when there is no page axis."""
+        from expressiongrid.output.grid import page_title
+
+        study = self.study
+        if study.pages is None:
+            return [study.output.title]
+        return [page_title(study.output.title, v.label) for v in study.pages.values]
+
+    def grid_plans(self) -> list:
+        """The compositor's layout (``output.grid.plan_grid``) of each page of this plan with the title drawn on
+        it, before drawing; pages whose titles wrap onto more lines are taller."""
+        from expressiongrid.output.grid import plan_grid
 
         study, s = self.study, self.study.sampling
-        return plan_grid(self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
-                         [v.label for v in study.rows.values], [v.label for v in study.columns.values],
-                         study.output.title, fmt=study.output.grid_formats[0], **self.grid_options().plan_kwargs(),
-                         also_drawn=[page_title(study.output.title, v.label) or "" for v in study.pages.values]
-                         if study.pages is not None else ())
+        titles = self.page_titles()
+        planned: dict[str | None, object] = {}
+        for title in dict.fromkeys(titles):
+            planned[title] = plan_grid(
+                self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
+                [v.label for v in study.rows.values], [v.label for v in study.columns.values], title,
+                fmt=study.output.grid_formats[0], **self.grid_options().plan_kwargs(),
+                also_drawn=[t or "" for t in titles])
+        return [planned[t] for t in titles]
+
+    def grid_plan(self):
+        """The layout of the largest page (``grid_plans``): what the summary, the warnings and the limits go by."""
+        plans = self.grid_plans()
+        return plans[_largest(plans)]
 
     def upload_plan(self) -> dict | None:
         """The upload copy each page gets: one image of the whole grid, or one per grid part."""
@@ -230,8 +252,10 @@ class Plan:
         study, s = self.study, self.study.sampling
         if not study.output.upload_copy:
             return None
+        plans = self.grid_plans()
+        title = self.page_titles()[_largest(plans)]
         args = (self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
-                [v.label for v in study.rows.values], [v.label for v in study.columns.values], study.output.title)
+                [v.label for v in study.rows.values], [v.label for v in study.columns.values], title)
         kwargs = self.grid_options().plan_kwargs()
         kwargs.pop("max_cells_per_page")
         size = upload_cell_size(*args, upload_fmt=study.output.upload_copy, **kwargs)
@@ -240,6 +264,11 @@ class Plan:
         whole = plan_grid(*args[:2], size, *args[3:], limits=UPLOAD_LIMITS[study.output.upload_copy], **kwargs)
         return {"format": study.output.upload_copy, "single_image": True, "cell_size": list(size),
                 "size": list(whole.unsplit_size)}
+
+
+def _largest(grid_plans: list) -> int:
+    """The index of the page with the most pixels among ``Plan.grid_plans`` (the first of equal ones)."""
+    return max(range(len(grid_plans)), key=lambda i: (grid_plans[i].unsplit_size[0] * grid_plans[i].unsplit_size[1], -i))
 
 
 # ----------------------------------------------------------------------------------------------------
