@@ -11,14 +11,20 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 
-@pytest.mark.timeout(1500)  # every section of a GPU script, on the CPU: the longest test of this area
-def test_gpu_check_smoke_run_writes_every_section(tmp_path):
+def _gpu_check():
+    """scripts/gpu_check.py as a module (it is a script, not part of the package)."""
     import sys
 
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = gpu_check
-    spec.loader.exec_module(gpu_check)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(1500)  # every section of a GPU script, on the CPU: the longest test of this area
+def test_gpu_check_smoke_run_writes_every_section(tmp_path):
+    gpu_check = _gpu_check()
     out = tmp_path / "check.json"
     code = gpu_check.main(["--device", "cpu", "--tiny", "--steps", "2", "--repeat", "1", "--budget", "3600",
                            "--out", str(out)])

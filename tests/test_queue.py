@@ -272,11 +272,9 @@ def _gone(pid: int, timeout: float = 20) -> bool:
     return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the study's process")
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_stopping_the_queue_runner_stops_its_study_too(tmp_path, home, how):
-    # A study long enough (about 100 model calls) to be stopped in the middle of its generation, when it
-    # prints nothing (an orphan would only notice its dead parent at its next line of output).
+def _queued_long_study(tmp_path, home):
+    """A queued study long enough (8 cells of 30 steps, one at a time) to be stopped in the middle; the
+    queue, its entry, the run folder and the environment to run `queue run` in."""
     study = tmp_path / "long.toml"
     study.write_text(_VALID_STUDY.format(name="long").replace("steps = 2", "steps = 30")
                      .replace('["neutral", "smiling"]', '["neutral", "smiling", "angry", "sad"]')
@@ -285,6 +283,15 @@ def test_stopping_the_queue_runner_stops_its_study_too(tmp_path, home, how):
     out = tmp_path / "out"
     entry = q.add(study, out_dir=out)
     env = {**os.environ, "EXPRESSIONGRID_HOME": str(home), "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
+    return q, entry, out, env
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the study's process")
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_stopping_the_queue_runner_stops_its_study_too(tmp_path, home, how):
+    # A study long enough (about 100 model calls) to be stopped in the middle of its generation, when it
+    # prints nothing (an orphan would only notice its dead parent at its next line of output).
+    q, entry, out, env = _queued_long_study(tmp_path, home)
     runner = subprocess.Popen([sys.executable, "-m", "expressiongrid", "queue", "run"], start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
@@ -311,14 +318,7 @@ def test_a_queue_started_in_the_background_by_a_script_stops_its_study_gently(tm
     # `expressiongrid queue run > queue.out 2>&1 &` in a script or a crontab line starts it with SIGINT
     # ignored (what a shell does to background jobs), and its study inherits that. `kill` must still
     # stop the study the Ctrl-C way: its cells committed and the run recorded as interrupted in run.log.
-    study = tmp_path / "long.toml"
-    study.write_text(_VALID_STUDY.format(name="long").replace("steps = 2", "steps = 30")
-                     .replace('["neutral", "smiling"]', '["neutral", "smiling", "angry", "sad"]')
-                     .replace("seed = 1", "seed = 1\nbatch_size = 1"))
-    q = StudyQueue()
-    out = tmp_path / "out"
-    entry = q.add(study, out_dir=out)
-    env = {**os.environ, "EXPRESSIONGRID_HOME": str(home), "OMP_NUM_THREADS": "1", "EXPRESSIONGRID_NO_PROGRESS": "1"}
+    q, entry, out, env = _queued_long_study(tmp_path, home)
     output = (tmp_path / "queue.out").open("w")
     runner = subprocess.Popen([sys.executable, "-m", "expressiongrid", "queue", "run"], start_new_session=True,
                               stdout=output, stderr=subprocess.STDOUT, env=env,
