@@ -105,6 +105,9 @@ class Plan:
     cells: list[PlannedCell]
     base_seed: int
     loop_order: tuple[str, str, str]  # e.g. ("x", "y", "z") = columns outermost, pages innermost
+    # grid_plans' layouts, made once: the summary, the warnings and the upload plan all read them, and each
+    # page's layout measures every label in the fonts
+    _grid_plans: list | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def n_rows(self) -> int:
@@ -229,16 +232,18 @@ class Plan:
         it, before drawing; pages whose titles wrap onto more lines are taller."""
         from expressiongrid.output.grid import plan_grid
 
-        study, s = self.study, self.study.sampling
-        titles = self.page_titles()
-        planned: dict[str | None, object] = {}
-        for title in dict.fromkeys(titles):
-            planned[title] = plan_grid(
-                self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
-                [v.label for v in study.rows.values], [v.label for v in study.columns.values], title,
-                fmt=study.output.grid_formats[0], **self.grid_options().plan_kwargs(),
-                also_drawn=[t or "" for t in titles])
-        return [planned[t] for t in titles]
+        if self._grid_plans is None:
+            study, s = self.study, self.study.sampling
+            titles = self.page_titles()
+            planned: dict[str | None, object] = {}
+            for title in dict.fromkeys(titles):
+                planned[title] = plan_grid(
+                    self.n_rows, self.n_cols, (s.width * s.seeds_per_cell, s.height),
+                    [v.label for v in study.rows.values], [v.label for v in study.columns.values], title,
+                    fmt=study.output.grid_formats[0], **self.grid_options().plan_kwargs(),
+                    also_drawn=[t or "" for t in titles])
+            self._grid_plans = [planned[t] for t in titles]
+        return list(self._grid_plans)
 
     def grid_plan(self):
         """The layout of the largest page (``grid_plans``): what the summary, the warnings and the limits go by."""
