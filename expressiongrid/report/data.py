@@ -70,6 +70,8 @@ class ReportData:
     agreement: dict | None = None
     row_kind: str = "expressions"               # the axes' kinds as the study stored them
     col_kind: str = "characters"
+    _by_position: dict | None = field(default=None, init=False, repr=False, compare=False)
+    _indexed: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def usual_axes(self) -> bool:
@@ -99,10 +101,14 @@ class ReportData:
         return f"{count_noun(len(self.rows), rows + ' value')} × {count_noun(len(self.columns), cols + ' value')}"
 
     def cell_at(self, row_id: str, col_id: str, page: int = 0) -> ReportCell | None:
-        for c in self.cells:
-            if c.row_id == row_id and c.col_id == col_id and c.page == page:
-                return c
-        return None
+        """The cell at that position (the first, if several share it), from an index of `cells` made at the
+        first call: the heatmap asks once per position, which a scan of every cell made quadratic."""
+        if self._by_position is None or self._indexed != len(self.cells):
+            self._by_position = {}
+            for c in self.cells:
+                self._by_position.setdefault((c.row_id, c.col_id, c.page), c)
+            self._indexed = len(self.cells)
+        return self._by_position.get((row_id, col_id, page))
 
     @property
     def pages(self) -> list[int]:
@@ -135,10 +141,12 @@ def _current_grids(store) -> tuple[list[Path], list[str]]:
     return [p for p in present if p.name in names], [p.name for p in present if p.name not in names]
 
 
-def _axis_kind(info: dict, key: str, default: str) -> str:
+def stored_axis_kind(info: dict, key: str) -> str | None:
+    """The kind of the study's ``rows``/``columns``/``pages`` axis as the store holds it; None for a run
+    from an older version, which stored bare value lists."""
     spec = info.get(key)
-    kind = spec.get("kind") if isinstance(spec, dict) else None  # older runs stored bare value lists
-    return str(kind) if kind else default
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    return str(kind) if kind else None
 
 
 def load_report_data(store) -> ReportData:
@@ -191,8 +199,8 @@ def load_report_data(store) -> ReportData:
         characters=_table(conn, "SELECT * FROM analysis_character_scores"),
         expressions=_table(conn, "SELECT * FROM analysis_expression_scores"),
         analysed=bool(measures),
-        row_kind=_axis_kind(info, "rows", "expressions"),
-        col_kind=_axis_kind(info, "columns", "characters"),
+        row_kind=stored_axis_kind(info, "rows") or "expressions",
+        col_kind=stored_axis_kind(info, "columns") or "characters",
     )
     data.grids, stale = _current_grids(store)
     if stale:

@@ -76,7 +76,7 @@ def _scores(cell) -> list[list[str]] | None:
 def viewer_data(store) -> tuple[dict, int, list[str]]:
     """Everything the page shows, as JSON-ready data, how many thumbnails were made, and the done cells whose
     image could not be read (shown without a picture)."""
-    from expressiongrid.report.data import load_report_data
+    from expressiongrid.report.data import load_report_data, stored_axis_kind
 
     run_dir = Path(store.run_dir)
     info = store.study_info()
@@ -85,8 +85,7 @@ def viewer_data(store) -> tuple[dict, int, list[str]]:
     page_values = info["pages"]["values"] if isinstance(info.get("pages"), dict) else []
 
     def axis(key: str, fallback: str, values) -> dict:
-        spec = info.get(key)
-        kind = spec.get("kind") if isinstance(spec, dict) else None  # older runs stored bare value lists
+        kind = stored_axis_kind(info, key)
         name = (axis_type_name(kind) if kind else None) or fallback
         return {"name": name, "values": [{"id": str(i), "label": str(label)} for i, label in values]}
 
